@@ -1,0 +1,5 @@
+import sys
+
+from lumi.cli import main
+
+sys.exit(main())

@@ -1,0 +1,70 @@
+"""``lumi <verb>``: one command line for every stage (the numbered scripts in ``scripts/`` call into it).
+
+Each verb lives in its own module, imported only when used, which exposes ``configure_parser(parser)`` and
+``run(args) -> int``. Flags are kebab-case; the underscore spelling (``--output_dir``) is accepted too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from lumi import __version__
+from lumi.errors import LumiError
+from lumi.stage import setup_logging
+
+# verb -> (module, one-line help). Order is pipeline order.
+VERBS: dict[str, tuple[str, str]] = {
+    "corpus": ("lumi.corpus.pipeline", "10: prepare a pretraining corpus (local files, synthetic world)"),
+    "tokenizer": ("lumi.tokenizer", "20: train the SentencePiece tokenizer and export it for transformers"),
+    "pack": ("lumi.packing", "30: tokenize and pack a corpus into fixed-length training rows"),
+}
+
+
+def normalize_flag_spelling(argv: Sequence[str]) -> list[str]:
+    """Accept ``--output_dir`` for ``--output-dir``: rewrite underscores in option names, never in values."""
+    out = []
+    for token in argv:
+        if token.startswith("--") and len(token) > 2:
+            name, sep, value = token.partition("=")
+            token = name.replace("_", "-") + sep + value
+        out.append(token)
+    return out
+
+
+def build_parser(prog: str = "lumi") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Lumi-Lab: raw text to a served LLaMA-style chat model.")
+    parser.add_argument("--version", action="version", version=f"lumi-lab {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb, (module_name, help_text) in VERBS.items():
+        # Import lazily: each verb's parser is built only when it is the one asked for (or for --help).
+        subparser = sub.add_parser(verb, help=help_text, description=help_text)
+        subparser.set_defaults(_module=module_name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "lumi") -> int:
+    argv = normalize_flag_spelling(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(prog)
+    sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    verb = next((t for t in argv if not t.startswith("-")), None)
+    if verb in VERBS:
+        importlib.import_module(VERBS[verb][0]).configure_parser(sub_action.choices[verb])
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except LumiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Typed, validated JSON configs.
+
+Each stage describes its config as a pydantic model (``ConfigModel``): unknown keys, wrong types, missing fields and
+out-of-range values are refused with one line that names the file, the dotted field path and what was expected.
+Keys starting with ``_`` are comments and are dropped before validation. ``--set dotted.key=value`` overrides any
+value (the value is parsed as JSON when it can be, else taken as a string) before validation, so overrides are
+checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from lumi.errors import LumiError
+from lumi.files import read_json
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "config"
+
+
+class ConfigModel(BaseModel):
+    """Base of every config: strict types, no unknown keys, validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+C = TypeVar("C", bound=ConfigModel)
+
+
+def strip_comments(value: Any) -> Any:
+    """Drop keys starting with ``_`` at every level."""
+    if isinstance(value, dict):
+        return {k: strip_comments(v) for k, v in value.items() if not (isinstance(k, str) and k.startswith("_"))}
+    if isinstance(value, list):
+        return [strip_comments(v) for v in value]
+    return value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``a.b.c=value`` into ("a.b.c", value)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise LumiError(f"--set {text!r}: expected dotted.key=value")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(data: dict, overrides: Mapping[str, Any]) -> dict:
+    """Set dotted keys in a nested dict (creating intermediate dicts); validation happens afterwards."""
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise LumiError(f"--set {dotted}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
+    field = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return field, "unknown key"
+    if kind == "missing":
+        return field, "missing required field"
+    return field, f"{error['msg'][0].lower()}{error['msg'][1:]} (got {json.dumps(error.get('input'), default=str)})"
+
+
+def validate_config(cls: type[C], data: Any, source: str) -> C:
+    """Validate ``data`` against ``cls``; ``source`` names the file in the error message."""
+    if not isinstance(data, dict):
+        raise LumiError(f"{source}: expected a JSON object at top level, got {type(data).__name__}")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        field, problem = _describe(exc.errors()[0])
+        more = len(exc.errors()) - 1
+        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise LumiError(f"{source}: field '{field}': {problem}{suffix}") from None
+
+
+def load_config(cls: type[C], path: str | Path | None, overrides: Iterable[str] = (),
+                flag_values: Mapping[str, Any] | None = None) -> C:
+    """Load a JSON config file (or start from defaults when ``path`` is None), apply ``--set`` overrides and
+    stage flags (flags win), and validate."""
+    data: dict = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        data = read_json(path, what="config file")
+        if not isinstance(data, dict):
+            raise LumiError(f"{source}: expected a JSON object at top level, got {type(data).__name__}")
+        data = strip_comments(data)
+    pairs = dict(parse_override(o) for o in overrides)
+    if pairs:
+        source += " (with --set)"
+        apply_overrides(data, pairs)
+    if flag_values:
+        apply_overrides(data, {k: v for k, v in flag_values.items() if v is not None})
+    return validate_config(cls, data, source)
+
+
+def config_to_dict(config: ConfigModel) -> dict:
+    return config.model_dump(mode="json")

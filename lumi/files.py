@@ -1,0 +1,100 @@
+"""Atomic file and directory writes, hashing, and the output-directory contract shared by every stage.
+
+Every stage writes into a temporary sibling of its output directory and renames it into place only when it has
+finished, so an interrupted or failed run never leaves a half-written output that looks complete, and ``--force``
+removes the previous output only after the new one is in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from lumi.errors import LumiError
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Read a JSON file, turning a missing file or a syntax error into a LumiError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LumiError(f"{path}: {what} not found") from None
+    except UnicodeDecodeError as exc:
+        raise LumiError(f"{path}: {what} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LumiError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+
+
+def check_output_dir(path: str | os.PathLike, force: bool) -> Path:
+    """Refuse an existing, non-empty output directory unless ``force`` is set; never deletes anything."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise LumiError(f"{path}: output path exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise LumiError(f"{path}: output directory already exists; pass --force to replace it")
+    return path
+
+
+@contextlib.contextmanager
+def staged_output_dir(path: str | os.PathLike, force: bool) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``path`` atomically when the block succeeds.
+
+    On failure the temporary directory is removed and ``path`` is left exactly as it was.
+    """
+    final = check_output_dir(path, force).absolute()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

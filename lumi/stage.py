@@ -1,0 +1,35 @@
+"""What every stage command shares: the common flags and how they turn into a validated config.
+
+Every stage takes ``--config``, ``--output-dir``, ``--force`` and repeatable ``--set dotted.key=value``. Stage-specific
+flags (``--vocab-size``, ``--seq-len`` ...) are shorthands for config fields and win over the file and ``--set``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+from lumi.config import C, load_config
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, default_config: Path | None,
+                         default_output: str) -> None:
+    parser.add_argument("--config", type=Path, default=default_config,
+                        help=f"JSON config file (default: {default_config})")
+    parser.add_argument("--output-dir", type=Path, default=Path(default_output),
+                        help=f"where to write the result (default: {default_output})")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing output directory (the old one is removed only after success)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set dedup.exact=false (repeatable; JSON values)")
+
+
+def stage_config(args: argparse.Namespace, cls: type[C], flags: Mapping[str, Any] | None = None) -> C:
+    return load_config(cls, args.config, args.overrides, flags)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
