@@ -1,0 +1,78 @@
+"""The packed dataset format written by stage 30 and read by training and evaluation.
+
+A packed directory holds ``train.bin`` and ``val.bin`` -- flat token streams as raw little-endian ``uint16`` (vocab
+<= 65,536) or ``uint32``, each a whole number of rows of ``seq_len`` tokens -- and ``final_manifest.json``.
+
+Each document is ``BOS tokens... EOS``; documents are concatenated and the stream is cut into rows, so a document may
+continue from one row into the next. **Labels are not shifted in the data**: a row is both ``input_ids`` and
+``labels``, and the model (transformers' causal-LM loss or our fused loss) shifts once. Document boundaries inside a
+row are recoverable from the BOS tokens (BOS is a control id that plain text never produces), which is what training
+uses to keep packed documents from attending to each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lumi.errors import LumiError
+from lumi.files import read_json
+
+PACKED_FORMAT = "lumi-packed/1"
+MANIFEST = "final_manifest.json"
+SPLITS = ("train", "val")
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+@dataclass
+class PackedSplit:
+    """One split as a read-only memory map of shape (rows, seq_len)."""
+
+    name: str
+    rows: np.memmap
+    seq_len: int
+    documents: int
+    bytes: int  # UTF-8 bytes of the documents in this split, for bits per byte
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.rows.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_rows * self.seq_len
+
+
+def read_packed_manifest(packed_dir: str | Path) -> dict[str, Any]:
+    packed_dir = Path(packed_dir)
+    if not packed_dir.is_dir():
+        raise LumiError(f"{packed_dir}: packed data directory not found")
+    manifest = read_json(packed_dir / MANIFEST, what="packed-data manifest")
+    if manifest.get("format") != PACKED_FORMAT:
+        raise LumiError(f"{packed_dir / MANIFEST}: not a {PACKED_FORMAT} manifest (format={manifest.get('format')!r})")
+    return manifest
+
+
+def load_packed_split(packed_dir: str | Path, split: str) -> PackedSplit:
+    packed_dir = Path(packed_dir)
+    manifest = read_packed_manifest(packed_dir)
+    if split not in manifest["splits"]:
+        raise LumiError(f"{packed_dir}: no '{split}' split (have {sorted(manifest['splits'])})")
+    info = manifest["splits"][split]
+    seq_len = int(manifest["seq_len"])
+    path = packed_dir / info["file"]
+    dtype = np.dtype(manifest["dtype"])
+    expected = int(info["rows"]) * seq_len * dtype.itemsize
+    if not path.is_file() or path.stat().st_size != expected:
+        raise LumiError(f"{path}: missing or truncated (expected {expected} bytes for {info['rows']} rows)")
+    if info["rows"] == 0:
+        rows = np.zeros((0, seq_len), dtype=dtype)
+    else:
+        rows = np.memmap(path, dtype=dtype, mode="r", shape=(int(info["rows"]), seq_len))
+    return PackedSplit(split, rows, seq_len, int(info["documents"]), int(info["bytes"]))

@@ -1,0 +1,183 @@
+"""The synthetic world: deterministic, clean, and honest as an evaluation (held-out wording never seen, held-out facts
+always stated, cloze answers right)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from lumi.config import validate_config
+from lumi.corpus.clean import clean_text
+from lumi.corpus.synthetic import (FOODS, JOBS, OBJECTS, RELATIONS, UNHELPFUL, Fact, SyntheticSourceConfig,
+                                   SyntheticWorld)
+from lumi.errors import LumiError
+
+SMALL = {"seed": 7, "num_people": 60, "num_places": 10}
+SMALL_DOCUMENTS = 1500
+SENTENCE_END = re.compile(r"(?<=[.?:])\s+")
+
+
+@pytest.fixture(scope="module")
+def world() -> SyntheticWorld:
+    return SyntheticWorld.generate(**SMALL)
+
+
+@pytest.fixture(scope="module")
+def documents(world: SyntheticWorld) -> list[str]:
+    return list(world.documents(SMALL_DOCUMENTS))
+
+
+@pytest.fixture(scope="module")
+def corpus(documents: list[str]) -> str:
+    return "\n\n".join(documents)
+
+
+def digest(world: SyntheticWorld, num_documents: int) -> str:
+    """One hash over everything a world produces."""
+    payload = {"facts": [vars(fact) for fact in world.facts], "documents": list(world.documents(num_documents)),
+               **{f"{kind}_{split}": getattr(world, kind)(split) for split in ("train", "heldout")
+                  for kind in ("sft_pairs", "preference_pairs", "cloze_items")}}
+    return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def test_same_seed_gives_identical_output_and_another_seed_differs(world):
+    assert digest(SyntheticWorld.generate(**SMALL), 200) == digest(world, 200)
+    other = SyntheticWorld.generate(**{**SMALL, "seed": 8})
+    assert other.facts != world.facts
+    assert list(other.documents(50)) != list(world.documents(50))
+    assert list(world.documents(50, seed=99)) != list(world.documents(50)), "the document seed picks the stream"
+
+
+def test_output_does_not_depend_on_the_string_hash_seed(world):
+    code = ("from lumi.corpus.synthetic import SyntheticWorld; from tests.test_synthetic import SMALL, digest; "
+            "print(digest(SyntheticWorld.generate(**SMALL), 200))")
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                            cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.stdout.strip() == digest(world, 200)
+
+
+def test_documents_are_clean_text_with_paragraphs(documents):
+    assert len(documents) == SMALL_DOCUMENTS
+    for text in documents:
+        assert text.strip() and clean_text(text) == text, text
+        assert "{" not in text and "}" not in text, f"unfilled template: {text}"
+        text.encode("utf-8")
+    paragraph_counts = Counter(text.count("\n\n") + 1 for text in documents)
+    assert len(paragraph_counts) >= 3, f"expected one- and multi-paragraph documents, got {paragraph_counts}"
+    assert any(re.search(r"\d+ [-+×] \d+ = \d+", text) for text in documents), "no arithmetic documents"
+
+
+def test_world_is_consistent(world):
+    assert len(set(world.people)) == len(world.people) == SMALL["num_people"]
+    assert len(set(world.towns)) == len(world.towns) == SMALL["num_places"]
+    surnames = {person.split(" ")[1] for person in world.people}
+    assert not surnames & set(world.towns), "a surname that is also a town would make facts ambiguous"
+    objects: dict[str, dict[str, str]] = {}
+    for fact in world.facts:
+        assert fact.relation not in objects.setdefault(fact.subject, {}), f"two objects for one relation: {fact}"
+        objects[fact.subject][fact.relation] = fact.object
+    for person in world.people:
+        facts = objects[person]
+        assert facts["lives_in"] in world.towns and facts["works_as"] in JOBS
+        assert facts["owns"] in OBJECTS and facts["likes"] in FOODS
+        for relation in ("friend_of", "sibling_of"):
+            assert objects[facts[relation]][relation] == person, f"{relation} must be symmetric"
+        assert facts["friend_of"] != facts["sibling_of"]
+        assert facts["sibling_of"].split(" ")[1] == person.split(" ")[1], "siblings share a surname"
+
+
+def test_splits_partition_the_facts_and_cover_every_relation(world):
+    train, heldout = world.split_facts("train"), world.split_facts("heldout")
+    assert sorted(train + heldout) == sorted(world.facts)
+    assert not set(train) & set(heldout)
+    assert {fact.relation for fact in heldout} == set(RELATIONS)
+    for fact in heldout:
+        if RELATIONS[fact.relation].symmetric:
+            assert Fact(fact.object, fact.relation, fact.subject) in heldout, "a symmetric pair was split"
+
+
+def test_heldout_question_wording_never_appears_in_the_corpus_or_in_training(world, corpus):
+    train_prompts = {pair["prompt"] for pair in world.sft_pairs("train")}
+    heldout = world.sft_pairs("heldout")
+    assert heldout
+    for pair in heldout:
+        assert pair["prompt"] not in corpus and pair["prompt"] not in train_prompts, pair["prompt"]
+    for relation in RELATIONS.values():
+        assert not set(relation.heldout_questions) & set(relation.train_questions)
+        for template in relation.heldout_questions:
+            for fragment in template.split("{s}"):
+                if len(fragment.split()) >= 3:
+                    assert fragment.strip() not in corpus, f"held-out wording {fragment!r} occurs in the corpus"
+
+
+def test_heldout_facts_are_stated_in_the_corpus_in_the_cloze_wording(world, corpus):
+    for fact in world.split_facts("heldout"):
+        assert world.statement(fact) in corpus, f"never stated: {fact}"
+    for item in world.cloze_items("heldout"):
+        assert f"{item['context']} {item['choices'][item['answer']]}" in corpus, item
+
+
+def test_default_corpus_states_every_fact_several_times():
+    config = SyntheticSourceConfig(type="synthetic")
+    world = config.world()
+    sentences = Counter(sentence for text in world.documents(config.documents)
+                        for sentence in SENTENCE_END.split(text))
+    rarest = min(world.facts, key=lambda fact: sentences[world.statement(fact)])
+    assert sentences[world.statement(rarest)] >= 3, f"rarely stated: {rarest}"
+
+
+def test_cloze_items_are_right_and_distractors_are_fair(world):
+    categories = {"towns": set(world.towns), "jobs": set(JOBS), "objects": set(OBJECTS), "foods": set(FOODS),
+                  "people": set(world.people)}
+    first_names = {person.split(" ")[0] for person in world.people}
+    for split in ("train", "heldout"):
+        facts, items = world.split_facts(split), world.cloze_items(split)
+        assert len(items) == len(facts)
+        for fact, item in zip(facts, items):
+            relation = RELATIONS[fact.relation]
+            assert item["relation"] == fact.relation and item["context"].startswith(fact.subject)
+            choices = item["choices"]
+            assert len(choices) == 4 and len(set(choices)) == 4, item
+            expected = fact.object.split(" ")[0] if relation.cloze_by_first_name else fact.object
+            assert choices[item["answer"]] == expected, item
+            allowed = first_names if relation.cloze_by_first_name else categories[relation.category]
+            assert set(choices) <= allowed, item
+            assert fact.subject.split(" ")[0] not in choices, "the subject itself is no fair distractor"
+        assert len({item["answer"] for item in items}) == 4, "the right answer's position must vary"
+    assert len(world.cloze_items("heldout", num_choices=6)[0]["choices"]) == 6
+
+
+def test_sft_and_preference_pairs_state_true_facts_against_false_or_unhelpful_ones(world):
+    true_statements = {world.statement(fact) for fact in world.facts}
+    for split in ("train", "heldout"):
+        sft, preferences = world.sft_pairs(split), world.preference_pairs(split)
+        split_statements = {world.statement(fact) for fact in world.split_facts(split)}
+        assert [pair["prompt"] for pair in sft] == [pair["prompt"] for pair in preferences]
+        for pair, preference in zip(sft, preferences):
+            assert set(pair) == {"prompt", "response"} and set(preference) == {"prompt", "chosen", "rejected"}
+            assert pair["response"] in split_statements and preference["chosen"] == pair["response"]
+            subject = " ".join(pair["response"].split(" ")[:2]).removesuffix("'s")
+            assert subject in world.people and subject in pair["prompt"], pair
+            assert preference["rejected"] not in true_statements, preference
+        kinds = Counter("unhelpful" if p["rejected"] in UNHELPFUL else "wrong fact" for p in preferences)
+        assert kinds["wrong fact"] > kinds["unhelpful"] > 0, kinds
+
+
+def test_config_validates_and_rebuilds_the_same_world(world):
+    config = validate_config(SyntheticSourceConfig, {"type": "synthetic", "name": "world", "seed": 7,
+                                                     "people": 60, "places": 10, "documents": 5}, "demo.json")
+    assert config.world().facts == world.facts
+    with pytest.raises(LumiError, match="demo.json: field 'people'"):
+        validate_config(SyntheticSourceConfig, {"type": "synthetic", "people": 3}, "demo.json")
+    with pytest.raises(LumiError, match="unknown key"):
+        validate_config(SyntheticSourceConfig, {"type": "synthetic", "size": 3}, "demo.json")
+    with pytest.raises(LumiError, match="places"):
+        SyntheticWorld.generate(num_places=10_000)
