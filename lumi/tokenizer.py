@@ -1,0 +1,458 @@
+"""Stage 20: train the SentencePiece tokenizer on a corpus and export it for transformers.
+
+The output directory holds ``spm.model`` (+ ``spm.vocab``), the transformers files (``tokenizer.json``,
+``tokenizer_config.json``), ``tokenizer_meta.json`` and ``validation_report.json``. Choices every later stage relies on:
+
+* **Ids.** pad 0, unk 1, bos 2, eos 3 (SentencePiece control pieces), ``<|im_start|>`` 4, ``<|im_end|>`` 5
+  (user-defined pieces: always one token) -- checked after training and on every load.
+* **Exact round trip.** Identity normalization, no dummy prefix, no whitespace collapsing, byte fallback (no
+  ``<unk>`` on any UTF-8 input), digits split one per token, all printable ASCII, tab and newline forced into the
+  vocabulary. ``decode(encode(text)) == text`` for every text, except that U+2581 (SentencePiece's own space symbol)
+  decodes as a space.
+* **Newlines** are ordinary characters the trainer sees (documents are fed as multi-line chunks), so it learns pieces
+  such as ``".\\n\\n"``; measured on the samples this gives more bytes per token than splitting at lines with a
+  dedicated ``"\\n"`` piece or byte-fallback ``<0x0A>``. (So ``spm.vocab``, a listing for people, escapes them.)
+* **transformers.** ``AutoTokenizer.from_pretrained(dir)`` gives the ids of ``SentencePieceProcessor.encode``: it adds
+  no BOS/EOS (callers add them explicitly, as packing does), ``<|im_start|>``/``<|im_end|>`` in text become ids 4/5
+  as in SentencePiece, while ``<s>``, ``</s>``, ``<pad>``, ``<unk>`` in text stay plain text (SentencePiece never
+  parses control pieces from text; transformers does unless ``split_special_tokens``). For ``unigram`` the ids agree
+  on texts of up to a few thousand characters: SentencePiece sums piece scores in float32, so on longer single inputs
+  near-ties can resolve differently from the float64 Viterbi of ``tokenizers`` (``bpe`` has no scores to sum and
+  agrees on every input). ``validation_report.json`` records the agreement on held-out documents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
+
+import sentencepiece as spm
+from pydantic import Field
+from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
+from lumi.config import CONFIG_DIR, ConfigModel, config_to_dict
+from lumi.corpus.store import MANIFEST, iter_text_batches, read_manifest
+from lumi.errors import LumiError
+from lumi.files import (atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, sha256_file,
+                        staged_output_dir)
+from lumi.special_tokens import (BOS_ID, BOS_TOKEN, CHAT_MARKERS, EOS_ID, EOS_TOKEN, PAD_ID, PAD_TOKEN, SPECIAL_IDS,
+                                 UNK_ID, UNK_TOKEN)
+from lumi.stage import add_common_arguments, stage_config
+
+# tokenizers/transformers are imported inside the functions that need them: transformers takes seconds to import, and
+# the stages that only load the SentencePiece model (packing, training) should not pay for it.
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_FORMAT = "lumi-tokenizer/1"
+SPM_MODEL, SPM_VOCAB = "spm.model", "spm.vocab"
+HF_TOKENIZER, HF_CONFIG = "tokenizer.json", "tokenizer_config.json"
+META, REPORT = "tokenizer_meta.json", "validation_report.json"
+REQUIRED_FILES = (SPM_MODEL, META, HF_TOKENIZER)
+HASHED_FILES = (SPM_MODEL, HF_TOKENIZER, HF_CONFIG)
+
+MIN_VOCAB_SIZE = 384  # 256 byte pieces + 6 special ids + ~96 forced characters, with room for a few merges
+# Every printable ASCII character, tab and newline is a piece of its own, whatever the corpus: English and code never
+# fall back to bytes for them, and (for unigram) the characters of <s>, <0x41>, ... are always matchable, which the
+# transformers export relies on (see _hf_backend).
+REQUIRED_CHARS = "\t\n" + "".join(chr(c) for c in range(0x21, 0x7F))
+# For unigram, SentencePiece and tokenizers agree exactly on inputs up to this many characters (float32 score sums in
+# SentencePiece, see the module docstring); validation refuses any disagreement below it.
+UNIGRAM_EXACT_CHARS = 2000
+# Tricky inputs on which transformers must give exactly SentencePiece's ids and decoding.
+PROBE_TEXTS = (
+    "<s>", "</s>", "<pad>", "<unk>", "<0x41>", "a<s>b</s>", "<|im_start|><s><|im_end|>",
+    "<|im_start|>user\nHello!<|im_end|>\n<|im_start|>assistant\n",
+    "  leading and trailing spaces  ", "tabs\tand\r\nwindows\r\nlines\n\n\n", "\u00a0no-break\u3000ideographic\u2028",
+    "digits 1234567890 3.14159 -42", "emoji 😀👍🏽 🇫🇷", "中文 日本語 한국어", "zero\u200bwidth\u200djoiner",
+    "“curly” ‘quotes’ — dashes – … ﬁ", "\x00\x07\x7f control chars",
+)
+
+Piece = model_pb2.ModelProto.SentencePiece
+
+
+class TokenizerConfig(ConfigModel):
+    """Training settings for stage 20 (``config/pretrain/tokenizer/*.json``)."""
+
+    vocab_size: int = Field(32000, ge=MIN_VOCAB_SIZE, le=1 << 20)
+    model_type: Literal["unigram", "bpe"] = "unigram"
+    character_coverage: float = Field(0.9995, gt=0, le=1)
+    byte_fallback: bool = True
+    split_digits: bool = True
+    input_sentence_size: int = Field(1_000_000, ge=1, description="most training chunks given to SentencePiece")
+    max_training_bytes: int = Field(250_000_000, ge=1, description="most UTF-8 bytes given to SentencePiece")
+    max_sentence_length: int = Field(4096, ge=256, le=1 << 20, description="bytes per training chunk")
+    holdout_fraction: float = Field(0.01, gt=0, le=0.5, description="documents kept out of training")
+    max_validation_bytes: int = Field(8_000_000, ge=1, description="held-out bytes used for validation")
+    seed: int = Field(1234, ge=0, lt=1 << 64)
+    num_threads: int = Field(0, ge=0, description="0 = all available cores")
+
+
+# --- the training sample
+
+def document_draws(text: str, seed: int) -> tuple[float, float]:
+    """Two uniform numbers in [0, 1) fixed by the text and the seed: the first decides held-out vs training, the
+    second whether the document is sampled. A keyed hash (not an RNG stream) makes the split independent of corpus
+    order and sharding, and puts duplicate documents on the same side."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16, key=seed.to_bytes(8, "little")).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64, int.from_bytes(digest[8:], "little") / 2**64
+
+
+def chunk_document(text: str, max_bytes: int) -> Iterator[str]:
+    """Cut ``text`` into consecutive pieces of at most ``max_bytes`` UTF-8 bytes (SentencePiece silently skips longer
+    sentences): at line ends where possible, else before a space, else anywhere. The pieces concatenate to ``text``."""
+    chunk: list[str] = []
+    size = 0
+    for unit in _split_units(text, max_bytes):
+        unit_bytes = len(unit.encode("utf-8"))
+        if chunk and size + unit_bytes > max_bytes:
+            yield "".join(chunk)
+            chunk, size = [], 0
+        chunk.append(unit)
+        size += unit_bytes
+    if chunk:
+        yield "".join(chunk)
+
+
+def _split_units(text: str, max_bytes: int) -> Iterator[str]:
+    for line in text.splitlines(keepends=True):
+        if len(line.encode("utf-8")) <= max_bytes:
+            yield line
+            continue
+        for word in re.split(r"(?= )", line):  # before a space: the next chunk starts like a word does ("▁word")
+            if len(word.encode("utf-8")) <= max_bytes:
+                yield word
+                continue
+            step = max_bytes // 4  # a character is at most 4 UTF-8 bytes
+            yield from (word[i:i + step] for i in range(0, len(word), step))
+
+
+class CorpusSample:
+    """One streaming pass over a corpus directory: iterating yields the training chunks for SentencePiece (a seeded
+    sample bounded by ``max_training_bytes`` and ``input_sentence_size``) and collects the held-out documents
+    (bounded by ``max_validation_bytes``). Memory holds only the held-out documents."""
+
+    def __init__(self, corpus_dir: Path, config: TokenizerConfig):
+        self.corpus_dir = Path(corpus_dir)
+        self.config = config
+        manifest = read_manifest(self.corpus_dir)
+        total_bytes = sum(int(shard["bytes"]) for shard in manifest["shards"])
+        total_docs = sum(int(shard["documents"]) for shard in manifest["shards"])
+        if total_bytes == 0:
+            raise LumiError(f"{self.corpus_dir}: corpus is empty (no text to train a tokenizer on)")
+        # Sampling probabilities aimed at the caps, so a capped sample is spread over the whole corpus, not its head.
+        train_fraction = 1 - config.holdout_fraction
+        self.train_probability = min(1.0, config.max_training_bytes / (total_bytes * train_fraction),
+                                     config.input_sentence_size / (total_docs * train_fraction))
+        self.validation_probability = min(1.0, config.max_validation_bytes / (total_bytes * config.holdout_fraction))
+        self.heldout: list[str] = []
+        self.heldout_bytes = 0
+        self.documents = self.sentences = self.bytes = 0
+
+    def _training_full(self) -> bool:
+        return self.sentences >= self.config.input_sentence_size or self.bytes >= self.config.max_training_bytes
+
+    def _validation_full(self) -> bool:
+        return self.heldout_bytes >= self.config.max_validation_bytes
+
+    def __iter__(self) -> Iterator[str]:
+        config = self.config
+        for batch in iter_text_batches(self.corpus_dir):
+            for text in batch:
+                if not text:
+                    continue
+                heldout_draw, sample_draw = document_draws(text, config.seed)
+                if heldout_draw < config.holdout_fraction:
+                    if sample_draw < self.validation_probability and not self._validation_full():
+                        self.heldout.append(text)
+                        self.heldout_bytes += len(text.encode("utf-8"))
+                    continue
+                if sample_draw >= self.train_probability or self._training_full():
+                    continue
+                self.documents += 1
+                for chunk in chunk_document(text, config.max_sentence_length):
+                    if self._training_full():
+                        break
+                    self.sentences += 1
+                    self.bytes += len(chunk.encode("utf-8"))
+                    yield chunk
+            if self._training_full() and self._validation_full():
+                return
+
+
+# --- training
+
+def train_sentencepiece(sample: CorpusSample, config: TokenizerConfig, num_threads: int) -> bytes:
+    """Train on the sample and return the serialized model."""
+    model = io.BytesIO()
+    spm.set_random_generator_seed(config.seed)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sample),
+            model_writer=model,
+            model_type=config.model_type,
+            vocab_size=config.vocab_size,
+            character_coverage=config.character_coverage,
+            byte_fallback=config.byte_fallback,
+            split_digits=config.split_digits,
+            max_sentence_length=config.max_sentence_length,
+            num_threads=num_threads,
+            normalization_rule_name="identity",
+            add_dummy_prefix=False,
+            remove_extra_whitespaces=False,
+            allow_whitespace_only_pieces=True,
+            required_chars=REQUIRED_CHARS,
+            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+            pad_piece=PAD_TOKEN, unk_piece=UNK_TOKEN, bos_piece=BOS_TOKEN, eos_piece=EOS_TOKEN,
+            user_defined_symbols=list(CHAT_MARKERS),
+            unk_surface=UNK_TOKEN,  # how <unk> decodes (only without byte fallback), as in transformers
+            minloglevel=0 if logger.isEnabledFor(logging.DEBUG) else 1,
+        )
+    except RuntimeError as exc:  # SentencePiece reports bad settings (vocab too large for the corpus ...) this way
+        if sample.sentences == 0:
+            raise LumiError(f"{sample.corpus_dir}: no training text left after holding out "
+                            f"{config.holdout_fraction:.0%} of the documents") from None
+        raise LumiError(f"SentencePiece training on {sample.corpus_dir} failed: {exc}") from None
+    return model.getvalue()
+
+
+def vocab_listing(sp: spm.SentencePieceProcessor) -> str:
+    """``spm.vocab``: one ``piece<TAB>score`` line per id, for people. SentencePiece's own listing writes pieces raw,
+    and pieces containing newlines would break its lines, so backslash, tab, CR and LF are escaped here."""
+    escapes = str.maketrans({"\\": "\\\\", "\t": "\\t", "\r": "\\r", "\n": "\\n"})
+    return "".join(f"{sp.id_to_piece(i).translate(escapes)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size()))
+
+
+def verify_special_ids(piece_at: Callable[[int], str], source: str) -> None:
+    for token, token_id in SPECIAL_IDS.items():
+        found = piece_at(token_id)
+        if found != token:
+            raise LumiError(f"{source}: id {token_id} is {found!r}, expected {token!r} (lumi/special_tokens.py)")
+
+
+# --- transformers export
+
+def _hf_backend(proto: model_pb2.ModelProto) -> Tokenizer:
+    """A ``tokenizers.Tokenizer`` that encodes like ``SentencePieceProcessor`` for the settings this stage trains with.
+
+    Hand-built because transformers' generic SentencePiece converters differ from SentencePiece on control and byte
+    pieces that occur as text and have changed across 5.x (``LlamaTokenizer(vocab_file=...)`` silently builds a broken
+    tokenizer). SentencePiece never matches control, unknown or byte pieces in text; ``tokenizers`` matches every
+    vocabulary string. For BPE no merge produces them, so they are unreachable. For unigram their score is lowered
+    below any path of single characters over the same span (every character of these names is a forced piece, see
+    REQUIRED_CHARS), which makes Viterbi never choose them; byte fallback looks byte pieces up by name, unaffected.
+    The chat markers are added tokens matched on the raw text, like SentencePiece's user-defined pieces.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers
+    from tokenizers.models import BPE, Unigram
+    from transformers.tokenization_utils_base import generate_merges
+
+    pieces = list(proto.pieces)
+    byte_fallback = proto.trainer_spec.byte_fallback
+    if proto.trainer_spec.model_type == model_pb2.TrainerSpec.UNIGRAM:
+        from_text = (Piece.NORMAL, Piece.USER_DEFINED)
+        lowest = min(p.score for p in pieces if p.type == Piece.NORMAL)
+        never = lowest * (max(len(p.piece) for p in pieces if p.type not in from_text) + 1)
+        model = Unigram([(p.piece, p.score if p.type in from_text else never) for p in pieces],
+                        unk_id=UNK_ID, byte_fallback=byte_fallback)
+    else:
+        normal_ids = {p.piece: i for i, p in enumerate(pieces) if p.type == Piece.NORMAL}
+        # SentencePiece BPE merges the adjacent pair whose result scores highest: rank merges by that score.
+        merges = generate_merges(normal_ids, vocab_scores={p.piece: p.score for p in pieces if p.type == Piece.NORMAL})
+        model = BPE({p.piece: i for i, p in enumerate(pieces)}, merges, unk_token=UNK_TOKEN, fuse_unk=True,
+                    byte_fallback=byte_fallback)
+    backend = Tokenizer(model)
+    backend.normalizer = normalizers.Replace(" ", "▁")
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                for t in (PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN)])
+    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in CHAT_MARKERS])
+    return backend
+
+
+def export_hf_tokenizer(model_path: Path, output_dir: Path) -> None:
+    """Write ``tokenizer.json`` and ``tokenizer_config.json`` next to the SentencePiece model."""
+    from transformers import PreTrainedTokenizerFast
+
+    proto = model_pb2.ModelProto.FromString(model_path.read_bytes())
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=_hf_backend(proto),
+        bos_token=BOS_TOKEN, eos_token=EOS_TOKEN, unk_token=UNK_TOKEN, pad_token=PAD_TOKEN,
+        add_bos_token=False, add_eos_token=False,  # encode(text) == SentencePiece's encode(text)
+        split_special_tokens=True,  # <s> etc. in text are plain text, as in SentencePiece
+        clean_up_tokenization_spaces=False,
+    )
+    hf.save_pretrained(str(output_dir))
+
+
+# --- validation
+
+def validate_tokenizer(directory: Path, heldout: list[str], model_type: str, num_threads: int) -> dict[str, Any]:
+    """Measure the tokenizer on held-out documents and check that transformers and SentencePiece agree; refuse a
+    disagreement where exact agreement is guaranteed (any probe text; any held-out text for BPE, texts up to
+    UNIGRAM_EXACT_CHARS characters for unigram)."""
+    sp = load_sentencepiece(directory)
+    hf = load_hf_tokenizer(directory)
+    spm_ids = sp.encode(heldout, num_threads=num_threads)
+    hf_ids = hf(heldout)["input_ids"]
+    total_bytes = sum(len(text.encode("utf-8")) for text in heldout)
+    total_tokens = sum(len(ids) for ids in spm_ids)
+    byte_pieces = {i for i in range(sp.get_piece_size()) if sp.is_byte(i)}
+    exact_limit = UNIGRAM_EXACT_CHARS if model_type == "unigram" else None
+    disagreements = [i for i, (a, b) in enumerate(zip(spm_ids, hf_ids)) if a != b]
+    guaranteed = [i for i in disagreements if exact_limit is None or len(heldout[i]) <= exact_limit]
+    for text in PROBE_TEXTS:
+        expected = sp.encode(text)
+        if hf(text)["input_ids"] != expected or hf.decode(expected) != sp.decode(expected):
+            raise RuntimeError(f"transformers and SentencePiece disagree on probe text {text!r}")
+    if guaranteed:
+        text = heldout[guaranteed[0]]
+        raise RuntimeError(f"transformers and SentencePiece disagree on {len(guaranteed)} held-out document(s), "
+                           f"first: {text[:200]!r}")
+    return {
+        "documents": len(heldout),
+        "bytes": total_bytes,
+        "tokens": total_tokens,
+        "bytes_per_token": total_bytes / max(total_tokens, 1),
+        "unk_rate": sum(ids.count(UNK_ID) for ids in spm_ids) / max(total_tokens, 1),
+        "byte_fallback_rate": sum(sum(t in byte_pieces for t in ids) for ids in spm_ids) / max(total_tokens, 1),
+        "roundtrip_exact_fraction": sum(sp.decode(ids) == text for ids, text in zip(spm_ids, heldout)) / len(heldout),
+        "hf_roundtrip_exact_fraction": sum(hf.decode(ids) == text for ids, text in zip(hf_ids, heldout)) / len(heldout),
+        "hf_id_agreement_fraction": 1 - len(disagreements) / len(heldout),
+        "hf_disagreeing_documents_chars": sorted(len(heldout[i]) for i in disagreements),
+        "hf_exact_guaranteed_up_to_chars": exact_limit,
+        "hf_probe_texts_checked": len(PROBE_TEXTS),
+    }
+
+
+# --- the stage
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def train_tokenizer(corpus_dir: Path, output_dir: Path, config: TokenizerConfig, force: bool = False) -> dict[str, Any]:
+    """Train, export, validate and write the tokenizer directory; returns the validation report."""
+    import tokenizers
+    import transformers
+
+    corpus_dir = Path(corpus_dir)
+    num_threads = config.num_threads or available_cores()
+    with staged_output_dir(output_dir, force) as staging:
+        sample = CorpusSample(corpus_dir, config)
+        logger.info("training a %d-piece %s model on a sample of %s (%d threads)", config.vocab_size,
+                    config.model_type, corpus_dir, num_threads)
+        started = time.monotonic()
+        model = train_sentencepiece(sample, config, num_threads)
+        seconds = time.monotonic() - started
+        logger.info("trained in %.1fs on %d chunks (%d bytes) of %d documents", seconds, sample.sentences,
+                    sample.bytes, sample.documents)
+        if not sample.heldout:
+            raise LumiError(f"{corpus_dir}: no held-out documents for validation (holdout_fraction="
+                            f"{config.holdout_fraction}); raise holdout_fraction or use a larger corpus")
+        atomic_write_bytes(staging / SPM_MODEL, model)
+        sp = spm.SentencePieceProcessor(model_proto=model)
+        atomic_write_text(staging / SPM_VOCAB, vocab_listing(sp))
+        verify_special_ids(sp.id_to_piece, str(staging / SPM_MODEL))
+        export_hf_tokenizer(staging / SPM_MODEL, staging)
+        meta = {
+            "format": TOKENIZER_FORMAT,
+            "sha256": sha256_file(staging / SPM_MODEL),
+            "files": {name: sha256_file(staging / name) for name in HASHED_FILES},
+            "vocab_size": sp.get_piece_size(),
+            "model_type": config.model_type,
+            "special_tokens": dict(SPECIAL_IDS),
+            "hf_encoding": {"adds_bos": False, "adds_eos": False, "chat_markers_from_text": True,
+                            "control_tokens_from_text": False},
+            "normalization": {"rule": "identity", "add_dummy_prefix": False, "remove_extra_whitespaces": False,
+                              "byte_fallback": config.byte_fallback, "split_digits": config.split_digits,
+                              "newline": "ordinary character learned by the trainer"},
+            "training": {"documents": sample.documents, "sentences": sample.sentences, "bytes": sample.bytes,
+                         "heldout_documents": len(sample.heldout), "seconds": round(seconds, 3),
+                         "num_threads": num_threads, "sentencepiece": spm.__version__,
+                         "tokenizers": tokenizers.__version__, "transformers": transformers.__version__},
+            "config": config_to_dict(config),
+            "corpus": {"dir": str(corpus_dir.resolve()), "manifest_sha256": sha256_file(corpus_dir / MANIFEST)},
+        }
+        atomic_write_json(staging / META, meta)
+        report = validate_tokenizer(staging, sample.heldout, config.model_type, num_threads)
+        atomic_write_json(staging / REPORT, report)
+    return report
+
+
+# --- loading (used by every later stage)
+
+def load_tokenizer_meta(directory: str | Path) -> dict[str, Any]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise LumiError(f"{directory}: tokenizer directory not found")
+    for name in REQUIRED_FILES:
+        if not (directory / name).is_file():
+            raise LumiError(f"{directory}: not a tokenizer directory ({name} is missing)")
+    meta = read_json(directory / META, what="tokenizer metadata")
+    if not isinstance(meta, dict) or meta.get("format") != TOKENIZER_FORMAT:
+        raise LumiError(f"{directory / META}: not a {TOKENIZER_FORMAT} file")
+    return meta
+
+
+def tokenizer_sha256(directory: str | Path) -> str:
+    """The recorded sha256 of ``spm.model``: the tokenizer's identity, recorded by every stage that uses it."""
+    return load_tokenizer_meta(directory)["sha256"]
+
+
+def check_tokenizer_integrity(directory: str | Path) -> dict[str, Any]:
+    """Recompute the hashes of the model files and refuse any that differs from the metadata; returns the metadata."""
+    directory = Path(directory)
+    meta = load_tokenizer_meta(directory)
+    recorded = {SPM_MODEL: meta["sha256"], **meta["files"]}
+    for name, digest in recorded.items():
+        if sha256_file(directory / name) != digest:
+            raise LumiError(f"{directory / name}: sha256 differs from {META} (file modified after training?)")
+    return meta
+
+
+def load_sentencepiece(directory: str | Path) -> spm.SentencePieceProcessor:
+    directory = Path(directory)
+    check_tokenizer_integrity(directory)
+    sp = spm.SentencePieceProcessor(model_file=str(directory / SPM_MODEL))
+    verify_special_ids(sp.id_to_piece, str(directory / SPM_MODEL))
+    return sp
+
+
+def load_hf_tokenizer(directory: str | Path) -> PreTrainedTokenizerBase:
+    """The transformers tokenizer (``AutoTokenizer``); same ids as :func:`load_sentencepiece`."""
+    from transformers import AutoTokenizer
+
+    directory = Path(directory)
+    check_tokenizer_integrity(directory)
+    hf = AutoTokenizer.from_pretrained(str(directory))
+    verify_special_ids(hf.convert_ids_to_tokens, str(directory / HF_TOKENIZER))
+    return hf
+
+
+# --- CLI
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser, CONFIG_DIR / "pretrain" / "tokenizer" / "spm32k.json", default_output="data/tokenizer")
+    parser.add_argument("--corpus-dir", type=Path, required=True, help="a stage-10 corpus directory")
+    parser.add_argument("--vocab-size", type=int, help="vocabulary size (overrides the config)")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = stage_config(args, TokenizerConfig, {"vocab_size": args.vocab_size})
+    report = train_tokenizer(args.corpus_dir, args.output_dir, config, force=args.force)
+    logger.info("tokenizer written to %s: %d pieces, %.3f bytes/token, unk rate %.2g, round trip %.4f, "
+                "transformers id agreement %.4f on %d held-out documents", args.output_dir, config.vocab_size,
+                report["bytes_per_token"], report["unk_rate"], report["roundtrip_exact_fraction"],
+                report["hf_id_agreement_fraction"], report["documents"])
+    return 0
