@@ -20,6 +20,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "corpus": ("lumi.corpus.pipeline", "10: prepare a pretraining corpus (local files, synthetic world)"),
     "tokenizer": ("lumi.tokenizer", "20: train the SentencePiece tokenizer and export it for transformers"),
     "pack": ("lumi.packing", "30: tokenize and pack a corpus into fixed-length training rows"),
+    "pretrain": ("lumi.train.pretrain", "40: pretrain the LLaMA-style model on packed data (checkpoints, resume)"),
+    "evaluate": ("lumi.eval.evaluate", "50/80: evaluate a checkpoint (perplexity, zero-shot tasks, generation checks)"),
 }
 
 
@@ -41,7 +43,9 @@ def build_parser(prog: str = "lumi") -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb, (module_name, help_text) in VERBS.items():
         # Import lazily: each verb's parser is built only when it is the one asked for (or for --help).
-        subparser = sub.add_parser(verb, help=help_text, description=help_text)
+        # A numbered script calls main(["verb", ...], prog=script_name): its help shows the script's own name.
+        subparser = sub.add_parser(verb, help=help_text, description=help_text,
+                                   prog=f"{prog} {verb}" if prog == "lumi" else prog)
         subparser.set_defaults(_module=module_name)
     return parser
 

@@ -7,7 +7,8 @@ Each document is ``BOS tokens... EOS``; documents are concatenated and the strea
 continue from one row into the next. **Labels are not shifted in the data**: a row is both ``input_ids`` and
 ``labels``, and the model (transformers' causal-LM loss or our fused loss) shifts once. Document boundaries inside a
 row are recoverable from the BOS tokens (BOS is a control id that plain text never produces), which is what training
-uses to keep packed documents from attending to each other.
+uses to keep packed documents from attending to each other. The tail of a split that does not fill a row is
+dropped and recorded (``dropped_tail_tokens``, ``dropped_tail_bytes``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class PackedSplit:
     rows: np.memmap
     seq_len: int
     documents: int
-    bytes: int  # UTF-8 bytes of the documents in this split, for bits per byte
+    bytes: int  # UTF-8 bytes of the text the split's rows hold (dropped tail excluded), for bits per byte
 
     @property
     def num_rows(self) -> int:

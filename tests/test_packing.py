@@ -1,0 +1,290 @@
+"""Stage 30: tokenize + pack, checked by decoding the packed streams back into the corpus documents."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+from helpers import make_corpus_dir
+
+from lumi import special_tokens
+from lumi.cli import main
+from lumi.config import load_config
+from lumi.corpus.store import MANIFEST as CORPUS_MANIFEST
+from lumi.errors import LumiError
+from lumi.files import sha256_file
+from lumi.packed import MANIFEST, load_packed_split, read_packed_manifest, token_dtype
+from lumi.packing import (DocumentSplitter, PackedSplitWriter, PackingConfig, check_packed_tokenizer,
+                          pack_corpus)
+from lumi.tokenizer import TokenizerConfig, train_tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SEQ_LEN = 64
+
+
+def train_raw_spm(directory: Path, texts: list[str], **ids: int) -> Path:
+    """A bare SentencePiece model (no stage-20 metadata): another tokenizer, or another id layout."""
+    directory.mkdir(parents=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(line for text in texts for line in text.splitlines() if line.strip()),
+        model_prefix=str(directory / "spm"), vocab_size=500, model_type="bpe", byte_fallback=True, minloglevel=2,
+        user_defined_symbols=list(special_tokens.CHAT_MARKERS),
+        **{"pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3, **ids})
+    return directory
+
+
+@pytest.fixture(scope="session")
+def documents(samples_dir) -> list[str]:
+    """Real web, encyclopedia and story text, with non-ASCII characters and an empty document."""
+    texts = [json.loads(line)["text"] for line in (samples_dir / "c4_demo_llamafactory_first150.jsonl").open()][:80]
+    texts += [json.loads(line)["text"] for line in (samples_dir / "dolma_cc_en_head-0091.jsonl").open()]
+    texts += (samples_dir / "wiki_demo_llamafactory_first15.txt").read_text().splitlines()[:2]
+    texts += (samples_dir / "tinystories_sample_cs336.txt").read_text().split("<|endoftext|>")
+    texts.insert(7, "")
+    texts.insert(8, "Ünïcödé ✓ — naïve café, 東京")
+    return texts
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory, documents) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("packing")
+    corpus = make_corpus_dir(root / "corpus", documents, shard_bytes=100_000)
+    # The real stage 20 (a lossless tokenizer: identity normalization, byte fallback), small and fast.
+    train_tokenizer(corpus, root / "tokenizer",
+                    TokenizerConfig(vocab_size=800, model_type="bpe", holdout_fraction=0.05, num_threads=2))
+    return {"root": root, "corpus": corpus, "tokenizer": root / "tokenizer",
+            "other_tokenizer": train_raw_spm(root / "other-tokenizer", documents[:40])}
+
+
+@pytest.fixture(scope="session")
+def packed(workspace) -> Path:
+    config = PackingConfig(seq_len=SEQ_LEN, val_fraction=0.1, seed=7, batch_docs=16, num_threads=2)
+    pack_corpus(workspace["corpus"], workspace["tokenizer"], workspace["root"] / "packed", config)
+    return workspace["root"] / "packed"
+
+
+@pytest.fixture(scope="session")
+def processor(workspace) -> spm.SentencePieceProcessor:
+    return spm.SentencePieceProcessor(model_file=str(workspace["tokenizer"] / "spm.model"))
+
+
+def split_stream(packed_dir: Path, split: str) -> np.ndarray:
+    return load_packed_split(packed_dir, split).rows.reshape(-1)
+
+
+def assign_documents(documents, processor, streams) -> dict[str, list[int]]:
+    """Walk the corpus in order: each document must be the next ``BOS ids EOS`` of one split's stream, except that
+    the last one in a stream may be cut and whole documents may follow it in the dropped tail (key "tail").
+    Returns document indices per split."""
+    positions = {name: 0 for name in streams}
+    assigned: dict[str, list[int]] = {name: [] for name in (*streams, "tail")}
+    for index, text in enumerate(documents):
+        expected = [special_tokens.BOS_ID, *processor.encode(text), special_tokens.EOS_ID]
+        for name, stream in streams.items():
+            got = stream[positions[name]:positions[name] + len(expected)]
+            if got.size and got.tolist() == expected[:got.size]:
+                positions[name] += got.size
+                assigned[name].append(index)
+                break
+        else:
+            assert any(positions[name] == stream.size for name, stream in streams.items()), f"document {index}"
+            assigned["tail"].append(index)
+    assert positions == {name: stream.size for name, stream in streams.items()}
+    return assigned
+
+
+def test_streams_decode_back_to_the_documents_with_bos_eos(packed, documents, processor):
+    streams = {split: split_stream(packed, split) for split in ("train", "val")}
+    assigned = assign_documents(documents, processor, streams)
+    splits = read_packed_manifest(packed)["splits"]
+    for split, stream in streams.items():
+        indices = assigned[split]
+        # Every complete document decodes to its exact text between one BOS and one EOS.
+        bos = np.flatnonzero(stream == special_tokens.BOS_ID)
+        eos = np.flatnonzero(stream == special_tokens.EOS_ID)
+        assert bos[0] == 0 and len(bos) == len(indices) and len(eos) in (len(bos), len(bos) - 1)
+        assert (eos[:len(bos) - 1] + 1 == bos[1:]).all()
+        for start, end, index in zip(bos, eos, indices):
+            assert processor.decode(stream[start + 1:end].tolist()) == documents[index]
+        assert splits[split]["tokens"] == stream.size
+        assert 0 <= splits[split]["dropped_tail_tokens"] < SEQ_LEN
+        assert splits[split]["documents"] >= len(indices)
+        # bytes: the text the rows hold, i.e. whole documents plus the decoded kept part of the one the tail cuts.
+        cut = bos[-1] if len(eos) < len(bos) else stream.size
+        kept = sum(len(documents[i].encode("utf-8")) for i in indices[:len(eos)])
+        kept += len(processor.decode(stream[cut + 1:].tolist()).encode("utf-8"))
+        assert splits[split]["bytes"] == kept
+    assert set(assigned["train"]).isdisjoint(assigned["val"])
+    assert len(assigned["val"]) >= 1 and len(assigned["train"]) > len(assigned["val"])
+    # Documents, UTF-8 bytes and tokens (BOS + text + EOS) all add up across the splits and their dropped tails.
+    assert sum(info["documents"] for info in splits.values()) == len(documents)
+    assert sum(info["bytes"] + info["dropped_tail_bytes"] for info in splits.values()) == sum(
+        len(text.encode("utf-8")) for text in documents)
+    assert sum(info["tokens"] + info["dropped_tail_tokens"] for info in splits.values()) == sum(
+        len(processor.encode(text)) + 2 for text in documents)
+
+
+def test_rows_are_whole_and_manifest_matches_files(packed, documents, workspace):
+    manifest = read_packed_manifest(packed)
+    dtype = np.dtype(manifest["dtype"])
+    assert dtype == token_dtype(manifest["vocab_size"]) == np.uint16
+    assert manifest["special_ids"] == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
+    assert manifest["tokenizer_sha256"] == sha256_file(workspace["tokenizer"] / "spm.model")
+    assert manifest["corpus"] == {"dir": str(workspace["corpus"].resolve()), "documents": len(documents),
+                                  "manifest_sha256": sha256_file(workspace["corpus"] / CORPUS_MANIFEST)}
+    assert "unshifted" in manifest["labels"]
+    for split in ("train", "val"):
+        info = manifest["splits"][split]
+        raw = np.fromfile(packed / info["file"], dtype=dtype)
+        assert raw.size == info["rows"] * SEQ_LEN == info["tokens"]
+        loaded = load_packed_split(packed, split)
+        assert loaded.rows.shape == (info["rows"], SEQ_LEN)
+        assert np.array_equal(loaded.rows.reshape(-1), raw)  # rows concatenate back to the stream
+        assert (loaded.documents, loaded.bytes) == (info["documents"], info["bytes"])
+    assert sum(manifest["splits"][s]["documents"] for s in ("train", "val")) == len(documents)
+
+
+def test_split_is_deterministic_per_seed_and_batch_size(workspace, packed):
+    again = workspace["root"] / "again"
+    pack_corpus(workspace["corpus"], workspace["tokenizer"], again,
+                PackingConfig(seq_len=SEQ_LEN, val_fraction=0.1, seed=7, batch_docs=5, num_threads=1))
+    for split in ("train", "val"):
+        assert (again / f"{split}.bin").read_bytes() == (packed / f"{split}.bin").read_bytes()
+    first = DocumentSplitter(1000, seed=7, val_fraction=0.1).val_mask(0, 1000)
+    assert np.array_equal(first, DocumentSplitter(1000, seed=7, val_fraction=0.1).val_mask(0, 1000))
+    assert not np.array_equal(first, DocumentSplitter(1000, seed=8, val_fraction=0.1).val_mask(0, 1000))
+    assert 50 < first.sum() < 150
+
+
+@pytest.mark.parametrize("total, fraction, expected_val", [(2, 0.5, 1), (3, 1e-9, 1), (50, 0.0, 0), (1, 0.5, 0)])
+def test_val_split_is_never_empty_unless_asked(total, fraction, expected_val):
+    for seed in range(20):
+        splitter = DocumentSplitter(total, seed=seed, val_fraction=fraction)
+        mask = np.concatenate([splitter.val_mask(start, 1) for start in range(total)])
+        if expected_val:
+            assert 1 <= mask.sum() < total
+        else:
+            assert mask.sum() == 0
+
+
+def test_uint32_writer_keeps_large_ids(tmp_path, processor):
+    with PackedSplitWriter(tmp_path, "train", token_dtype(100_000), seq_len=4, decode=processor.decode) as writer:
+        writer.write([np.array([2, 70_000, 99_999, 3], dtype=np.int32), np.array([2, 65_536, 3, 2], dtype=np.int32)],
+                     text_bytes=[10, 7])
+        info = writer.close()
+    assert info == {"file": "train.bin", "rows": 2, "tokens": 8, "documents": 2, "bytes": 17,
+                    "dropped_tail_tokens": 0, "dropped_tail_bytes": 0}
+    assert np.fromfile(tmp_path / "train.bin", dtype=np.uint32).tolist() == [2, 70_000, 99_999, 3, 2, 65_536, 3, 2]
+
+
+def test_writer_bytes_leave_out_the_dropped_tail(tmp_path, processor, documents):
+    """Short documents, so the dropped tail holds several whole ones and cuts one more."""
+    words = documents[0].split()
+    texts = [" ".join(words[i:i + 4]) for i in range(0, len(words) - 4, 4)][:80]
+    encoded = [np.array([special_tokens.BOS_ID, *processor.encode(t), special_tokens.EOS_ID], dtype=np.int32)
+               for t in texts]
+    ends = np.cumsum([doc.size for doc in encoded])
+    count = max(range(40, len(texts)), key=lambda n: ends[n - 1] % SEQ_LEN)  # the longest tail available
+    texts, encoded = texts[:count], encoded[:count]
+    sizes = [len(t.encode("utf-8")) for t in texts]
+    with PackedSplitWriter(tmp_path, "val", np.uint16, seq_len=SEQ_LEN, decode=processor.decode) as writer:
+        for first in range(0, count, 7):
+            writer.write(encoded[first:first + 7], sizes[first:first + 7])
+        info = writer.close()
+    kept = np.concatenate(encoded)[:info["tokens"]]
+    assert np.array_equal(np.fromfile(tmp_path / "val.bin", dtype=np.uint16), kept)
+    assert (ends[:count] > info["tokens"]).sum() >= 3  # the tail really spans several documents
+    expected = 0
+    for doc, size, end in zip(encoded, sizes, ends):
+        part = kept[end - doc.size:end]
+        expected += size if part.size == doc.size else len(
+            processor.decode(part.tolist()).encode("utf-8"))
+    assert info["bytes"] == expected and info["bytes"] + info["dropped_tail_bytes"] == sum(sizes)
+
+
+def pack_args(workspace, output: Path, *extra: str, tokenizer: Path | None = None) -> list[str]:
+    return ["pack", "--corpus-dir", str(workspace["corpus"]), "--tokenizer-dir",
+            str(tokenizer or workspace["tokenizer"]), "--output-dir", str(output),
+            "--config", str(REPO_ROOT / "config" / "demo" / "packing.json"), "--seq-len", "32", *extra]
+
+
+def test_cli_packs_refuses_existing_output_and_replaces_with_force(workspace, capsys):
+    output = workspace["root"] / "cli"
+    assert main(pack_args(workspace, output, "--set", "val_fraction=0.2")) == 0
+    manifest = read_packed_manifest(output)
+    assert (manifest["seq_len"], manifest["val_fraction"]) == (32, 0.2)  # the flag wins over the demo config
+    before = (output / MANIFEST).read_bytes()
+    assert main(pack_args(workspace, output)) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (output / MANIFEST).read_bytes() == before
+    assert main(pack_args(workspace, output, "--force")) == 0
+    assert read_packed_manifest(output)["val_fraction"] == 0.02
+    assert main(pack_args(workspace, workspace["root"] / "bad", "--seq-len", "4")) == 2
+    assert "seq_len" in capsys.readouterr().err
+
+
+def test_tampered_tokenizer_is_refused_unless_check_skipped(workspace, capsys):
+    tampered = workspace["root"] / "tampered-tokenizer"
+    shutil.copytree(workspace["tokenizer"], tampered)
+    shutil.copy(workspace["other_tokenizer"] / "spm.model", tampered / "spm.model")  # metadata has the old hash
+    assert main(pack_args(workspace, workspace["root"] / "t1", tokenizer=tampered)) == 2
+    err = capsys.readouterr().err
+    assert "spm.model" in err and "sha256" in err and "--skip-tokenizer-check" in err
+    assert not (workspace["root"] / "t1").exists()
+    assert main(pack_args(workspace, workspace["root"] / "t1", "--skip-tokenizer-check", tokenizer=tampered)) == 0
+    manifest = read_packed_manifest(workspace["root"] / "t1")
+    assert manifest["tokenizer_sha256"] == sha256_file(workspace["other_tokenizer"] / "spm.model")
+    assert manifest["vocab_size"] == 500
+
+
+def test_check_packed_tokenizer_names_both_hashes(packed, workspace):
+    check_packed_tokenizer(packed, workspace["tokenizer"])
+    with pytest.raises(LumiError) as caught:
+        check_packed_tokenizer(packed, workspace["other_tokenizer"])
+    assert sha256_file(workspace["other_tokenizer"] / "spm.model") in str(caught.value)
+    assert sha256_file(workspace["tokenizer"] / "spm.model") in str(caught.value)
+
+
+@pytest.mark.parametrize("missing", ["spm.model", "tokenizer_meta.json", "tokenizer.json"])
+def test_tokenizer_dir_missing_files(workspace, tmp_path, missing, capsys):
+    broken = tmp_path / "tokenizer"
+    shutil.copytree(workspace["tokenizer"], broken)
+    (broken / missing).unlink()
+    assert main(pack_args(workspace, tmp_path / "out", tokenizer=broken)) == 2
+    assert missing in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_tokenizer_with_other_special_ids_is_refused(workspace, documents, tmp_path):
+    default_layout = train_raw_spm(tmp_path / "tok", documents[:40], pad_id=-1, unk_id=0, bos_id=1, eos_id=2)
+    with pytest.raises(LumiError, match="special_tokens.py"):
+        pack_corpus(workspace["corpus"], default_layout, tmp_path / "out", PackingConfig(seq_len=SEQ_LEN),
+                    verify_tokenizer=False)
+
+
+def test_empty_and_too_small_corpora_are_clear_errors(workspace, tmp_path):
+    empty = make_corpus_dir(tmp_path / "empty", [])
+    with pytest.raises(LumiError, match="no documents"):
+        pack_corpus(empty, workspace["tokenizer"], tmp_path / "out", PackingConfig(seq_len=SEQ_LEN))
+    tiny = make_corpus_dir(tmp_path / "tiny", ["one short line", "and another"])
+    with pytest.raises(LumiError, match="too little text"):
+        pack_corpus(tiny, workspace["tokenizer"], tmp_path / "out", PackingConfig(seq_len=SEQ_LEN))
+    assert not (tmp_path / "out").exists()
+
+
+def test_script_wrapper_runs_the_pack_verb():
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "30_pack_dataset.py"), "--help"],
+                            capture_output=True, text=True, check=True)
+    assert "--skip-tokenizer-check" in result.stdout and "--seq-len" in result.stdout
+
+
+@pytest.mark.parametrize("path, seq_len", [("pretrain/packing/default.json", 1024), ("demo/packing.json", 256)])
+def test_shipped_configs_validate(path, seq_len):
+    config = load_config(PackingConfig, REPO_ROOT / "config" / path)
+    assert config.seq_len == seq_len and 0 < config.val_fraction <= 0.5
