@@ -55,15 +55,27 @@ def parse_override(text: str) -> tuple[str, Any]:
 def apply_overrides(data: dict, overrides: Mapping[str, Any]) -> dict:
     """Set dotted keys in a nested dict (creating intermediate dicts); validation happens afterwards."""
     for dotted, value in overrides.items():
-        parts = dotted.split(".")
-        node = data
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
+        *path, last = dotted.split(".")
+        node: Any = data
+        for part in path:
+            if isinstance(node, list):
+                node = node[_list_index(node, part, dotted)]
+            else:
+                node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
                 raise LumiError(f"--set {dotted}: '{part}' is not a section")
-            node = child
-        node[parts[-1]] = value
+        if isinstance(node, list):
+            node[_list_index(node, last, dotted)] = value
+        else:
+            node[last] = value
     return data
+
+
+def _list_index(items: list, part: str, dotted: str) -> int:
+    """``sources.0.documents``: a numeric part indexes into a list."""
+    if not part.isdigit() or int(part) >= len(items):
+        raise LumiError(f"--set {dotted}: '{part}' is not an index of a list of {len(items)}")
+    return int(part)
 
 
 def _describe(error: Mapping[str, Any]) -> tuple[str, str]:

@@ -76,6 +76,16 @@ def test_set_overrides_are_typed_and_validated(tmp_path):
         load_config(Example, path, ["novalue"])
 
 
+def test_set_indexes_into_lists(tmp_path):
+    class WithList(ConfigModel):
+        items: list[Inner]
+
+    path = write(tmp_path, {"items": [{"size": 1}, {"size": 2}]})
+    assert [i.size for i in load_config(WithList, path, ["items.1.size=5"]).items] == [1, 5]
+    with pytest.raises(LumiError, match="'2' is not an index of a list of 2"):
+        load_config(WithList, path, ["items.2.size=5"])
+
+
 def test_flag_values_win_over_set(tmp_path):
     path = write(tmp_path, {"name": "x"})
     config = load_config(Example, path, ["rate=0.25"], {"rate": 0.75, "mode": None})
