@@ -1,9 +1,11 @@
 """The corpus directory format that stage 10 writes and stages 20 and 30 read.
 
-A corpus directory holds ``shard_00000.parquet`` ... (columns ``text``, ``source``, ``id``; zstd-compressed),
-``manifest.json`` (format version, totals, per-shard sha256/documents/bytes, per-source counts, config and its hash)
-and ``DATA_CARD.md``. Parquet is used because it is columnar (readers load only ``text``), compressed, and readable by
-``datasets.load_dataset("parquet", ...)`` and every dataframe tool without code of ours.
+A corpus directory holds parquet shards (``shard_*.parquet``; columns ``text``, ``source``, ``id``; zstd-compressed),
+``manifest.json`` (format version, totals, per-shard file/sha256/documents/bytes/estimated_tokens, per-source counts,
+config and its hash) and ``DATA_CARD.md``. Readers take the shard list, in order, from the manifest, which is
+written last: a directory without one is not (yet) a corpus. Parquet is used because it is columnar (readers load
+only ``text``), compressed, and readable by ``datasets.load_dataset("parquet", ...)`` and every dataframe tool
+without code of ours.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ SCHEMA = pa.schema([("text", pa.string()), ("source", pa.string()), ("id", pa.st
 class ShardWriter:
     """Writes documents into parquet shards of about ``shard_bytes`` of text each and records their stats."""
 
-    def __init__(self, directory: Path, shard_bytes: int = 64 << 20, row_group_docs: int = 2048):
+    def __init__(self, directory: Path, shard_bytes: int = 64 << 20, row_group_docs: int = 2048,
+                 prefix: str = "shard_"):
         self.directory = Path(directory)
+        self.prefix = prefix
         self.shard_bytes = shard_bytes
         self.row_group_docs = row_group_docs
         self.shards: list[dict[str, Any]] = []
@@ -50,7 +54,7 @@ class ShardWriter:
         if not self._buffer["text"]:
             return
         if self._writer is None:
-            path = self.directory / f"shard_{len(self.shards):05d}.parquet"
+            path = self.directory / f"{self.prefix}{len(self.shards):05d}.parquet"
             self._writer = pq.ParquetWriter(path, SCHEMA, compression="zstd")
         self._writer.write_table(pa.table(self._buffer, schema=SCHEMA))
         self._buffer = {"text": [], "source": [], "id": []}

@@ -1,0 +1,181 @@
+"""Running the stage-10 steps on a datatrove executor, and the resumable build directory.
+
+The build directory is the output directory itself (or, when ``--force`` replaces a finished corpus, the sibling
+``.NAME.rebuild`` that is swapped in at the end). It holds ``_work/run.json`` (config hash, start time) while it is
+unfinished and ``manifest.json`` only once complete. A rerun with the same config resumes it: datatrove's
+per-task completion markers (``logs/<stage>/completions``) skip the finished tasks. ``logs/`` keeps datatrove's
+per-stage logs and stats next to the corpus.
+
+Locally the four stages run one after another from this process; on Slurm they are submitted as dependent job
+arrays and this process returns once they are queued; Ray runs them on the cluster ``ray.init()`` connects to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, TextIO
+
+from tqdm import tqdm
+
+from lumi.corpus.config import CorpusConfig
+from lumi.corpus.report import config_sha256
+from lumi.corpus.steps import (CorpusStep, FinalizeCorpus, PlanCorpus, ScanSources, WriteShards, read_scan_stats,
+                               work_path)
+from lumi.corpus.store import MANIFEST
+from lumi.errors import LumiError
+from lumi.files import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+
+def prepare_build_dir(output_dir: Path, force: bool, config: CorpusConfig) -> tuple[Path, bool]:
+    """Return (build dir, whether it replaces ``output_dir`` at the end), resuming an unfinished build of the same
+    config. A finished corpus or any other non-empty directory is replaced only with ``force``."""
+    final = output_dir.absolute()
+    if final.exists() and not final.is_dir():
+        raise LumiError(f"{final}: output path exists and is not a directory")
+    ours_unfinished = (final / "_work" / "run.json").is_file() and not (final / MANIFEST).exists()
+    occupied = final.is_dir() and any(final.iterdir()) and not ours_unfinished
+    if occupied and not force:
+        raise LumiError(f"{final}: output directory already exists; pass --force to replace it")
+    build = final.parent / f".{final.name}.rebuild" if occupied else final
+    run_file = work_path(build, "run.json")
+    digest = config_sha256(config)
+    if run_file.is_file():
+        previous = read_json(run_file)
+        if previous.get("config_sha256") == digest:
+            log.info("resuming the unfinished build in %s", build)
+            return build, occupied
+        if not force:
+            raise LumiError(f"{build}: holds an unfinished build of another config; pass --force to discard it")
+        shutil.rmtree(build)
+    build.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_file, {"config_sha256": digest, "started": time.time()})
+    return build, occupied
+
+
+def stage_steps(config: CorpusConfig, build: Path) -> list[tuple[str, CorpusStep, int]]:
+    """(stage name, step, tasks) in execution order."""
+    tasks = config.executor.tasks
+    return [("scan", ScanSources(config, str(build)), tasks),
+            ("plan", PlanCorpus(config, str(build), tasks), 1),
+            ("write", WriteShards(config, str(build)), tasks),
+            ("finalize", FinalizeCorpus(config, str(build), tasks), 1)]
+
+
+def make_executor(config: CorpusConfig, name: str, step: CorpusStep, tasks: int, logging_dir: Path, depends=None):
+    executor = config.executor
+    workers = min(executor.workers, tasks)
+    if executor.type == "local":
+        from datatrove.executor import LocalPipelineExecutor
+
+        return LocalPipelineExecutor([step], tasks=tasks, workers=workers, logging_dir=str(logging_dir))
+    if executor.type == "slurm":
+        from datatrove.executor import SlurmPipelineExecutor
+
+        slurm = executor.slurm
+        assert slurm is not None  # checked by ExecutorConfig
+        return SlurmPipelineExecutor(
+            [step], tasks=tasks, workers=workers, logging_dir=str(logging_dir),  # workers: jobs at once
+            job_name=f"{slurm.job_name}-{name}", partition=slurm.partition, time=slurm.time,
+            cpus_per_task=slurm.cpus_per_task, mem_per_cpu_gb=slurm.mem_per_cpu_gb,
+            venv_path=slurm.venv_path or str(Path(sys.prefix) / "bin" / "activate"),
+            sbatch_args=dict(slurm.sbatch_args), depends=depends)
+    from datatrove.executor import RayPipelineExecutor
+
+    return RayPipelineExecutor([step], tasks=tasks, workers=workers, logging_dir=str(logging_dir),
+                               cpus_per_task=executor.ray.cpus_per_task, mem_per_cpu_gb=executor.ray.mem_per_cpu_gb,
+                               depends=depends)
+
+
+@contextlib.contextmanager
+def datatrove_console_to(path: Path) -> Iterator[TextIO]:
+    """Send what datatrove prints to the console into ``path``; yield a stream to the real console.
+
+    datatrove logs every task to ``logs/<stage>/logs/`` and also, at INFO, to stderr: in this process through
+    ``sys.stderr``, in worker processes through file descriptor 2 (inherited from the forkserver), so both are
+    redirected. The console keeps the progress bar and our one-line errors; exceptions still propagate."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    # A stream on descriptor 2 itself, never closed: a logger that keeps it after the block writes to the console.
+    descriptor_2 = os.fdopen(2, "w", encoding="utf-8", closefd=False)
+    with open(path, "a", encoding="utf-8") as log_file, os.fdopen(os.dup(saved), "w") as console:
+        os.dup2(log_file.fileno(), 2)
+        try:
+            with contextlib.redirect_stderr(descriptor_2):
+                yield console
+        finally:
+            descriptor_2.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+@contextlib.contextmanager
+def scan_progress(build: Path, tasks: int, stream: TextIO) -> Iterator[None]:
+    """A progress bar (documents, docs/s, MB/s) fed by the scan tasks' progress files, which work across
+    processes; polled from a thread while the executor runs."""
+    stop = threading.Event()
+    bar = tqdm(unit="doc", desc="corpus scan", dynamic_ncols=True, mininterval=1.0, file=stream)
+    started = time.monotonic()
+
+    def poll() -> None:
+        while True:
+            stopped = stop.wait(1.0)
+            documents = num_bytes = 0
+            for rank in range(tasks):
+                with contextlib.suppress(LumiError, OSError):
+                    progress = read_json(work_path(build, "progress", f"{rank:05d}.json"))
+                    documents += progress["documents"]
+                    num_bytes += progress["bytes"]
+            bar.update(documents - bar.n)
+            bar.set_postfix_str(f"{num_bytes / 1e6 / max(time.monotonic() - started, 1e-9):.2f} MB/s", refresh=True)
+            if stopped:
+                return
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        bar.close()
+
+
+def run_build(config: CorpusConfig, build: Path) -> None:
+    """Run every stage. Local: in order, checking after the scan that some document survived the filters."""
+    stages = stage_steps(config, build)
+    if config.executor.type != "local":
+        executor = None
+        for name, step, tasks in stages:
+            executor = make_executor(config, name, step, tasks, build / "logs" / name, depends=executor)
+        executor.run()
+        return
+    for name, step, tasks in stages:
+        executor = make_executor(config, name, step, tasks, build / "logs" / name)
+        with datatrove_console_to(build / "logs" / "console.log") as console, \
+                scan_progress(build, tasks, console) if name == "scan" else contextlib.nullcontext():
+            executor.run()
+        if name == "scan":
+            stats = read_scan_stats(config, build, tasks)
+            if sum(s["candidates"] for s in stats.values()) == 0:
+                counts = ", ".join(f"{n}: read {s['read']}, dropped {sum(s['dropped'].values())}"
+                                   for n, s in stats.items())
+                raise LumiError(f"the corpus is empty: every document was filtered out or the inputs held none "
+                                f"({counts})")
+
+
+def swap_into_place(build: Path, final: Path) -> None:
+    """Replace ``final`` by the finished ``build``; the old output is removed only after the swap."""
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    os.replace(final, old)
+    os.replace(build, final)
+    shutil.rmtree(old, ignore_errors=True)
