@@ -17,7 +17,8 @@ from lumi.stage import setup_logging
 
 # verb -> (module, one-line help). Order is pipeline order.
 VERBS: dict[str, tuple[str, str]] = {
-    "corpus": ("lumi.corpus.pipeline", "10: prepare a pretraining corpus (local files, synthetic world)"),
+    "corpus": ("lumi.corpus.pipeline",
+               "10: prepare a pretraining corpus (local files, hub streams, synthetic world; filters, dedup, budgets)"),
     "tokenizer": ("lumi.tokenizer", "20: train the SentencePiece tokenizer and export it for transformers"),
     "pack": ("lumi.packing", "30: tokenize and pack a corpus into fixed-length training rows"),
     "pretrain": ("lumi.train.pretrain", "40: pretrain the LLaMA-style model on packed data (checkpoints, resume)"),

@@ -10,6 +10,7 @@ checked exactly like the file.
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 from typing import Any, Iterable, Mapping, TypeVar
 
@@ -124,3 +125,57 @@ def load_config(cls: type[C], path: str | Path | None, overrides: Iterable[str] 
 
 def config_to_dict(config: ConfigModel) -> dict:
     return config.model_dump(mode="json")
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    text = text or str(annotation).replace("typing.", "")
+    return text.replace("NoneType", "null").replace("Literal", "one of ").replace("Annotated", "")
+
+
+def _constraints(field: Any) -> str:
+    parts = []
+    for item in field.metadata:
+        for name, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("min_length", "min length")):
+            if getattr(item, name, None) is not None:
+                parts.append(f"{symbol} {getattr(item, name)}")
+    return ", ".join(parts)
+
+
+def _models_in(annotation: Any) -> list[type[ConfigModel]]:
+    """Config sections inside an annotation, through list[...], unions, Optional and Annotated."""
+    if isinstance(annotation, type) and issubclass(annotation, ConfigModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def config_reference(cls: type[ConfigModel], prefix: str = "") -> list[tuple[str, str, str, str, str]]:
+    """Rows (field, type, default, constraints, description) for every field, nested sections flattened with dots;
+    the README/docs config reference is generated from this so it cannot drift from the code."""
+    from pydantic_core import PydanticUndefined
+
+    rows = []
+    for name, field in cls.model_fields.items():
+        annotation = field.annotation
+        dotted = f"{prefix}{name}"
+        if field.default is PydanticUndefined and field.default_factory is None:
+            default = "required"
+        elif field.default_factory is not None:
+            default = json.dumps(config_to_dict_value(field.default_factory()))
+        else:
+            default = json.dumps(config_to_dict_value(field.default))
+        models = _models_in(annotation)
+        if models:
+            is_list = typing.get_origin(annotation) is list
+            kind = ("list of " if is_list else "") + " or ".join(m.__name__ for m in models)
+            rows.append((dotted, kind, "", "", field.description or ""))
+            for model in models:
+                rows.extend(config_reference(model, f"{dotted}{'[]' if is_list else ''}"
+                                                    f"{f'<{model.__name__}>' if len(models) > 1 else ''}."))
+            continue
+        rows.append((dotted, _type_name(annotation), default, _constraints(field), field.description or ""))
+    return rows
+
+
+def config_to_dict_value(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value

@@ -77,3 +77,16 @@ def load_packed_split(packed_dir: str | Path, split: str) -> PackedSplit:
     else:
         rows = np.memmap(path, dtype=dtype, mode="r", shape=(int(info["rows"]), seq_len))
     return PackedSplit(split, rows, seq_len, int(info["documents"]), int(info["bytes"]))
+
+
+def unigram_entropy(split: PackedSplit, chunk_rows: int = 4096) -> float:
+    """Entropy in nats/token of the split's token frequencies: the loss of the best model that ignores context,
+    the baseline a trained model's val loss must beat. Counted chunk by chunk, so memory stays bounded."""
+    counts = np.zeros(1, dtype=np.int64)
+    for start in range(0, split.num_rows, chunk_rows):
+        chunk = np.bincount(np.asarray(split.rows[start:start + chunk_rows]).ravel())
+        if len(chunk) > len(counts):
+            counts = np.pad(counts, (0, len(chunk) - len(counts)))
+        counts[:len(chunk)] += chunk
+    probabilities = counts[counts > 0] / counts.sum()
+    return float(-(probabilities * np.log(probabilities)).sum())

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole Lumi-Lab pipeline on the built-in synthetic world: offline, on CPU, a few minutes on 2 cores.
+# The whole Lumi-Lab pipeline on the built-in synthetic world: offline, on CPU, a few minutes on 2 cores:
+# 10 corpus -> 20 tokenizer -> 30 pack -> 40 pretrain -> 50 evaluate -> report.
 # `make demo` runs this inside .venv. Every stage writes its own directory under $OUT; rerunning replaces them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,14 @@ lumi tokenizer --config config/demo/tokenizer.json --corpus-dir "$OUT/corpus" --
 stage "30 pack"
 lumi pack --config config/demo/packing.json --corpus-dir "$OUT/corpus" --tokenizer-dir "$OUT/tokenizer" \
     --output-dir "$OUT/packed" --force
+
+stage "40 pretrain: the micro model on CPU"
+lumi pretrain --config config/demo/pretrain.json --tokenizer-dir "$OUT/tokenizer" --data-dirs "$OUT/packed" \
+    --output-dir "$OUT/checkpoints" --force
+
+stage "50 evaluate: val bits per byte, held-out fact cloze, zero-shot samples, generations"
+lumi evaluate --config config/evaluation/demo.json --model-path "$OUT/checkpoints/demo/final" \
+    --set perplexity.0.packed_dir="$OUT/packed" --output-dir "$OUT/evaluation" --force
 
 stage "report"
 python runs/demo_report.py "$OUT"

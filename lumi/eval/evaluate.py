@@ -1,0 +1,216 @@
+"""``lumi evaluate``: measure a checkpoint directory and write ``evaluation_results.json`` + ``report.md``.
+
+The same command (and config schema) evaluates checkpoints after pretraining, SFT and DPO, so their numbers compare;
+``--compare PREVIOUS_RESULTS`` puts an earlier run's numbers beside this one's. The results schema is documented in
+``docs/EVALUATION.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lumi import __version__
+from lumi.config import CONFIG_DIR, config_to_dict
+from lumi.errors import LumiError
+from lumi.eval.config import DEFAULT_PROMPTS, EvaluationConfig, PerplexityConfig, TaskConfig
+from lumi.eval.generation import load_prompts, run_generation
+from lumi.eval.model_io import context_length, load_for_evaluation, tokenizer_fingerprint
+from lumi.eval.perplexity import evaluate_packed_split, read_dataset_text, read_text_file, text_perplexity
+from lumi.eval.report import compare_results, console_summary, load_previous_results, write_report
+from lumi.eval.scoring import score_items
+from lumi.eval.tasks import get_task, subsample
+from lumi.files import atomic_write_json, atomic_write_text, sha256_file, staged_output_dir
+from lumi.packed import load_packed_split, read_packed_manifest
+from lumi.stage import add_common_arguments, setup_logging, stage_config
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "evaluation_results.json"
+RESULTS_SCHEMA = "lumi-evaluation/1"
+PRETRAIN_CONFIG = CONFIG_DIR / "evaluation" / "pretrain.json"
+SFT_CONFIG = CONFIG_DIR / "evaluation" / "sft.json"
+SPM_MODEL = "spm.model"  # the SentencePiece model the tokenizer stage writes (and checkpoints copy)
+LIBRARIES = ("torch", "transformers", "tokenizers", "sentencepiece", "datasets", "numpy")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "lumi": __version__}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def file_digests(*paths: str | None) -> dict[str, str]:
+    return {path: sha256_file(path) for path in paths if path is not None and Path(path).is_file()}
+
+
+def check_packed_tokenizer(manifest: dict[str, Any], packed_dir: str, model_path: Path) -> None:
+    """Packed rows are token ids: scoring them with another tokenizer's model would be silently meaningless. The
+    pack manifest records the sha256 of the ``spm.model`` it used; checkpoints carry a copy of that file."""
+    model_spm = model_path / SPM_MODEL
+    recorded = manifest.get("tokenizer_sha256")
+    if recorded and model_spm.is_file() and sha256_file(model_spm) != recorded:
+        raise LumiError(f"{packed_dir}: packed with tokenizer sha256 {recorded}, but {model_spm} differs; "
+                        "evaluate on data packed with this model's tokenizer")
+
+
+def measure_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: PerplexityConfig,
+                       model_path: Path, max_length: int, batch_size: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    if spec.packed_dir is not None:
+        manifest = read_packed_manifest(spec.packed_dir)
+        check_packed_tokenizer(manifest, spec.packed_dir, model_path)
+        split = load_packed_split(spec.packed_dir, spec.packed_split)
+        if split.seq_len > max_length:
+            raise LumiError(f"{spec.packed_dir}: rows of {split.seq_len} tokens exceed the scoring context of "
+                            f"{max_length}; evaluate on data packed with a --seq-len the model was built for")
+        result = evaluate_packed_split(model, split, batch_size=batch_size, max_rows=spec.max_rows)
+        result["data"] = {"packed_dir": spec.packed_dir, "split": spec.packed_split, "rows_total": split.num_rows,
+                          "seq_len": split.seq_len, "tokenizer_sha256": manifest.get("tokenizer_sha256")}
+    else:
+        if spec.text_file is not None:
+            text = read_text_file(spec.text_file)
+            data: dict[str, Any] = {"text_file": spec.text_file, "sha256": sha256_file(spec.text_file)}
+        else:
+            text = read_dataset_text(spec.dataset, spec.dataset_config, spec.split, spec.text_field,  # type: ignore
+                                     spec.data_files)
+            data = {"dataset": spec.dataset, "dataset_config": spec.dataset_config, "split": spec.split,
+                    "data_files": spec.data_files}
+        data["chars_total"] = len(text)
+        text = text[:spec.max_chars] if spec.max_chars else text
+        data["chars_scored"] = len(text)
+        window = min(spec.window or max_length, max_length)
+        result = text_perplexity(model, tokenizer, text, window, spec.stride or max(1, window // 2), batch_size)
+        result["data"] = data
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def measure_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: TaskConfig, max_length: int,
+                 batch_size: int, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    task = get_task(spec.task)
+    source = spec.source or task.default_source
+    loaded = task.load(source)
+    items = subsample(loaded, spec.max_samples, seed)
+    started = time.perf_counter()
+    summary, records = score_items(model, tokenizer, task, items, max_length, batch_size)
+    seconds = time.perf_counter() - started
+    summary.update(items_available=len(loaded), seconds=round(seconds, 3),
+                   items_per_second=round(len(items) / seconds, 3) if seconds > 0 else None,
+                   data={"source": source.describe(), **({"sha256": file_digests(source.path, source.labels_path)}
+                                                         if source.path else {})})
+    return summary, records
+
+
+def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path) -> dict[str, Any]:
+    """Run every measurement in ``config``; per-item records go to ``output_dir/samples/``."""
+    started = now()
+    model, tokenizer = load_for_evaluation(model_path, config.device, config.dtype, config.add_bos)
+    torch.manual_seed(config.seed)
+    model_context = context_length(model)
+    if config.max_length is not None and config.max_length > model_context:
+        raise LumiError(f"max_length {config.max_length} exceeds the model's context of {model_context} tokens")
+    max_length = config.max_length or model_context
+    results: dict[str, Any] = {
+        "schema": RESULTS_SCHEMA,
+        "model": {"path": str(model_path.resolve()), "parameters": model.num_parameters(),
+                  "context_length": model_context, "vocab_size": model.config.vocab_size,
+                  "dtype": str(model.dtype).removeprefix("torch."), "device": str(next(model.parameters()).device),
+                  "weights_sha256": file_digests(*sorted(str(p) for p in model_path.glob("*.safetensors")))},
+        "tokenizer_sha256": tokenizer_fingerprint(model_path),
+        "scoring_max_length": max_length,
+        "config": config_to_dict(config),
+        "versions": library_versions(),
+        "started": started,
+        "perplexity": {},
+        "tasks": {},
+    }
+    for spec in config.perplexity:
+        log.info("perplexity: %s", spec.name)
+        results["perplexity"][spec.name] = measure_perplexity(model, tokenizer, spec, model_path, max_length,
+                                                              config.batch_size)
+    samples_dir = output_dir / "samples"
+    for spec in config.tasks:
+        log.info("task: %s", spec.task)
+        summary, records = measure_task(model, tokenizer, spec, max_length, config.batch_size, config.seed)
+        results["tasks"][spec.task] = summary
+        atomic_write_text(samples_dir / f"{spec.task}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    if config.generation is not None:
+        settings = config.generation
+        log.info("generation smoke checks")
+        prompts = load_prompts(settings.prompts_file or DEFAULT_PROMPTS)
+        outputs, summary = run_generation(
+            model, tokenizer, prompts, settings.prompt_format, settings.max_new_tokens, settings.greedy,
+            settings.samples_per_prompt,
+            {"temperature": settings.temperature, "top_p": settings.top_p, "top_k": settings.top_k},
+            settings.repetition_ngram, config.seed)
+        results["generation"] = {"prompts_file": str(settings.prompts_file or DEFAULT_PROMPTS), **summary}
+        atomic_write_text(output_dir / "generations.jsonl", "".join(json.dumps(o) + "\n" for o in outputs))
+    results["finished"] = now()
+    return results
+
+
+def configure_parser(parser: argparse.ArgumentParser, default_config: Path = PRETRAIN_CONFIG,
+                     default_output: str = "out/evaluation/pretrain") -> None:
+    add_common_arguments(parser, default_config=default_config, default_output=default_output)
+    parser.add_argument("--model-path", type=Path, required=True,
+                        help="checkpoint directory (save_pretrained model + tokenizer files)")
+    parser.add_argument("--compare", type=Path, metavar="PREVIOUS_RESULTS",
+                        help=f"an earlier {RESULTS_FILE} (or the directory holding it) to compare against")
+    parser.add_argument("--max-samples", type=int, metavar="N", help="cap every task at N seeded items")
+    parser.add_argument("--device", help="torch device (default: the config's, 'auto' = cuda if available)")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = stage_config(args, EvaluationConfig, {"device": args.device})
+    if args.max_samples is not None:
+        if args.max_samples < 1:
+            raise LumiError(f"--max-samples must be >= 1, got {args.max_samples}")
+        for task in config.tasks:
+            task.max_samples = min(task.max_samples or args.max_samples, args.max_samples)
+    previous = load_previous_results(args.compare) if args.compare else None
+    with staged_output_dir(args.output_dir, args.force) as staging:
+        results = evaluate_model(config, args.model_path, staging)
+        if previous is not None:
+            results["comparison"] = compare_results(results, previous, str(args.compare))
+        atomic_write_json(staging / RESULTS_FILE, results)
+        write_report(results, args.model_path, staging)
+    print(console_summary(results))
+    print(f"evaluation -> {args.output_dir}/{RESULTS_FILE}, {args.output_dir}/report.md")
+    return 0
+
+
+def script_main(default_config: Path, default_output: str, prog: str, description: str,
+                argv: list[str] | None = None) -> int:
+    """The numbered scripts (50, 80): ``lumi evaluate`` with their own defaults, shown as such in ``--help``."""
+    from lumi.cli import normalize_flag_spelling  # imported here: lumi.cli imports the verb modules lazily, not us
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    configure_parser(parser, default_config, default_output)
+    args = parser.parse_args(normalize_flag_spelling(sys.argv[1:] if argv is None else argv))
+    setup_logging(args.verbose)
+    try:
+        return run(args)
+    except LumiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code

@@ -1,0 +1,86 @@
+"""Load a checkpoint directory (``save_pretrained`` model + tokenizer files) for evaluation."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from lumi.errors import LumiError
+
+# Any one of these makes a directory loadable by AutoTokenizer; we hash all that are present.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "spm.model")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def tokenizer_fingerprint(model_dir: str | Path) -> str:
+    """sha256 over the tokenizer files in ``model_dir`` (name + content), so results name the exact tokenizer."""
+    digest = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        path = Path(model_dir) / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def load_tokenizer(model_dir: str | Path, add_bos: bool | None = None) -> PreTrainedTokenizerBase:
+    """``add_bos`` sets whether ``encode`` prepends BOS (None: the tokenizer's own setting). It is passed to
+    ``AutoTokenizer`` as ``add_bos_token``, exactly as ``lm_eval --model_args add_bos_token=...`` does, so the token
+    ids match lm-eval's for the same setting. The project tokenizer adds no BOS by itself."""
+    model_dir = Path(model_dir)
+    if not any((model_dir / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        raise LumiError(f"{model_dir}: no tokenizer files (tokenizer.json or tokenizer.model); "
+                        "save the tokenizer into the checkpoint directory next to the model")
+    try:
+        return AutoTokenizer.from_pretrained(model_dir, **({} if add_bos is None else {"add_bos_token": add_bos}))
+    except (OSError, ValueError) as exc:
+        raise LumiError(f"{model_dir}: tokenizer could not be loaded: {exc}") from None
+
+
+def load_model(model_dir: str | Path, device: str = "auto", dtype: str = "auto") -> PreTrainedModel:
+    """``dtype="auto"`` keeps the checkpoint's dtype, as ``lm_eval --model hf`` does by default."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise LumiError(f"{model_dir}: not a model directory (no config.json)")
+    if dtype != "auto" and dtype not in DTYPES:
+        raise LumiError(f"dtype {dtype!r}: expected auto or one of {sorted(DTYPES)}")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES.get(dtype, "auto"))
+    except (OSError, ValueError) as exc:
+        raise LumiError(f"{model_dir}: model could not be loaded: {exc}") from None
+    return model.to(resolve_device(device)).eval()
+
+
+def load_for_evaluation(model_dir: str | Path, device: str = "auto", dtype: str = "auto",
+                        add_bos: bool | None = True) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer from one directory, refusing a pair whose special-token ids disagree."""
+    if not Path(model_dir).is_dir():
+        raise LumiError(f"{model_dir}: model directory not found")
+    tokenizer = load_tokenizer(model_dir, add_bos)
+    model = load_model(model_dir, device, dtype)
+    for name in ("bos_token_id", "eos_token_id"):
+        model_id, tokenizer_id = getattr(model.config, name, None), getattr(tokenizer, name, None)
+        if model_id is not None and tokenizer_id is not None and model_id != tokenizer_id:
+            raise LumiError(f"{model_dir}: {name} is {model_id} in config.json but {tokenizer_id} in the tokenizer")
+    if len(tokenizer) > model.config.vocab_size:
+        raise LumiError(f"{model_dir}: tokenizer has {len(tokenizer)} tokens but the model only "
+                        f"{model.config.vocab_size} embeddings")
+    return model, tokenizer
+
+
+def context_length(model: PreTrainedModel) -> int:
+    """The longest sequence the model was built for (lm-eval reads the same field)."""
+    return int(model.config.max_position_embeddings)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,145 @@
+"""Perplexity and bits per byte: on a packed split (the trainer's validation loss) and on raw text.
+
+Packed split: every row goes through ``lumi.train.loss.causal_lm_loss`` (document masking, labels shifted once, sum
+reduction), the very function training minimises, so the trainer's val loss and this evaluator agree exactly.
+
+Raw text (a local file, or a ``datasets`` dataset whose text field is joined with ``"\\n\\n"`` as in the transformers
+perplexity guide): the whole text is tokenized once (with the tokenizer's special tokens: BOS first when the evaluator
+loads it with ``add_bos``, the default) and scored with a **sliding window** of
+``window`` tokens moving ``stride`` tokens at a time; each window scores only the tokens no earlier window scored,
+using the tokens before them as context (the standard HF recipe). With ``stride < window`` every token but the first
+is scored exactly once (so with BOS, every token of the text).
+
+Bits per byte = sum of nats / (ln 2 * UTF-8 bytes of the text scored), which compares models with different
+tokenizers. For a packed split the byte count comes from the pack manifest; when only the first ``max_rows`` rows are
+evaluated it is prorated, ``split.bytes * rows_evaluated / split.num_rows`` (rows hold equal token counts, so this
+assumes bytes per token is uniform across rows -- exact for the whole split, an estimate for a prefix).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lumi.errors import LumiError
+from lumi.eval.model_io import model_device
+from lumi.packed import PackedSplit
+from lumi.train.loss import causal_lm_loss
+
+
+def summarize(sum_nats: float, tokens: int, num_bytes: float) -> dict[str, float]:
+    if tokens == 0:
+        raise LumiError("perplexity: nothing to score (no tokens)")
+    loss = sum_nats / tokens
+    return {"loss": loss, "perplexity": math.exp(loss), "bits_per_byte": sum_nats / (math.log(2) * num_bytes),
+            "tokens": tokens, "bytes": num_bytes}
+
+
+def evaluate_packed_split(model: PreTrainedModel, split: PackedSplit, batch_size: int = 8, max_rows: int | None = None,
+                          device: torch.device | str | None = None) -> dict[str, Any]:
+    """Mean loss (nats/token), perplexity and bits per byte over the first ``max_rows`` rows (all by default).
+
+    Restores the model's train/eval mode afterwards, so the trainer can call it mid-run.
+    """
+    rows = split.num_rows if max_rows is None else min(max_rows, split.num_rows)
+    if rows == 0:
+        raise LumiError(f"packed split '{split.name}' has no rows to evaluate")
+    device = torch.device(device) if device is not None else model_device(model)
+    was_training = model.training
+    model.eval()
+    sum_nats, tokens = 0.0, 0
+    try:
+        with torch.no_grad():
+            for start in range(0, rows, batch_size):
+                batch = torch.from_numpy(np.asarray(split.rows[start:min(start + batch_size, rows)], dtype=np.int64))
+                batch_nats, batch_tokens = causal_lm_loss(model, batch.to(device), document_masking=True,
+                                                          reduction="sum")
+                sum_nats += float(batch_nats)
+                tokens += batch_tokens
+    finally:
+        model.train(was_training)
+    result = summarize(sum_nats, tokens, split.bytes * rows / split.num_rows)
+    result["rows"] = rows
+    return result
+
+
+def sliding_windows(num_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, num_targets) per window: tokens ``[end - num_targets, end)`` are scored in that window."""
+    if not 0 < stride <= window:
+        raise LumiError(f"perplexity: stride must be between 1 and the window ({window}), got {stride}")
+    spans, previous_end = [], 0
+    for begin in range(0, num_tokens, stride):
+        end = min(begin + window, num_tokens)
+        # A window's first token has no context in it: never a target (token 0 of the text is never scored; with
+        # stride == window, non-overlapping chunks, neither is each chunk's first token).
+        spans.append((begin, end, min(end - previous_end, end - begin - 1)))
+        previous_end = end
+        if end == num_tokens:
+            break
+    return spans
+
+
+@torch.no_grad()
+def score_token_stream(model: PreTrainedModel, token_ids: list[int], window: int, stride: int,
+                       batch_size: int = 8, pad_id: int = 0) -> tuple[float, int]:
+    """(sum of nats, tokens scored) of a token stream under the sliding window; windows are batched, padded right."""
+    device = model_device(model)
+    spans = sliding_windows(len(token_ids), window, stride)
+    sum_nats, scored = 0.0, 0
+    for start in range(0, len(spans), batch_size):
+        chunk = spans[start:start + batch_size]
+        width = max(end - begin for begin, end, _ in chunk)
+        batch = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        for row, (begin, end, _) in enumerate(chunk):
+            batch[row, :end - begin] = torch.tensor(token_ids[begin:end], dtype=torch.long)
+        logits = model(input_ids=batch.to(device), use_cache=False).logits
+        for row, (begin, end, num_targets) in enumerate(chunk):
+            length = end - begin
+            predicting = logits[row, length - num_targets - 1:length - 1].float()  # position t predicts t + 1
+            targets = batch[row, length - num_targets:length].to(device)
+            sum_nats += float(F.cross_entropy(predicting, targets, reduction="sum"))
+            scored += num_targets
+    return sum_nats, scored
+
+
+def text_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, window: int,
+                    stride: int, batch_size: int = 8) -> dict[str, Any]:
+    if not text:
+        raise LumiError("perplexity: the text is empty")
+    token_ids = tokenizer(text)["input_ids"]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    sum_nats, scored = score_token_stream(model, token_ids, window, stride, batch_size, pad_id)
+    result = summarize(sum_nats, scored, len(text.encode("utf-8")))
+    result.update(window=window, stride=stride)
+    return result
+
+
+def read_text_file(path: str | Path) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise LumiError(f"{path}: text file not found")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise LumiError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def read_dataset_text(dataset: str, dataset_config: str | None, split: str, text_field: str,
+                      data_files: str | list[str] | None = None) -> str:
+    """The text field of every row joined with blank lines (how the HF guide scores WikiText-2 raw)."""
+    import datasets  # imported here: loading it costs a second and file sources never need it
+
+    try:
+        rows = datasets.load_dataset(dataset, dataset_config, split=split, data_files=data_files)
+    except Exception as exc:  # datasets raises many unrelated types (connection, file, schema, builder errors)
+        raise LumiError(f"dataset {dataset} {dataset_config or ''}: could not be loaded: "
+                        f"{type(exc).__name__}: {exc}") from None
+    if text_field not in rows.column_names:
+        raise LumiError(f"dataset {dataset}: no column {text_field!r} (have {rows.column_names})")
+    return "\n\n".join(rows[text_field])

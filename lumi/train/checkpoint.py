@@ -1,0 +1,102 @@
+"""Training checkpoints: ``<run_dir>/step_<N>/`` and ``<run_dir>/final/``, each written atomically.
+
+A checkpoint is a plain ``save_pretrained`` directory (config, safetensors weights, generation config) plus the
+tokenizer files, so ``AutoModelForCausalLM`` / ``AutoTokenizer`` load it with no code of ours, plus what exact resume
+needs: ``trainer_state.pt`` (optimizer, scheduler, RNG states, data position, step, tokens seen) and
+``pretrain_config.json`` (the resolved config). The directory is assembled under a temporary name and renamed into
+place (``lumi.files.staged_output_dir``), so a run killed while saving never leaves a checkpoint that looks complete.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from lumi.errors import LumiError
+from lumi.files import atomic_write_json, read_json, staged_output_dir
+
+STATE_FILE = "trainer_state.pt"
+CONFIG_FILE = "pretrain_config.json"
+SUMMARY_FILE = "trainer_state.json"
+FINAL = "final"
+_STEP_DIR = re.compile(r"step_(\d+)")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step}"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator training may touch. numpy's key array is stored as a list so the file loads with
+    ``torch.load(weights_only=True)``."""
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
+    return {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    numpy_state = dict(state["numpy"])
+    numpy_state["state"] = dict(numpy_state["state"], key=np.array(numpy_state["state"]["key"], dtype=np.uint32))
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(directory: Path, model: PreTrainedModel, tokenizer_dir: Path, trainer_state: dict[str, Any],
+                    config: dict[str, Any], overwrite: bool = False) -> Path:
+    """Write one checkpoint directory atomically; ``overwrite`` replaces an existing one (``final/``)."""
+    with staged_output_dir(directory, force=overwrite) as staging:
+        model.save_pretrained(staging)
+        for item in sorted(Path(tokenizer_dir).iterdir()):
+            if item.is_file():
+                shutil.copy2(item, staging / item.name)
+        torch.save(trainer_state, staging / STATE_FILE)
+        atomic_write_json(staging / CONFIG_FILE, config)
+        summary = {k: v for k, v in trainer_state.items() if isinstance(v, (int, float, str))}
+        atomic_write_json(staging / SUMMARY_FILE, summary)
+    return directory
+
+
+def load_trainer_state(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(trainer state, resolved config) of a checkpoint."""
+    path = directory / STATE_FILE
+    if not path.is_file():
+        raise LumiError(f"{directory}: not a training checkpoint ({STATE_FILE} missing)")
+    return torch.load(path, map_location="cpu", weights_only=True), read_json(directory / CONFIG_FILE,
+                                                                              what="checkpoint config")
+
+
+def checkpoint_step(directory: Path) -> int:
+    """The step a checkpoint was saved at, from its small JSON summary (not the optimizer state)."""
+    return int(read_json(directory / SUMMARY_FILE, what="checkpoint summary")["step"])
+
+
+def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete step checkpoints, oldest first (temporary directories have other names and are ignored)."""
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if p.is_dir() and (m := _STEP_DIR.fullmatch(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = step_checkpoints(run_dir)
+    return checkpoints[-1][1] if checkpoints else None
+
+
+def rotate_checkpoints(run_dir: Path, keep_last_k: int) -> list[Path]:
+    """Delete all but the newest ``keep_last_k`` step checkpoints; returns what was deleted."""
+    doomed = [path for _, path in step_checkpoints(run_dir)[:-keep_last_k]]
+    for path in doomed:
+        shutil.rmtree(path)
+    return doomed

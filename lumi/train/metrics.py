@@ -1,0 +1,76 @@
+"""Where training metrics go: ``metrics.jsonl`` (the record tests and tools read), TensorBoard, and optionally wandb.
+
+Opening the log drops records after ``kept_step``: on resume from step k, what the dead run logged after its last
+checkpoint goes from ``metrics.jsonl`` and TensorBoard opens with ``purge_step=k+1``, so the logs read as one
+uninterrupted run; a fresh run passes -1 and starts empty.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lumi.errors import LumiError
+from lumi.files import atomic_write_text
+
+METRICS_FILE = "metrics.jsonl"
+
+# Dense bf16 tensor-core peaks (vendor datasheets, SXM parts) for MFU; other devices report no MFU.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, kept_step: int, tensorboard: bool, wandb_project: str | None,
+                 run_name: str, config: dict[str, Any]):
+        self.path = run_dir / METRICS_FILE
+        kept = [r for r in read_metrics(self.path) if r["step"] <= kept_step]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._tensorboard = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # imported lazily: it pulls in tensorboard
+
+            self._tensorboard = SummaryWriter(run_dir / "tensorboard", purge_step=kept_step + 1)
+        self._wandb = None
+        if wandb_project:
+            if importlib.util.find_spec("wandb") is None:
+                raise LumiError(f"wandb_project={wandb_project!r} but wandb is not installed (pip install wandb)")
+            import wandb
+
+            self._wandb = wandb.init(project=wandb_project, name=run_name, config=config, resume="allow")
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        record = {"step": step, **values}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        scalars = {k: v for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        if self._tensorboard is not None:
+            for key, value in scalars.items():
+                self._tensorboard.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        if self._wandb is not None:
+            self._wandb.finish()

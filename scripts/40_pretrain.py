@@ -1,0 +1,12 @@
+#!/usr/bin/env python
+"""Stage 40: pretrain the model on packed data (same as `lumi pretrain ...`)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lumi.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["pretrain", *sys.argv[1:]], prog=Path(__file__).name))

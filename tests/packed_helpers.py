@@ -1,0 +1,61 @@
+"""Packed data directories built from token ids, for training tests.
+
+They are written in stage 30's format (``lumi/packed.py``) from token-id documents the test chooses, so a test
+controls exactly what the model sees (e.g. sequences where each token is a fixed function of the previous one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lumi.files import atomic_write_json
+from lumi.packed import MANIFEST, PACKED_FORMAT, token_dtype
+from lumi.special_tokens import BOS_ID, EOS_ID, SPECIAL_IDS
+from lumi.tokenizer import tokenizer_sha256
+
+FIRST_TEXT_ID = max(SPECIAL_IDS.values()) + 1  # ids below are special tokens
+
+
+def write_packed_dir(directory: Path, tokenizer_dir: Path, train_docs: list[list[int]], val_docs: list[list[int]],
+                     seq_len: int, vocab_size: int, bytes_per_token: int = 4) -> Path:
+    """Pack token-id documents (each given without BOS/EOS) into the ``lumi/packed.py`` format: ``BOS doc EOS``
+    concatenated, cut into rows, the tail that does not fill a row dropped (as stage 30 does)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    dtype = token_dtype(vocab_size)
+    splits = {}
+    for name, docs in (("train", train_docs), ("val", val_docs)):
+        stream = np.array([t for doc in docs for t in (BOS_ID, *doc, EOS_ID)], dtype=dtype)
+        rows = stream.size // seq_len
+        stream[:rows * seq_len].tofile(directory / f"{name}.bin")
+        kept_fraction = rows * seq_len / max(stream.size, 1)
+        splits[name] = {"file": f"{name}.bin", "rows": rows, "tokens": rows * seq_len, "documents": len(docs),
+                        "bytes": round(bytes_per_token * sum(len(doc) for doc in docs) * kept_fraction)}
+    atomic_write_json(directory / MANIFEST, {
+        "format": PACKED_FORMAT, "seq_len": seq_len, "dtype": dtype.name, "vocab_size": vocab_size,
+        "tokenizer_sha256": tokenizer_sha256(tokenizer_dir), "splits": splits})
+    return directory
+
+
+def function_documents(count: int, length: int, vocab_size: int, seed: int, starts: int = 4) -> list[list[int]]:
+    """Documents where every token after the first is a fixed function (a permutation) of the one before it; the
+    first token is one of ``starts`` choices."""
+    low = FIRST_TEXT_ID
+    successor = np.random.default_rng(12345).permutation(np.arange(low, vocab_size))
+    rng = np.random.default_rng(seed)
+    docs = []
+    for _ in range(count):
+        token = int(rng.integers(low, low + starts))
+        doc = [token]
+        for _ in range(length - 1):
+            token = int(successor[token - low])
+            doc.append(token)
+        docs.append(doc)
+    return docs
+
+
+def random_documents(count: int, vocab_size: int, seed: int, min_len: int = 5, max_len: int = 60) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    low = FIRST_TEXT_ID
+    return [rng.integers(low, vocab_size, int(rng.integers(min_len, max_len))).tolist() for _ in range(count)]

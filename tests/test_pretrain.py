@@ -1,0 +1,359 @@
+"""Stage 40: data mixing, schedules, the training loop, checkpoints, exact resume and the failure paths."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lumi.cli import main
+from lumi.model import load_architecture, parameter_counts
+from lumi.packed import load_packed_split, unigram_entropy
+from lumi.packing import PackingConfig, pack_corpus
+from lumi.special_tokens import BOS_ID
+from lumi.train.checkpoint import checkpoint_step
+from lumi.train.config import PretrainConfig
+from lumi.train.data import BatchStream, MixedRowSampler
+from lumi.train.metrics import read_metrics
+from lumi.train.optim import lr_at, parameter_groups
+from lumi.train.pretrain import Pretrainer
+from eval_helpers import training_text, write_tokenizer
+from helpers import make_corpus_dir
+from lumi.config import load_config
+from lumi.tokenizer import load_hf_tokenizer, load_tokenizer_meta
+from packed_helpers import function_documents, random_documents, write_packed_dir
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SEQ_LEN = 64
+NANO = {"name": "nano", "vocab_size": 300, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
+        "intermediate_size": 128, "max_seq_len": SEQ_LEN, "rope_theta": 10000.0, "tie_embeddings": True,
+        "dropout": 0.0, "init_std": 0.02, "rms_norm_eps": 1e-5}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: intra-op threads only add synchronisation, which on a shared, oversubscribed CPU costs
+    several times the compute (measured 4x on 2 busy cores). Subprocesses get OMP_NUM_THREADS=1 (run_cli)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pretrain")
+    tokenizer = write_tokenizer(root / "tokenizer")
+    vocab = load_tokenizer_meta(tokenizer)["vocab_size"]
+    arch = root / "nano.json"
+    arch.write_text(json.dumps({**NANO, "vocab_size": vocab}))
+    return {
+        "root": root, "tokenizer": tokenizer, "arch": arch,
+        "successor": write_packed_dir(root / "successor", tokenizer, function_documents(200, SEQ_LEN - 2, vocab, 0),
+                                      function_documents(16, SEQ_LEN - 2, vocab, 1), SEQ_LEN, vocab),
+        "web": write_packed_dir(root / "web", tokenizer, random_documents(300, vocab, 2),
+                                random_documents(40, vocab, 3), SEQ_LEN, vocab),
+        "books": write_packed_dir(root / "books", tokenizer, random_documents(200, vocab, 4),
+                                  random_documents(40, vocab, 5), SEQ_LEN, vocab),
+    }
+
+
+def write_config(workspace, directory: Path, **changes) -> Path:
+    config = {"model": str(workspace["arch"]), "tokenizer_dir": str(workspace["tokenizer"]),
+              "data_dirs": [str(workspace["web"])], "max_steps": 12, "micro_batch_size": 4, "grad_accumulation": 2,
+              "lr": 0.005, "warmup_steps": 2, "log_interval": 1, "eval_interval": 5, "eval_max_rows": 8,
+              "save_interval": 4, "keep_last_k": 2, "tensorboard": False, **changes}
+    path = directory / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def train_records(run_dir: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["train/loss"]) for r in read_metrics(run_dir / "metrics.jsonl") if "train/loss" in r]
+
+
+# --- data mixing -------------------------------------------------------------------------------------------------
+
+def test_sampler_realizes_the_mix_and_shuffles_each_source_per_epoch():
+    sampler = MixedRowSampler([10, 7, 30], [0.5, 0.3, 0.2], seed=3)
+    drawn = []
+    for _ in range(40):
+        drawn += sampler.next_rows(5)
+        counts = Counter(source for source, _ in drawn)
+        for source, weight in enumerate([0.5, 0.3, 0.2]):
+            assert abs(counts[source] - weight * len(drawn)) <= 1
+    first_epoch = [row for source, row in drawn if source == 0][:10]
+    second_epoch = [row for source, row in drawn if source == 0][10:20]
+    assert sorted(first_epoch) == sorted(second_epoch) == list(range(10))  # each epoch visits every row once
+    assert first_epoch != second_epoch and first_epoch != list(range(10))
+    assert MixedRowSampler([10, 7, 30], [5, 3, 2], seed=3).next_rows(200) == drawn  # deterministic, weights normalised
+
+
+def test_sampler_state_resumes_the_exact_stream():
+    reference = MixedRowSampler([13, 5], [0.7, 0.3], seed=1)
+    expected = reference.next_rows(50)
+    first = MixedRowSampler([13, 5], [0.7, 0.3], seed=1)
+    head = first.next_rows(23)
+    resumed = MixedRowSampler([13, 5], [0.7, 0.3], seed=1)
+    resumed.load_state_dict(first.state_dict())
+    assert head + resumed.next_rows(27) == expected
+
+
+def test_ranks_split_the_global_batch_without_overlap():
+    rows = np.arange(40 * 4).reshape(40, 4)
+
+    class Split:
+        def __init__(self):
+            self.rows = rows
+
+    class Source:
+        train = Split()
+
+    def batches(rank: int, world: int, micro: int, accum: int) -> list[list[int]]:
+        stream = BatchStream([Source()], MixedRowSampler([40], [1.0], seed=0), micro, accum, rank, world)
+        return [b[:, 0].tolist() for _ in range(3) for b in stream.next_step()]
+
+    single = [row for batch in batches(0, 1, 2, 4) for row in batch]
+    ranks = [batches(rank, 2, 2, 2) for rank in range(2)]
+    per_step = [sorted(r for rank in ranks for batch in rank[2 * s:2 * s + 2] for r in batch) for s in range(3)]
+    assert per_step == [sorted(single[8 * s:8 * s + 8]) for s in range(3)]  # same global batches, any world size
+
+
+# --- optimizer ---------------------------------------------------------------------------------------------------
+
+def schedule_config(schedule: str) -> PretrainConfig:
+    return PretrainConfig(model="micro", max_steps=100, micro_batch_size=1, lr=1.0, min_lr=0.1, warmup_steps=10,
+                          schedule=schedule, wsd_decay_fraction=0.2)
+
+
+def test_lr_schedules_warm_up_then_follow_their_shape():
+    for schedule in ("cosine", "wsd", "constant"):
+        config = schedule_config(schedule)
+        lrs = [lr_at(step, config, 100) for step in range(100)]
+        assert lrs[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+        assert max(lrs) == pytest.approx(1.0)
+    cosine = [lr_at(step, schedule_config("cosine"), 100) for step in range(100)]
+    assert cosine[-1] == pytest.approx(0.1) and all(a >= b for a, b in zip(cosine[9:], cosine[10:]))
+    assert cosine[9 + 45] == pytest.approx(0.55, abs=0.02)  # halfway down the cosine
+    wsd = [lr_at(step, schedule_config("wsd"), 100) for step in range(100)]
+    assert wsd[10:80] == [1.0] * 70 and wsd[-1] == pytest.approx(0.1) and wsd[80] < 1.0
+    assert [lr_at(step, schedule_config("constant"), 100) for step in range(10, 100)] == [1.0] * 90
+
+
+def test_no_weight_decay_on_norms_and_embeddings():
+    from lumi.model import ArchitectureConfig, build_model
+
+    for tied in (True, False):
+        model = build_model(ArchitectureConfig(**{**NANO, "tie_embeddings": tied}))
+        decay, no_decay = parameter_groups(model, 0.1)
+        names = {id(p): n for n, p in model.named_parameters()}
+        decayed = {names[id(p)] for p in decay["params"]}
+        assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+        assert not any("norm" in n or "embed_tokens" in n for n in decayed)
+        assert ("lm_head.weight" in decayed) == (not tied)
+        assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == model.num_parameters()
+
+
+# --- training ----------------------------------------------------------------------------------------------------
+
+def test_training_learns_a_deterministic_successor_and_saves_loadable_checkpoints(workspace, tmp_path):
+    config = write_config(workspace, tmp_path, data_dirs=[str(workspace["successor"])], max_steps=100,
+                          micro_batch_size=8, grad_accumulation=1, lr=0.01, warmup_steps=5, log_interval=10,
+                          eval_interval=100, save_interval=20, keep_last_k=2, eval_max_rows=16)
+    assert main(["pretrain", "--config", str(config), "--output-dir", str(tmp_path / "out")]) == 0
+    run_dir = tmp_path / "out" / "nano"
+    records = read_metrics(run_dir / "metrics.jsonl")
+    vocab = load_architecture(workspace["arch"]).vocab_size
+    assert abs(records[0]["val/loss"] - math.log(vocab)) / math.log(vocab) < 0.02  # step 0: close to uniform
+    # The first token of each document is one of 4 choices, everything after it is determined.
+    floor = math.log(4) / (SEQ_LEN - 2)
+    assert records[-1]["val/loss"] < floor + 0.1 and train_records(run_dir)[-1][1] < floor + 0.1
+    assert sorted(p.name for p in run_dir.glob("step_*")) == ["step_60", "step_80"]  # keep_last_k=2
+    assert checkpoint_step(run_dir / "final") == 100
+
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "final")  # plain transformers, no code of ours
+    start = function_documents(1, 12, vocab, seed=9)[0]
+    prompt = torch.tensor([[BOS_ID, start[0]]])
+    generated = model.generate(prompt, max_new_tokens=10, do_sample=False)[0, 2:].tolist()
+    assert generated == start[1:11]
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "final")
+    text = "Once upon a time, 42 cats."
+    assert tokenizer(text).input_ids == load_hf_tokenizer(workspace["tokenizer"])(text).input_ids
+    inputs = tokenizer(text, return_tensors="pt")
+    output = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert tokenizer.decode(output[0, : inputs.input_ids.shape[1]]) == text
+
+
+def run_cli(*args: str, env_extra: dict | None = None, code: str | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "lumi", *args]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env=subprocess_env(env_extra))
+
+
+def subprocess_env(extra: dict | None = None) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", **(extra or {})}
+
+
+KILL_AT_STEP = """
+import os, signal, sys
+from lumi.train import pretrain
+original = pretrain.Pretrainer.train_step
+def train_step(self, batches):
+    if self.step == int(os.environ["KILL_AT"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, batches)
+pretrain.Pretrainer.train_step = train_step
+from lumi.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_then_resume_reproduces_the_uninterrupted_run_bitwise(workspace, tmp_path):
+    config = write_config(workspace, tmp_path, data_dirs=[str(workspace["web"]), str(workspace["books"])],
+                          data_weights=[2.0, 1.0], max_steps=12, save_interval=4)
+    args = ["pretrain", "--config", str(config), "--output-dir"]
+    reference = run_cli(*args, str(tmp_path / "reference"))
+    assert reference.returncode == 0, reference.stderr
+    killed = run_cli(*args, str(tmp_path / "resumed"), code=KILL_AT_STEP, env_extra={"KILL_AT": "9"})
+    assert killed.returncode == -signal.SIGKILL
+    run_dir = tmp_path / "resumed" / "nano"
+    assert max(step for step, _ in train_records(run_dir)) == 9  # logged past its last checkpoint (step 8)
+    assert not (run_dir / "final").exists()
+    resumed = run_cli(*args, str(tmp_path / "resumed"), "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr and "step_8" in resumed.stderr
+
+    expected = read_metrics(tmp_path / "reference" / "nano" / "metrics.jsonl")
+    got = read_metrics(run_dir / "metrics.jsonl")
+    assert train_records(run_dir) == train_records(tmp_path / "reference" / "nano")
+    assert [r["step"] for r in got] == [r["step"] for r in expected]  # no duplicated steps after the resume
+    assert [r.get("val/loss") for r in got] == [r.get("val/loss") for r in expected]
+    final_reference = load_file(tmp_path / "reference" / "nano" / "final" / "model.safetensors")
+    final_resumed = load_file(run_dir / "final" / "model.safetensors")
+    assert all(torch.equal(final_reference[k], final_resumed[k]) for k in final_reference)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(workspace, tmp_path):
+    config = write_config(workspace, tmp_path, max_steps=100000, save_interval=100000)
+    process = subprocess.Popen([sys.executable, "-m", "lumi", "pretrain", "--config", str(config), "--output-dir",
+                                str(tmp_path / "out")], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=subprocess_env())
+    run_dir = tmp_path / "out" / "nano"
+    deadline = time.monotonic() + 120
+    while not train_records(run_dir) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "stopped by SIGTERM" in stdout and "Traceback" not in stderr
+    (checkpoint,) = run_dir.glob("step_*")
+    assert checkpoint_step(checkpoint) == max(step for step, _ in train_records(run_dir))
+
+
+def test_sigint_finishes_the_step_and_saves(workspace, tmp_path, monkeypatch, capsys):
+    original = Pretrainer.train_step
+
+    def interrupted_step(self, batches):
+        if self.step == 2:
+            signal.raise_signal(signal.SIGINT)  # arrives mid-step, as Ctrl-C would
+        return original(self, batches)
+
+    monkeypatch.setattr(Pretrainer, "train_step", interrupted_step)
+    config = write_config(workspace, tmp_path)
+    assert main(["pretrain", "--config", str(config), "--output-dir", str(tmp_path / "out")]) == 128 + signal.SIGINT
+    run_dir = tmp_path / "out" / "nano"
+    assert checkpoint_step(run_dir / "step_3") == 3 and not (run_dir / "final").exists()
+    assert "stopped by SIGINT after step 3" in capsys.readouterr().out
+
+
+def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(workspace, tmp_path, capsys):
+    config = write_config(workspace, tmp_path, lr=1e6, warmup_steps=0, save_interval=1, keep_last_k=1)
+    assert main(["pretrain", "--config", str(config), "--output-dir", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    failed_step = int(error.split("step ")[1].split(":")[0])
+    assert "non-finite" in error and f"step_{failed_step - 1}" in error
+    run_dir = tmp_path / "out" / "nano"
+    assert [p.name for p in run_dir.glob("step_*")] == [f"step_{failed_step - 1}"]
+    assert not (run_dir / "final").exists()
+
+
+def test_data_packed_with_another_tokenizer_is_refused(workspace, tmp_path, capsys):
+    other = write_tokenizer(tmp_path / "other-tokenizer", vocab_size=400)
+    config = write_config(workspace, tmp_path, tokenizer_dir=str(other))
+    assert main(["pretrain", "--config", str(config), "--output-dir", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert str(workspace["web"]) in error and "packed with tokenizer sha256" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_run_needs_resume_or_force_and_resume_checks_settings(workspace, tmp_path, capsys):
+    config = write_config(workspace, tmp_path, max_steps=4, save_interval=2)
+    command = ["pretrain", "--config", str(config), "--output-dir", str(tmp_path / "out")]
+    assert main(command) == 0
+    assert main(command) == 2 and "--resume auto" in capsys.readouterr().err
+    assert main([*command, "--resume", "auto"]) == 0 and "nothing to do" in capsys.readouterr().out
+    assert main([*command, "--resume", "auto", "--set", "lr=0.5"]) == 2
+    assert "settings changed (lr)" in capsys.readouterr().err
+    assert main([*command, "--force", "--set", "lr=0.5"]) == 0
+    run_dir = tmp_path / "out" / "nano"
+    assert json.loads((run_dir / "final" / "pretrain_config.json").read_text())["config"]["lr"] == 0.5
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["nano"]  # the replaced run is gone
+
+
+def test_two_data_dirs_are_mixed_by_weight_and_evaluated_separately(workspace, tmp_path):
+    config = write_config(workspace, tmp_path, max_steps=5, eval_interval=5)
+    command = ["pretrain", "--config", str(config), "--output-dir", str(tmp_path / "out"),
+               "--data-dirs", str(workspace["web"]), str(workspace["books"]), "--data-weights", "3", "1"]
+    assert main(command) == 0
+    last = read_metrics(tmp_path / "out" / "nano" / "metrics.jsonl")[-1]
+    assert last["data/web/share"] == 0.75 and last["data/books/share"] == 0.25  # 40 rows drawn, exact split
+    assert {"val/web/loss", "val/books/bpb", "val/loss", "val/bpb"} <= set(last)
+
+
+def test_describe_prints_exact_counts(workspace, tmp_path, capsys):
+    config = write_config(workspace, tmp_path, max_steps=None, max_tokens=10_000)
+    assert main(["pretrain", "--config", str(config), "--describe"]) == 0
+    out = capsys.readouterr().out
+    counts = parameter_counts(load_architecture(workspace["arch"]))
+    assert f"total {counts['total']:,}" in out and f"non-embedding {counts['non_embedding']:,}" in out
+    assert "budget: 19 steps x 512 tokens" in out  # 10,000 tokens in whole steps of 4 x 2 rows x 64 tokens
+
+
+def test_real_text_through_the_pipeline_beats_the_unigram_entropy(workspace, tmp_path):
+    """Stage 10-30 outputs (synthetic-world text, the stage-20 tokenizer, stage-30 packing) train to a val loss
+    below what any model ignoring context can reach: the unigram entropy of the training tokens."""
+    corpus = make_corpus_dir(tmp_path / "corpus", training_text(400))
+    packed = tmp_path / "packed"
+    pack_corpus(corpus, workspace["tokenizer"], packed, PackingConfig(seq_len=SEQ_LEN, val_fraction=0.05,
+                                                                      num_threads=1))
+    train = load_packed_split(packed, "train")
+    entropy = unigram_entropy(train)
+    counts = np.bincount(np.asarray(train.rows).ravel())
+    probabilities = counts[counts > 0] / counts.sum()
+    assert entropy == pytest.approx(float(-(probabilities * np.log(probabilities)).sum()))
+    unigram_bpb = entropy * train.num_tokens / (math.log(2) * train.bytes)
+    config = write_config(workspace, tmp_path, data_dirs=[str(packed)], max_steps=200, micro_batch_size=8,
+                          grad_accumulation=1, lr=0.01, log_interval=10, eval_interval=200, eval_max_rows=32)
+    assert main(["pretrain", "--config", str(config), "--output-dir", str(tmp_path / "out")]) == 0
+    final = read_metrics(tmp_path / "out" / "nano" / "metrics.jsonl")[-1]
+    assert final["val/loss"] < entropy - 1.0 and 0 < final["val/bpb"] < 0.8 * unigram_bpb
+
+
+@pytest.mark.parametrize("path", [*sorted((REPO_ROOT / "config" / "pretrain" / "training").glob("*.json")),
+                                  REPO_ROOT / "config" / "demo" / "pretrain.json"], ids=lambda p: p.stem)
+def test_shipped_configs_are_valid(path):
+    config = load_config(PretrainConfig, path)
+    arch = load_architecture(config.model)
+    assert config.micro_batch_size * config.grad_accumulation * arch.max_seq_len > 0
