@@ -22,7 +22,7 @@ from lumi.cli import main
 from lumi.model import load_architecture, parameter_counts
 from lumi.packed import load_packed_split, unigram_entropy
 from lumi.packing import PackingConfig, pack_corpus
-from lumi.special_tokens import BOS_ID
+from lumi.special_tokens import BOS_ID, EOS_ID, PAD_ID
 from lumi.train.checkpoint import checkpoint_step
 from lumi.train.config import PretrainConfig
 from lumi.train.data import BatchStream, MixedRowSampler
@@ -189,6 +189,11 @@ def test_training_learns_a_deterministic_successor_and_saves_loadable_checkpoint
     generated = model.generate(prompt, max_new_tokens=10, do_sample=False)[0, 2:].tolist()
     assert generated == start[1:11]
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "final")
+    # One layout of special ids: the checkpoint's tokenizer, model config and generation config agree with the data.
+    ids = (BOS_ID, EOS_ID, PAD_ID)
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == ids
+    for model_config in (model.config, model.generation_config):
+        assert (model_config.bos_token_id, model_config.eos_token_id, model_config.pad_token_id) == ids
     text = "Once upon a time, 42 cats."
     assert tokenizer(text).input_ids == load_hf_tokenizer(workspace["tokenizer"])(text).input_ids
     inputs = tokenizer(text, return_tensors="pt")
