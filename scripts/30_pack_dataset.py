@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """Stage 30: tokenize a corpus and pack it into fixed-length rows (same as `lumi pack ...`)."""
 
 import sys

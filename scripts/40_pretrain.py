@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """Stage 40: pretrain the model on packed data (same as `lumi pretrain ...`)."""
 
 import sys

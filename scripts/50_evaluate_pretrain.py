@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """Stage 50: evaluate a pretrained checkpoint (same as `lumi evaluate`, whose defaults these are)."""
 
 import sys

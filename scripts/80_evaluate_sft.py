@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """Stage 80: evaluate an SFT (or DPO) checkpoint with config/evaluation/sft.json (chat-formatted generation checks).
 Pass --compare out/evaluation/pretrain to put the stage-50 numbers beside these."""
 
