@@ -53,10 +53,12 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(directory: Path, model: PreTrainedModel, tokenizer_dir: Path, trainer_state: dict[str, Any],
-                    config: dict[str, Any], overwrite: bool = False) -> Path:
-    """Write one checkpoint directory atomically; ``overwrite`` replaces an existing one (``final/``)."""
+                    config: dict[str, Any], overwrite: bool = False,
+                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write one checkpoint directory atomically; ``overwrite`` replaces an existing one (``final/``).
+    ``state_dict`` supplies whole weights when the model's own are sharded (FSDP2)."""
     with staged_output_dir(directory, force=overwrite) as staging:
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, state_dict=state_dict)
         for item in sorted(Path(tokenizer_dir).iterdir()):
             if item.is_file():
                 shutil.copy2(item, staging / item.name)

@@ -46,6 +46,9 @@ class PretrainConfig(ConfigModel):
     attn_implementation: Literal[ATTENTION_IMPLEMENTATIONS] = Field(  # type: ignore[valid-type]
         "sdpa", description="transformers attention backend")
     activation_checkpointing: bool = Field(False, description="recompute activations in backward (less memory)")
+    distributed: Literal["ddp", "fsdp2"] = Field(
+        "ddp", description="under torchrun: ddp replicates the model on every process; fsdp2 shards parameters, "
+                           "gradients and optimizer state (for models whose training state does not fit one device)")
     document_masking: bool = Field(True, description="packed documents never attend to each other (false only "
                                                      "for ablations)")
 

@@ -10,6 +10,10 @@ run's losses bit for bit: model, optimizer, scheduler, RNG states and the data p
 evaluation draws no random numbers. SIGINT/SIGTERM finish the current step, save a checkpoint and exit with
 128 + the signal number; a non-finite loss or gradient stops the run before the optimizer step, so the newest
 checkpoint stays the last good one.
+
+Under ``torchrun`` every process runs this same loop on its slice of each global batch (``lumi.train.distributed``:
+DDP or FSDP2); rank 0 alone decides what to resume, moves an old run aside, logs and writes checkpoints, and the
+others wait for it at barriers. A signal received by any process stops all of them after the same step.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -34,7 +38,7 @@ from transformers.utils import logging as hf_logging
 
 from lumi.config import CONFIG_DIR, config_to_dict
 from lumi.errors import LumiError
-from lumi.eval.perplexity import evaluate_packed_split
+from lumi.eval.perplexity import summarize
 from lumi.model import ArchitectureConfig, build_model, describe, flops_per_token, load_architecture, parameter_counts
 from lumi.packed import read_packed_manifest
 from lumi.stage import add_common_arguments, stage_config
@@ -43,12 +47,17 @@ from lumi.train.checkpoint import (FINAL, STATE_FILE, checkpoint_step, load_trai
                                    rng_state, rotate_checkpoints, save_checkpoint, step_checkpoints, step_dir_name)
 from lumi.train.config import RESUMABLE_CHANGES, PretrainConfig
 from lumi.train.data import BatchStream, MixedRowSampler, PackedSource, open_sources
-from lumi.train.loss import causal_lm_loss, count_scored_tokens
+from lumi.train.distributed import (all_reduce_sum, barrier, clip_grad_norm, close_process_group, decide_on_main,
+                                    full_model_state_dict, gradient_sync, init_process_group_from_env,
+                                    load_optimizer_state_dict, max_over_processes, optimizer_state_dict,
+                                    sum_over_processes, wrap_for_training)
+from lumi.train.loss import count_scored_tokens
 from lumi.train.metrics import MetricsLog, peak_flops
 from lumi.train.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 DEFAULT_CONFIG = CONFIG_DIR / "pretrain" / "training" / "chinchilla_tiny_500m.json"
 CHINCHILLA_TOKENS_PER_PARAM = 20
 
@@ -79,9 +88,60 @@ def budget_summary(arch: ArchitectureConfig, steps: int, tokens_per_step: int) -
             f"= {CHINCHILLA_TOKENS_PER_PARAM * params:,} tokens)")
 
 
+class TrainStep:
+    """The hot path of one optimizer step: forward, loss and backward over this process's micro-batches, gradient
+    clipping, AdamW and the learning-rate schedule, on one process or wrapped for many (``lumi.train.distributed``).
+    ``benchmarks/bench_train_gpu.py`` times exactly this object against a bare training loop."""
+
+    def __init__(self, model: LlamaForCausalLM, config: PretrainConfig, total_steps: int, device: torch.device,
+                 world_size: int = 1):
+        self.model, self.config, self.device, self.world_size = model, config, device, world_size
+        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+        if config.activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.module = wrap_for_training(model, config.distributed, config.compile)
+        self.optimizer = build_optimizer(model, config)  # after wrapping: FSDP2 replaces the parameters
+        self.scheduler = build_scheduler(self.optimizer, config, total_steps)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def summed_loss(self, input_ids: torch.LongTensor, document_masking: bool) -> tuple[torch.Tensor, int]:
+        """(summed nats, scored tokens) of one batch, through the wrapped module (with grad unless disabled)."""
+        with self.autocast():
+            return self.module(input_ids.to(self.device, non_blocking=True), document_masking)
+
+    def backward(self, micro_batches: list[torch.Tensor]) -> tuple[float, float]:
+        """Accumulate the gradient of one step's loss, the exact mean over every scored token of the global batch;
+        returns (that loss, the global gradient norm before clipping). Gradients are clipped but not applied."""
+        scored = max(sum_over_processes(sum(count_scored_tokens(b) for b in micro_batches), self.device), 1)
+        step_nats = torch.zeros((), device=self.device)
+        for index, batch in enumerate(micro_batches):
+            with gradient_sync(self.module, enabled=index == len(micro_batches) - 1):
+                nats, _ = self.summed_loss(batch, self.config.document_masking)
+                # DDP and FSDP2 average gradients over processes; scaling by the world size makes the result the
+                # gradient of the global sum / global token count, exactly the single-process objective.
+                (nats * self.world_size / scored).backward()
+            step_nats += nats.detach()
+        loss = float(all_reduce_sum(step_nats)) / scored
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        return loss, clip_grad_norm(self.model, max_norm)
+
+    def update(self) -> None:
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def discard(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+
 class Pretrainer:
     """Owns one training run. The DDP/benchmark hooks are ``train_step`` (one optimizer step on this rank's
-    micro-batches), ``evaluate``, ``save`` and the ``rank``/``world_size``/``device`` constructor arguments."""
+    micro-batches), ``evaluate``, ``save`` and the ``rank``/``world_size``/``device`` constructor arguments; the
+    process group itself is set up by ``run`` (``lumi.train.distributed.init_process_group_from_env``)."""
 
     def __init__(self, config: PretrainConfig, output_dir: Path, resume: str | None = None, force: bool = False,
                  rank: int = 0, world_size: int = 1, device: torch.device | None = None):
@@ -104,12 +164,10 @@ class Pretrainer:
         self.total_steps = total_steps(config, self.tokens_per_step)
         self.run_dir = Path(output_dir) / (config.name or self.arch.name)
         self.resolved = {"config": config_to_dict(config), "architecture": self.arch.model_dump(mode="json"),
-                         "seq_len": self.seq_len, "global_batch_rows": self.stream.global_batch_rows,
-                         "total_steps": self.total_steps}
-        self._replaced_run_dir: Path | None = None
-        checkpoint = self._checkpoint_to_resume(resume, force)
+                         "seq_len": self.seq_len, "world_size": world_size,
+                         "global_batch_rows": self.stream.global_batch_rows, "total_steps": self.total_steps}
+        checkpoint, self._replaced_run_dir = decide_on_main(lambda: self._checkpoint_to_resume(resume, force))
 
-        self._bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")
         random.seed(config.seed)
@@ -121,12 +179,7 @@ class Pretrainer:
             self.model = LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32,
                                                           attn_implementation=config.attn_implementation)
         self.model.to(self.device).train()
-        if config.activation_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if config.compile:
-            self.model.model.compile()  # the backbone: the loss calls it directly (lumi/train/loss.py)
-        self.optimizer = build_optimizer(self.model, config)
-        self.scheduler = build_scheduler(self.optimizer, config, self.total_steps)
+        self.stepper = TrainStep(self.model, config, self.total_steps, self.device, world_size)
         self.step, self.tokens_seen = 0, 0
         self.resumed_from = checkpoint
         if checkpoint is not None:
@@ -135,7 +188,8 @@ class Pretrainer:
 
     # --- run directory and resume -------------------------------------------------------------------------------
 
-    def _checkpoint_to_resume(self, resume: str | None, force: bool) -> Path | None:
+    def _checkpoint_to_resume(self, resume: str | None, force: bool) -> tuple[Path | None, Path | None]:
+        """(checkpoint to resume from, where --force sets the old run aside); decided on rank 0 only."""
         existing = step_checkpoints(self.run_dir) + ([(-1, self.run_dir / FINAL)]
                                                      if (self.run_dir / FINAL).is_dir() else [])
         if resume is None:
@@ -143,17 +197,17 @@ class Pretrainer:
                 raise LumiError(f"{self.run_dir}: holds checkpoints of an earlier run; pass --resume auto to "
                                 "continue it or --force to start over")
             if self.run_dir.exists() and force:
-                self._replaced_run_dir = self.run_dir.with_name(f".{self.run_dir.name}.old-{os.getpid()}")
-            return None
+                return None, self.run_dir.with_name(f".{self.run_dir.name}.old-{os.getpid()}")
+            return None, None
         if resume != "auto":
             if not (Path(resume) / STATE_FILE).is_file():
                 raise LumiError(f"--resume {resume}: not a training checkpoint ({STATE_FILE} missing)")
-            return Path(resume)
+            return Path(resume), None
         if not existing:
             log.info("--resume auto: no checkpoint in %s, starting from scratch", self.run_dir)
-            return None
+            return None, None
         # final/ holds the last step of a finished run: resuming from it is a no-op unless the budget grew.
-        return max(existing, key=lambda item: checkpoint_step(item[1]))[1]
+        return max(existing, key=lambda item: checkpoint_step(item[1]))[1], None
 
     def _load_state(self, checkpoint: Path) -> None:
         state, saved = load_trainer_state(checkpoint)
@@ -165,8 +219,8 @@ class Pretrainer:
         if changed:
             raise LumiError(f"{checkpoint}: cannot resume, the run's settings changed ({', '.join(changed)}); "
                             "restore them, or start a new run with --force or another name")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        load_optimizer_state_dict(self.stepper.module, self.stepper.optimizer, state["optimizer"])
+        self.stepper.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["data"])
         restore_rng_state(state["rng"])
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
@@ -174,71 +228,76 @@ class Pretrainer:
 
     # --- the hooks ----------------------------------------------------------------------------------------------
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self._bf16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def train_step(self, micro_batches: list[torch.Tensor]) -> tuple[float, float]:
-        """Forward/backward over this rank's micro-batches and one optimizer step; returns (loss, grad norm).
-
-        Under DDP the scored-token count must be summed over ranks, and gradient sync skipped on all but the last
-        micro-batch; everything else is rank-agnostic.
-        """
-        scored = max(sum(count_scored_tokens(b) for b in micro_batches), 1)
-        step_nats = torch.zeros((), device=self.device)
-        for batch in micro_batches:
-            with self.autocast():
-                nats, _ = causal_lm_loss(self.model, batch.to(self.device, non_blocking=True),
-                                         document_masking=self.config.document_masking, reduction="sum")
-            (nats / scored).backward()
-            step_nats += nats.detach()
-        loss = float(step_nats) / scored
-        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        """Forward/backward over this rank's micro-batches and one optimizer step; returns (loss, grad norm), both
+        global over the processes, so every process takes the same decisions from them."""
+        loss, grad_norm = self.stepper.backward(micro_batches)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            self.optimizer.zero_grad(set_to_none=True)
+            self.stepper.discard()
             newest = step_checkpoints(self.run_dir)
             kept = f"the last good checkpoint is {newest[-1][1]}" if newest else "no checkpoint was saved yet"
             raise LumiError(f"step {self.step + 1}: non-finite training loss ({loss}) or gradient norm "
                             f"({grad_norm}); stopped before updating the weights, {kept}. Lower lr (now "
                             f"{self.config.lr}), raise warmup_steps, or check the data")
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.stepper.update()
         return loss, grad_norm
 
     def evaluate(self) -> dict[str, float]:
         """Val loss and bits per byte per data dir and pooled over all of them (always with document masking, the
-        metric the evaluation stage reports; see ``lumi.eval.perplexity`` for how bytes are prorated)."""
+        metric the evaluation stage reports; see ``lumi.eval.perplexity`` for how bytes are prorated).
+
+        Scored through the wrapped module, as ``lumi.eval.perplexity.evaluate_packed_split`` scores the bare model
+        (same rows, same batches, same ``causal_lm_loss``): under FSDP2 only the wrapper holds whole weights. Every
+        process runs it; rank 0 logs it.
+        """
         metrics: dict[str, float] = {}
         nats = tokens = text_bytes = 0.0
-        for source in self.sources:
-            if source.val.num_rows == 0:
-                continue
-            with self.autocast():
-                result = evaluate_packed_split(self.model, source.val, batch_size=self.config.micro_batch_size,
-                                               max_rows=self.config.eval_max_rows, device=self.device)
-            if len(self.sources) > 1:
-                metrics.update({f"val/{source.name}/loss": result["loss"],
-                                f"val/{source.name}/bpb": result["bits_per_byte"]})
-            nats += result["loss"] * result["tokens"]
-            tokens += result["tokens"]
-            text_bytes += result["bytes"]
+        self.model.eval()
+        try:
+            for source in self.sources:
+                rows = min(self.config.eval_max_rows, source.val.num_rows)
+                if rows == 0:
+                    continue
+                source_nats, source_tokens = 0.0, 0
+                for start in range(0, rows, self.config.micro_batch_size):
+                    batch = np.asarray(source.val.rows[start:min(start + self.config.micro_batch_size, rows)],
+                                       dtype=np.int64)
+                    with torch.no_grad():
+                        batch_nats, batch_tokens = self.stepper.summed_loss(torch.from_numpy(batch),
+                                                                            document_masking=True)
+                    source_nats += float(batch_nats)
+                    source_tokens += batch_tokens
+                result = summarize(source_nats, source_tokens, source.val.bytes * rows / source.val.num_rows)
+                if len(self.sources) > 1:
+                    metrics.update({f"val/{source.name}/loss": result["loss"],
+                                    f"val/{source.name}/bpb": result["bits_per_byte"]})
+                nats += source_nats
+                tokens += source_tokens
+                text_bytes += result["bytes"]
+        finally:
+            self.model.train()
         if tokens:
             metrics.update({"val/loss": nats / tokens, "val/perplexity": math.exp(min(nats / tokens, 50.0)),
                             "val/bpb": nats / (math.log(2) * text_bytes)})
         return metrics
 
     def trainer_state(self) -> dict[str, Any]:
-        return {"step": self.step, "tokens_seen": self.tokens_seen, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "data": self.sampler.state_dict(), "rng": rng_state()}
+        """What exact resume needs (every process must call it: under FSDP2 the optimizer state is gathered)."""
+        return {"step": self.step, "tokens_seen": self.tokens_seen,
+                "optimizer": optimizer_state_dict(self.stepper.module, self.stepper.optimizer),
+                "scheduler": self.stepper.scheduler.state_dict(), "data": self.sampler.state_dict(),
+                "rng": rng_state()}
 
     def save(self, name: str) -> Path:
-        directory = save_checkpoint(self.run_dir / name, self.model, self.tokenizer_dir, self.trainer_state(),
-                                    self.resolved, overwrite=name == FINAL)
-        for removed in rotate_checkpoints(self.run_dir, self.config.keep_last_k):
-            log.debug("removed old checkpoint %s", removed)
+        """Write checkpoint ``name`` from rank 0 (every process must call it; the others wait until it is written)."""
+        weights, state = full_model_state_dict(self.stepper.module), self.trainer_state()
+        directory = self.run_dir / name
+        if self.is_main:
+            save_checkpoint(directory, self.model, self.tokenizer_dir, state, self.resolved,
+                            overwrite=name == FINAL, state_dict=weights)
+            for removed in rotate_checkpoints(self.run_dir, self.config.keep_last_k):
+                log.debug("removed old checkpoint %s", removed)
+        barrier()
         return directory
 
     # --- the loop -----------------------------------------------------------------------------------------------
@@ -249,36 +308,48 @@ class Pretrainer:
         self._stop_signal = signum
         log.warning("%s received: saving a checkpoint after this step", signal.Signals(signum).name)
 
+    def _open_run_dir(self) -> MetricsLog | None:
+        """Rank 0 sets a --force'd old run aside, creates the run dir and opens the metrics log; the rest wait."""
+        metrics = None
+        if self.is_main:
+            if self._replaced_run_dir is not None:
+                # --force: the old run is set aside and deleted only once this one has finished (as lumi.files does).
+                os.replace(self.run_dir, self._replaced_run_dir)
+                log.info("--force: the previous run is kept in %s until this one finishes", self._replaced_run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            kept_step = self.step if self.resumed_from is not None else -1  # a fresh run drops any stale records
+            metrics = MetricsLog(self.run_dir, kept_step, self.config.tensorboard, self.config.wandb_project,
+                                 self.run_dir.name, self.resolved)
+        barrier()
+        return metrics
+
     def fit(self) -> int:
         """Train to the step budget; returns the process exit status (0, or 128 + signal when stopped by one)."""
         config = self.config
-        if self._replaced_run_dir is not None:
-            # --force: the old run is set aside and deleted only once this one has finished (as lumi.files does).
-            os.replace(self.run_dir, self._replaced_run_dir)
-            log.info("--force: the previous run is kept in %s until this one finishes", self._replaced_run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        kept_step = self.step if self.resumed_from is not None else -1  # a fresh run drops any stale records
-        metrics = MetricsLog(self.run_dir, kept_step, config.tensorboard and self.is_main,
-                             config.wandb_project if self.is_main else None, self.run_dir.name, self.resolved)
+        metrics = self._open_run_dir()
         log.info("%s", describe(self.arch, self.seq_len))
         log.info("%s", budget_summary(self.arch, self.total_steps, self.tokens_per_step))
         log.info("data: %s", ", ".join(f"{s.path} ({s.train.num_rows} rows, weight {w:.3f})"
                                        for s, w in zip(self.sources, self.sampler.weights)))
+        if self.world_size > 1:
+            log.info("%d processes (%s), %d rows per process per step", self.world_size, config.distributed,
+                     config.micro_batch_size * config.grad_accumulation)
         flops = flops_per_token(self.arch, self.seq_len)
         peak = peak_flops(self.device)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         interval_nats = interval_tokens = interval_time = 0.0
         start_time = time.perf_counter()
+        first_step = self.step
         try:
-            if self.step == 0 and self.is_main:
-                metrics.log(0, self.evaluate())
+            if self.step == 0:
+                self._log(metrics, 0, self._guarded(self.evaluate))
             with tqdm(total=self.total_steps, initial=self.step, desc=f"pretrain {self.run_dir.name}",
                       unit="step", disable=not self.is_main or None, dynamic_ncols=True) as bar:
                 while self.step < self.total_steps:
                     micro_batches = self.stream.next_step()
-                    lr = self.scheduler.get_last_lr()[0]
+                    lr = self.stepper.scheduler.get_last_lr()[0]
                     tick = time.perf_counter()
-                    loss, grad_norm = self._guarded_step(micro_batches)
+                    loss, grad_norm = self._guarded(self.train_step, micro_batches)
                     interval_time += time.perf_counter() - tick
                     self.step += 1
                     self.tokens_seen += self.tokens_per_step
@@ -292,50 +363,61 @@ class Pretrainer:
                                   "time/elapsed_s": time.perf_counter() - start_time}
                         if peak:
                             record["train/mfu"] = flops * record["train/tok_per_s"] / (peak * self.world_size)
-                        if self.is_main:
-                            metrics.log(self.step, record)
+                        self._log(metrics, self.step, record)
                         status = {"loss": f"{record['train/loss']:.4f}", "lr": f"{lr:.2e}",
                                   "tok/s": f"{record['train/tok_per_s']:,.0f}",
                                   **({"mfu": f"{record['train/mfu']:.1%}"} if peak else {})}
                         bar.set_postfix(status, refresh=False)
                         if bar.disable and self.is_main:  # no terminal (a log file): one line per interval
-                            log.info("step %d/%d %s", self.step, self.total_steps,
-                                     " ".join(f"{k} {v}" for k, v in status.items()))
+                            seconds_per_step = record["time/elapsed_s"] / (self.step - first_step)
+                            eta = tqdm.format_interval(seconds_per_step * (self.total_steps - self.step))
+                            log.info("step %d/%d %s eta %s", self.step, self.total_steps,
+                                     " ".join(f"{k} {v}" for k, v in status.items()), eta)
                         interval_nats = interval_tokens = interval_time = 0.0
-                    if self.is_main and (self.step % config.eval_interval == 0 or self.step == self.total_steps):
+                    if self.step % config.eval_interval == 0 or self.step == self.total_steps:
                         mix = {f"data/{s.name}/share": share for s, share in zip(self.sources,
                                                                                  self.sampler.realized_mix())}
-                        metrics.log(self.step, {**self.evaluate(), **mix})
-                    if self._stop_signal is not None and self.step < self.total_steps:
+                        self._log(metrics, self.step, {**self._guarded(self.evaluate), **mix})
+                    # Every process stops after the same step, whichever of them the signal reached.
+                    stop_signal = max_over_processes(self._stop_signal or 0, self.device)
+                    if stop_signal and self.step < self.total_steps:
+                        saved = self.save(step_dir_name(self.step))
                         if self.is_main:
-                            saved = self.save(step_dir_name(self.step))
-                            print(f"stopped by {signal.Signals(self._stop_signal).name} after step {self.step}; "
+                            print(f"stopped by {signal.Signals(stop_signal).name} after step {self.step}; "
                                   f"checkpoint saved to {saved}; continue with --resume auto")
-                        return 128 + self._stop_signal
-                    if self.is_main and self.step % config.save_interval == 0 and self.step < self.total_steps:
+                        return 128 + stop_signal
+                    if self.step % config.save_interval == 0 and self.step < self.total_steps:
                         self.save(step_dir_name(self.step))
+            final = self.save(FINAL)
             if self.is_main:
-                final = self.save(FINAL)
                 epochs = ", ".join(f"{s.name}: {share:.3f} of rows, {epochs:.2f} epochs" for s, share, epochs in
                                    zip(self.sources, self.sampler.realized_mix(), self.sampler.epochs()))
                 print(f"trained {self.step} steps ({self.tokens_seen:,} tokens; {epochs}); final model in {final}")
-            if self._replaced_run_dir is not None:
-                shutil.rmtree(self._replaced_run_dir, ignore_errors=True)
+                if self._replaced_run_dir is not None:
+                    shutil.rmtree(self._replaced_run_dir, ignore_errors=True)
             return 0
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
 
-    def _guarded_step(self, micro_batches: list[torch.Tensor]) -> tuple[float, float]:
+    @staticmethod
+    def _log(metrics: MetricsLog | None, step: int, values: dict[str, Any]) -> None:
+        if metrics is not None:  # rank 0 only
+            metrics.log(step, values)
+
+    def _guarded(self, work: Callable[..., T], *args: Any) -> T:
+        """Run ``work``, turning running out of device memory into advice on what to lower."""
         try:
-            return self.train_step(micro_batches)
+            return work(*args)
         except torch.OutOfMemoryError:
             raise LumiError(
                 f"step {self.step + 1}: {self.device.type.upper()} out of memory with micro_batch_size="
-                f"{self.config.micro_batch_size} x seq_len={self.seq_len}; lower micro_batch_size (raise "
-                "grad_accumulation to keep the global batch), set activation_checkpointing=true, or pick a smaller "
-                "model") from None
+                f"{self.config.micro_batch_size} x seq_len={self.seq_len} ({self.config.model}); lower "
+                "micro_batch_size (raise grad_accumulation to keep the global batch), set "
+                "activation_checkpointing=true, re-pack the data with a shorter seq_len, use distributed=fsdp2 "
+                "across several GPUs, or pick a smaller model") from None
 
 
 # --- command line ------------------------------------------------------------------------------------------------
@@ -381,8 +463,17 @@ def run(args: argparse.Namespace) -> int:
     if args.describe:
         print(describe_run(config))
         return 0
-    trainer = Pretrainer(config, args.output_dir, resume=args.resume, force=args.force)
-    if trainer.step >= trainer.total_steps:
-        print(f"{trainer.run_dir}: already trained {trainer.step} of {trainer.total_steps} steps; nothing to do")
-        return 0
-    return trainer.fit()
+    process = init_process_group_from_env()  # torchrun's RANK/WORLD_SIZE/LOCAL_RANK; one process without them
+    try:
+        if not process.is_main:
+            logging.getLogger().setLevel(logging.WARNING)  # one copy of the run's log, from rank 0
+        trainer = Pretrainer(config, args.output_dir, resume=args.resume, force=args.force, rank=process.rank,
+                             world_size=process.world_size, device=process.device)
+        if trainer.step >= trainer.total_steps:
+            if process.is_main:
+                print(f"{trainer.run_dir}: already trained {trainer.step} of {trainer.total_steps} steps; "
+                      "nothing to do")
+            return 0
+        return trainer.fit()
+    finally:
+        close_process_group()
