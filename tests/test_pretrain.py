@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lumi.cli import main
+from lumi.eval.perplexity import evaluate_packed_split
 from lumi.model import load_architecture, parameter_counts
 from lumi.packed import load_packed_split, unigram_entropy
 from lumi.packing import PackingConfig, pack_corpus
@@ -184,6 +185,9 @@ def test_training_learns_a_deterministic_successor_and_saves_loadable_checkpoint
     assert checkpoint_step(run_dir / "final") == 100
 
     model = AutoModelForCausalLM.from_pretrained(run_dir / "final")  # plain transformers, no code of ours
+    # The evaluator (stage 50) on the saved checkpoint reproduces the trainer's last val loss.
+    evaluated = evaluate_packed_split(model, load_packed_split(workspace["successor"], "val"), max_rows=16)
+    assert evaluated["loss"] == pytest.approx(records[-1]["val/loss"], abs=1e-4)
     start = function_documents(1, 12, vocab, seed=9)[0]
     prompt = torch.tensor([[BOS_ID, start[0]]])
     generated = model.generate(prompt, max_new_tokens=10, do_sample=False)[0, 2:].tolist()
