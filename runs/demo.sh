@@ -23,7 +23,7 @@ stage "40 pretrain: the micro model on CPU"
 lumi pretrain --config config/demo/pretrain.json --tokenizer-dir "$OUT/tokenizer" --data-dirs "$OUT/packed" \
     --output-dir "$OUT/checkpoints" --force
 
-stage "50 evaluate: val bits per byte, held-out fact cloze, zero-shot samples, generations"
+stage "50 evaluate: val bits per byte, held-out fact cloze, generation checks"
 lumi evaluate --config config/evaluation/demo.json --model-path "$OUT/checkpoints/demo/final" \
     --set perplexity.0.packed_dir="$OUT/packed" --output-dir "$OUT/evaluation" --force
 
