@@ -71,6 +71,19 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise LumiError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
 
 
+def read_manifest_file(directory: str | os.PathLike, filename: str, expected_format: str, what: str) -> dict:
+    """Read ``directory/filename`` and check its ``format`` field: the one way every stage opens another stage's
+    output directory, so a missing directory, a missing manifest and a manifest of another kind read the same."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise LumiError(f"{directory}: {what} directory not found")
+    manifest = read_json(directory / filename, what=f"{what} manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != expected_format:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise LumiError(f"{directory / filename}: not a {expected_format} manifest (format={found!r})")
+    return manifest
+
+
 def check_output_dir(path: str | os.PathLike, force: bool) -> Path:
     """Refuse an existing, non-empty output directory unless ``force`` is set; never deletes anything."""
     path = Path(path)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from lumi.errors import LumiError
-from lumi.files import read_json
+from lumi.files import read_manifest_file
 
 PACKED_FORMAT = "lumi-packed/1"
 MANIFEST = "final_manifest.json"
@@ -51,13 +51,7 @@ class PackedSplit:
 
 
 def read_packed_manifest(packed_dir: str | Path) -> dict[str, Any]:
-    packed_dir = Path(packed_dir)
-    if not packed_dir.is_dir():
-        raise LumiError(f"{packed_dir}: packed data directory not found")
-    manifest = read_json(packed_dir / MANIFEST, what="packed-data manifest")
-    if manifest.get("format") != PACKED_FORMAT:
-        raise LumiError(f"{packed_dir / MANIFEST}: not a {PACKED_FORMAT} manifest (format={manifest.get('format')!r})")
-    return manifest
+    return read_manifest_file(packed_dir, MANIFEST, PACKED_FORMAT, what="packed data")
 
 
 def load_packed_split(packed_dir: str | Path, split: str) -> PackedSplit:

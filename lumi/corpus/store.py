@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lumi.errors import LumiError
-from lumi.files import read_json, sha256_file
+from lumi.files import read_manifest_file, sha256_file
 
 CORPUS_FORMAT = "lumi-corpus/1"
 MANIFEST = "manifest.json"
@@ -77,11 +77,7 @@ class ShardWriter:
 
 def read_manifest(corpus_dir: str | Path) -> dict[str, Any]:
     corpus_dir = Path(corpus_dir)
-    if not corpus_dir.is_dir():
-        raise LumiError(f"{corpus_dir}: corpus directory not found")
-    manifest = read_json(corpus_dir / MANIFEST, what="corpus manifest")
-    if manifest.get("format") != CORPUS_FORMAT:
-        raise LumiError(f"{corpus_dir / MANIFEST}: not a {CORPUS_FORMAT} manifest (format={manifest.get('format')!r})")
+    manifest = read_manifest_file(corpus_dir, MANIFEST, CORPUS_FORMAT, what="corpus")
     for shard in manifest["shards"]:
         if not (corpus_dir / shard["file"]).is_file():
             raise LumiError(f"{corpus_dir}: shard {shard['file']} listed in the manifest is missing")
