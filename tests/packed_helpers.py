@@ -18,6 +18,13 @@ from lumi.tokenizer import tokenizer_sha256
 FIRST_TEXT_ID = max(SPECIAL_IDS.values()) + 1  # ids below are special tokens
 
 
+def nano_architecture(vocab_size: int, seq_len: int, tie_embeddings: bool) -> dict:
+    """The 2-layer x 64 model the training tests use: small enough for many short CPU runs."""
+    return {"name": "nano", "vocab_size": vocab_size, "hidden_size": 64, "num_layers": 2, "num_heads": 4,
+            "num_kv_heads": 2, "intermediate_size": 128, "max_seq_len": seq_len, "rope_theta": 10000.0,
+            "tie_embeddings": tie_embeddings, "dropout": 0.0, "init_std": 0.02, "rms_norm_eps": 1e-5}
+
+
 def write_packed_dir(directory: Path, tokenizer_dir: Path, train_docs: list[list[int]], val_docs: list[list[int]],
                      seq_len: int, vocab_size: int, bytes_per_token: int = 4) -> Path:
     """Pack token-id documents (each given without BOS/EOS) into the ``lumi/packed.py`` format: ``BOS doc EOS``

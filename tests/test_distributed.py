@@ -22,15 +22,12 @@ from lumi.packed import load_packed_split
 from lumi.tokenizer import load_tokenizer_meta
 from lumi.train.checkpoint import checkpoint_step
 from lumi.train.metrics import read_metrics
-from packed_helpers import function_documents, write_packed_dir
+from packed_helpers import function_documents, nano_architecture, write_packed_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEQ_LEN = 32
 STEPS = 20
 MICRO = 2
-NANO = {"name": "nano", "vocab_size": 300, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
-        "intermediate_size": 128, "max_seq_len": SEQ_LEN, "rope_theta": 10000.0, "tie_embeddings": False,
-        "dropout": 0.0, "init_std": 0.02, "rms_norm_eps": 1e-5}
 
 SIGNAL_RANK_1 = """
 import os, signal, sys
@@ -52,7 +49,7 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     tokenizer = write_tokenizer(root / "tokenizer")
     vocab = load_tokenizer_meta(tokenizer)["vocab_size"]
     arch = root / "nano.json"
-    arch.write_text(json.dumps({**NANO, "vocab_size": vocab}))
+    arch.write_text(json.dumps(nano_architecture(vocab, SEQ_LEN, tie_embeddings=False)))
     # Learnable data (each token a fixed function of the previous one): the loss falls fast, so a wrong gradient
     # shows up in the losses of later steps.
     packed = write_packed_dir(root / "web", tokenizer, function_documents(100, 14, vocab, 0),

@@ -34,13 +34,10 @@ from eval_helpers import training_text, write_tokenizer
 from helpers import make_corpus_dir
 from lumi.config import load_config
 from lumi.tokenizer import load_hf_tokenizer, load_tokenizer_meta
-from packed_helpers import function_documents, random_documents, write_packed_dir
+from packed_helpers import function_documents, nano_architecture, random_documents, write_packed_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEQ_LEN = 64
-NANO = {"name": "nano", "vocab_size": 300, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
-        "intermediate_size": 128, "max_seq_len": SEQ_LEN, "rope_theta": 10000.0, "tie_embeddings": True,
-        "dropout": 0.0, "init_std": 0.02, "rms_norm_eps": 1e-5}
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +56,7 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     tokenizer = write_tokenizer(root / "tokenizer")
     vocab = load_tokenizer_meta(tokenizer)["vocab_size"]
     arch = root / "nano.json"
-    arch.write_text(json.dumps({**NANO, "vocab_size": vocab}))
+    arch.write_text(json.dumps(nano_architecture(vocab, SEQ_LEN, tie_embeddings=True)))
     return {
         "root": root, "tokenizer": tokenizer, "arch": arch,
         "successor": write_packed_dir(root / "successor", tokenizer, function_documents(200, SEQ_LEN - 2, vocab, 0),
@@ -157,7 +154,7 @@ def test_no_weight_decay_on_norms_and_embeddings():
     from lumi.model import ArchitectureConfig, build_model
 
     for tied in (True, False):
-        model = build_model(ArchitectureConfig(**{**NANO, "tie_embeddings": tied}))
+        model = build_model(ArchitectureConfig(**nano_architecture(300, SEQ_LEN, tie_embeddings=tied)))
         decay, no_decay = parameter_groups(model, 0.1)
         names = {id(p): n for n, p in model.named_parameters()}
         decayed = {names[id(p)] for p in decay["params"]}
