@@ -152,18 +152,10 @@ def _models_in(annotation: Any) -> list[type[ConfigModel]]:
 def config_reference(cls: type[ConfigModel], prefix: str = "") -> list[tuple[str, str, str, str, str]]:
     """Rows (field, type, default, constraints, description) for every field, nested sections flattened with dots;
     the README/docs config reference is generated from this so it cannot drift from the code."""
-    from pydantic_core import PydanticUndefined
-
     rows = []
     for name, field in cls.model_fields.items():
         annotation = field.annotation
         dotted = f"{prefix}{name}"
-        if field.default is PydanticUndefined and field.default_factory is None:
-            default = "required"
-        elif field.default_factory is not None:
-            default = json.dumps(config_to_dict_value(field.default_factory()))
-        else:
-            default = json.dumps(config_to_dict_value(field.default))
         models = _models_in(annotation)
         if models:
             is_list = typing.get_origin(annotation) is list
@@ -173,9 +165,6 @@ def config_reference(cls: type[ConfigModel], prefix: str = "") -> list[tuple[str
                 rows.extend(config_reference(model, f"{dotted}{'[]' if is_list else ''}"
                                                     f"{f'<{model.__name__}>' if len(models) > 1 else ''}."))
             continue
+        default = "required" if field.is_required() else json.dumps(field.get_default(call_default_factory=True))
         rows.append((dotted, _type_name(annotation), default, _constraints(field), field.description or ""))
     return rows
-
-
-def config_to_dict_value(value: Any) -> Any:
-    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value

@@ -91,11 +91,6 @@ def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    checkpoints = step_checkpoints(run_dir)
-    return checkpoints[-1][1] if checkpoints else None
-
-
 def rotate_checkpoints(run_dir: Path, keep_last_k: int) -> list[Path]:
     """Delete all but the newest ``keep_last_k`` step checkpoints; returns what was deleted."""
     doomed = [path for _, path in step_checkpoints(run_dir)[:-keep_last_k]]
