@@ -9,14 +9,14 @@ at 1.0, ``torch.compile``), on the same rows in the same run:
 (b) ``hf``: transformers' ``LlamaForCausalLM`` (the model we train), compiled, with its own ``model(labels=...)``
     loss (which upcasts the full logits to fp32);
 (c) ``lumi``: our trainer's step, ``lumi.train.pretrain.TrainStep`` (what ``Pretrainer.train_step`` runs): the
-    compiled backbone, the chunked loss from hidden states, document masking (block-diagonal attention over the
-    packed documents, as in training), the scored-token normalisation, clipping, AdamW and the LR schedule;
-and, only when named in ``--variants``, two what-ifs for our loss path:
+    compiled backbone, the loss from hidden states (``lumi.train.linear_cross_entropy``: chunks whose gradients are
+    computed in the forward pass, chunk math compiled), document masking (block-diagonal attention over the packed
+    documents, as in training), the scored-token normalisation, clipping, AdamW and the LR schedule;
+and, only when named in ``--variants``, two what-ifs for the attention:
 (d) ``lumi_causal``: (c) with ``document_masking: false`` (plain causal attention, as (a) and (b) compute), which
-    separates the cost of document masking from the rest;
-(e) ``lumi_compiled_ce``: (c) with the per-chunk output projection and cross-entropy
-    (``lumi.train.loss._chunk_nll_sum``) also compiled, so the fp32 upcast fuses into the cross-entropy kernels
-    (patched in for that variant only).
+    separates the cost of document masking from the rest (sdpa cannot use its flash kernel with a document mask);
+(e) ``lumi_flex``: (c) with ``attn_implementation: flex_attention``, where the document mask is a block-sparse
+    ``BlockMask`` instead of a dense one.
 
 Rows hold documents of random length (BOS ... EOS) of random tokens; (a) and (b) see them as plain causal text.
 MFU = ``lumi.model.flops_per_token`` (PaLM convention) x tok/s / the device's dense bf16 peak. Each variant runs
@@ -50,7 +50,6 @@ from torch import nn  # noqa: E402
 
 from lumi.model import ArchitectureConfig, build_model, flops_per_token, load_architecture  # noqa: E402
 from lumi.special_tokens import BOS_ID, EOS_ID, SPECIAL_IDS  # noqa: E402
-from lumi.train import loss as lumi_loss  # noqa: E402
 from lumi.train.config import PretrainConfig  # noqa: E402
 from lumi.train.metrics import peak_flops  # noqa: E402
 from lumi.train.pretrain import TrainStep  # noqa: E402
@@ -60,7 +59,7 @@ MICRO_BATCH = {"tiny": 32, "small": 32, "base": 16}  # the shipped chinchilla_*.
 SMOKE = {"name": "smoke", "vocab_size": 512, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
          "intermediate_size": 128, "max_seq_len": 64, "rope_theta": 10000.0, "tie_embeddings": False,
          "dropout": 0.0, "init_std": 0.02, "rms_norm_eps": 1e-5}
-VARIANTS = ("bare", "hf", "lumi", "lumi_causal", "lumi_compiled_ce")
+VARIANTS = ("bare", "hf", "lumi", "lumi_causal", "lumi_flex")
 
 
 # --- (a) the bare model ------------------------------------------------------------------------------------------
@@ -160,11 +159,13 @@ def hf_step(arch: ArchitectureConfig, device: torch.device, compile_model: bool)
     return manual_step(model, lambda rows: model(input_ids=rows, labels=rows, use_cache=False).loss, device)
 
 
-def lumi_step(arch: ArchitectureConfig, device: torch.device, compile_model: bool,
-              document_masking: bool = True) -> Step:
+def lumi_step(arch: ArchitectureConfig, device: torch.device, compile_model: bool, document_masking: bool = True,
+              attn_implementation: str = "sdpa") -> Step:
     config = PretrainConfig(model=str(arch.name), max_steps=10_000, micro_batch_size=1, lr=3e-4, warmup_steps=10,
-                            precision="bf16", compile=compile_model, document_masking=document_masking)
-    train_step = TrainStep(build_model(arch).to(device).train(), config, config.max_steps, device)
+                            precision="bf16", compile=compile_model, document_masking=document_masking,
+                            attn_implementation=attn_implementation)
+    model = build_model(arch, attn_implementation).to(device).train()
+    train_step = TrainStep(model, config, config.max_steps, device)
 
     def step(rows: torch.Tensor) -> None:
         train_step.backward([rows])
@@ -173,18 +174,9 @@ def lumi_step(arch: ArchitectureConfig, device: torch.device, compile_model: boo
     return step
 
 
-def lumi_compiled_ce_step(arch: ArchitectureConfig, device: torch.device, compile_model: bool) -> Step:
-    lumi_loss._chunk_nll_sum = torch.compile(CHUNK_NLL_SUM, dynamic=True)  # measure() restores it
-    return lumi_step(arch, device, compile_model)
-
-
-def lumi_causal_step(arch: ArchitectureConfig, device: torch.device, compile_model: bool) -> Step:
-    return lumi_step(arch, device, compile_model, document_masking=False)
-
-
-CHUNK_NLL_SUM = lumi_loss._chunk_nll_sum
-BUILDERS = {"bare": bare_step, "hf": hf_step, "lumi": lumi_step, "lumi_causal": lumi_causal_step,
-            "lumi_compiled_ce": lumi_compiled_ce_step}
+BUILDERS = {"bare": bare_step, "hf": hf_step, "lumi": lumi_step,
+            "lumi_causal": lambda *args: lumi_step(*args, document_masking=False),
+            "lumi_flex": lambda *args: lumi_step(*args, attn_implementation="flex_attention")}
 
 
 # --- measurement -------------------------------------------------------------------------------------------------
@@ -211,18 +203,15 @@ def measure(variant: str, arch: ArchitectureConfig, batches: list[torch.Tensor],
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
-    try:
-        step = BUILDERS[variant](arch, device, compile_model)
-        for index in range(warmup):
-            step(batches[index % len(batches)])
-        synchronize(device)
-        start = time.perf_counter()
-        for index in range(steps):
-            step(batches[index % len(batches)])
-        synchronize(device)
-        seconds = time.perf_counter() - start
-    finally:
-        lumi_loss._chunk_nll_sum = CHUNK_NLL_SUM
+    step = BUILDERS[variant](arch, device, compile_model)
+    for index in range(warmup):
+        step(batches[index % len(batches)])
+    synchronize(device)
+    start = time.perf_counter()
+    for index in range(steps):
+        step(batches[index % len(batches)])
+    synchronize(device)
+    seconds = time.perf_counter() - start
     tokens_per_s = steps * batches[0].numel() / seconds
     peak = peak_flops(device)
     result = {"tok_per_s": tokens_per_s,

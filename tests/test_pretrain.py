@@ -304,6 +304,13 @@ def test_data_packed_with_another_tokenizer_is_refused(workspace, tmp_path, caps
     assert not (tmp_path / "out").exists()
 
 
+def test_flex_attention_on_cpu_is_refused_before_training(workspace, tmp_path, capsys):
+    config = write_config(workspace, tmp_path, attn_implementation="flex_attention")
+    assert main(["pretrain", "--config", str(config), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "'flex_attention' trains on GPUs only" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_existing_run_needs_resume_or_force_and_resume_checks_settings(workspace, tmp_path, capsys):
     config = write_config(workspace, tmp_path, max_steps=4, save_interval=2)
     command = ["pretrain", "--config", str(config), "--output-dir", str(tmp_path / "out")]

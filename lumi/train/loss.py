@@ -12,8 +12,8 @@ Labels are the inputs shifted **exactly once** (logits at t predict token t+1). 
 
 The loss is computed from the backbone's hidden states rather than ``model(..., labels=...)``: transformers upcasts the
 full (batch, seq, vocab) logits to fp32, while here the output projection and cross-entropy run over chunks of
-``chunk_tokens`` positions under activation checkpointing, so at most one chunk of logits is alive at a time, forward
-or backward. The sum is over the same positions in the same order either way, so the two agree (a test checks it).
+``chunk_tokens`` scored positions (``lumi.train.linear_cross_entropy``), so at most one chunk of logits is alive at a
+time and the projection runs no more often than in a plain forward + backward. The two agree (a test checks it).
 """
 
 from __future__ import annotations
@@ -21,14 +21,12 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 from transformers import LlamaForCausalLM
 
 from lumi.special_tokens import BOS_ID, PAD_ID
+from lumi.train.linear_cross_entropy import DEFAULT_CHUNK_TOKENS, linear_cross_entropy
 
 UNSCORED_TARGETS = (PAD_ID, BOS_ID)
-DEFAULT_CHUNK_TOKENS = 4096
 
 
 def position_ids_from_bos(input_ids: torch.LongTensor, bos_id: int = BOS_ID) -> torch.LongTensor:
@@ -59,18 +57,15 @@ def packs_only_single_rows(model: LlamaForCausalLM) -> bool:
     return "flash" in model.config._attn_implementation
 
 
-def _chunk_nll_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = F.linear(hidden, weight)
-    return F.cross_entropy(logits.float(), targets, reduction="sum")
-
-
 def causal_lm_loss(model: LlamaForCausalLM, input_ids: torch.LongTensor, *, document_masking: bool = True,
-                   reduction: Literal["mean", "sum"] = "mean", chunk_tokens: int = DEFAULT_CHUNK_TOKENS):
+                   reduction: Literal["mean", "sum"] = "mean", chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                   compile_chunks: bool = False):
     """Next-token cross-entropy in nats.
 
     ``reduction="mean"`` returns a scalar tensor; ``"sum"`` returns ``(sum_nats, num_scored_tokens)`` so callers can
     average exactly over many batches (and normalise gradient accumulation by the true token count).
     ``document_masking=False`` lets packed documents attend to each other (plain causal mask, contiguous positions).
+    ``compile_chunks`` runs the per-chunk loss and gradient math through ``torch.compile`` (the trainer's ``compile``).
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
@@ -85,14 +80,8 @@ def causal_lm_loss(model: LlamaForCausalLM, input_ids: torch.LongTensor, *, docu
     mask = scored_target_mask(input_ids)
     hidden = hidden[:, :-1][mask]  # hidden state at t predicts input t+1: the one and only shift
     targets = input_ids[:, 1:][mask]
-    weight = model.get_output_embeddings().weight
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, targets.numel(), chunk_tokens):
-        piece = slice(start, start + chunk_tokens)
-        if torch.is_grad_enabled():
-            total = total + checkpoint(_chunk_nll_sum, hidden[piece], weight, targets[piece], use_reentrant=False)
-        else:
-            total = total + _chunk_nll_sum(hidden[piece], weight, targets[piece])
+    total = linear_cross_entropy(hidden, model.get_output_embeddings().weight, targets, chunk_tokens=chunk_tokens,
+                                 compiled=compile_chunks)
     count = int(targets.numel())
     if reduction == "sum":
         return total, count

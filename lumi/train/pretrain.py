@@ -168,6 +168,9 @@ class Pretrainer:
                          "global_batch_rows": self.stream.global_batch_rows, "total_steps": self.total_steps}
         checkpoint, self._replaced_run_dir = decide_on_main(lambda: self._checkpoint_to_resume(resume, force))
 
+        if self.device.type == "cpu" and config.attn_implementation == "flex_attention":
+            raise LumiError("attn_implementation 'flex_attention' trains on GPUs only (torch has no flex-attention "
+                            "backward on CPU); use 'sdpa' here")
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")
         random.seed(config.seed)
