@@ -18,6 +18,9 @@ and, only when named in ``--variants``, two what-ifs for the attention:
 (e) ``lumi_flex``: (c) with ``attn_implementation: flex_attention``, where the document mask is a block-sparse
     ``BlockMask`` instead of a dense one.
 
+For the ``lumi`` variants on CUDA one more step runs under ``torch.cuda.set_sync_debug_mode("error")``: the trainer's
+step must never make the host wait for the device (it reads a step's loss only after queueing the next one).
+
 Rows hold documents of random length (BOS ... EOS) of random tokens; (a) and (b) see them as plain causal text.
 MFU = ``lumi.model.flops_per_token`` (PaLM convention) x tok/s / the device's dense bf16 peak. Each variant runs
 ``--warmup`` untimed steps (compilation) then ``--steps`` timed ones; peak memory is ``max_memory_allocated`` over
@@ -167,11 +170,7 @@ def lumi_step(arch: ArchitectureConfig, device: torch.device, compile_model: boo
     model = build_model(arch, attn_implementation).to(device).train()
     train_step = TrainStep(model, config, config.max_steps, device)
 
-    def step(rows: torch.Tensor) -> None:
-        train_step.backward([rows])
-        train_step.update()
-
-    return step
+    return lambda rows: train_step.step([rows])
 
 
 BUILDERS = {"bare": bare_step, "hf": hf_step, "lumi": lumi_step,
@@ -212,13 +211,30 @@ def measure(variant: str, arch: ArchitectureConfig, batches: list[torch.Tensor],
         step(batches[index % len(batches)])
     synchronize(device)
     seconds = time.perf_counter() - start
+    host_syncs = check_host_syncs(step, batches[0]) if variant.startswith("lumi") and device.type == "cuda" else ""
     tokens_per_s = steps * batches[0].numel() / seconds
     peak = peak_flops(device)
     result = {"tok_per_s": tokens_per_s,
               "mfu": flops_per_token(arch, batches[0].shape[1]) * tokens_per_s / peak if peak else math.nan,
-              "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan}
+              "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan,
+              "host_syncs": host_syncs}
     del step
     return result
+
+
+def check_host_syncs(step: Step, rows: torch.Tensor) -> str:
+    """Run one more step with CUDA's sync debug mode set to error: "none" when nothing in it made the host wait for
+    the device (which would leave the GPU idle while the host queues the next step), else the first offender."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step(rows)
+        return "none"
+    except RuntimeError as error:
+        return str(error).splitlines()[0]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
 
 
 def synchronize(device: torch.device) -> None:
@@ -267,8 +283,8 @@ def main() -> None:
             results.append({"model": model_name, "variant": variant, "micro_batch": batches[0].shape[0],
                             **result, "speed_vs_bare": ratio, "memory_vs_bare": memory})
             print(f"{model_name:>6} {variant:>16}: {result['tok_per_s']:>12,.0f} tok/s  MFU {result['mfu']:6.1%}  "
-                  f"peak {result['peak_mem_gib']:6.2f} GiB  speed x{ratio:.2f}  memory x{memory:.2f} vs bare",
-                  flush=True)
+                  f"peak {result['peak_mem_gib']:6.2f} GiB  speed x{ratio:.2f}  memory x{memory:.2f} vs bare"
+                  + (f"  host syncs in a step: {result['host_syncs']}" if result["host_syncs"] else ""), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"device": name, "seq_len": seq_len, "results": results}, indent=2))
 

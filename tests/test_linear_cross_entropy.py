@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lumi.train.linear_cross_entropy import linear_cross_entropy
+from lumi.train.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 
 VOCAB, WIDTH = 97, 16
 
@@ -15,12 +15,13 @@ def inputs(tokens: int, seed: int = 0, dtype=torch.float32):
     hidden = torch.randn(tokens, WIDTH, generator=generator, dtype=dtype).requires_grad_()
     weight = (0.3 * torch.randn(VOCAB, WIDTH, generator=generator, dtype=dtype)).requires_grad_()
     targets = torch.randint(0, VOCAB, (tokens,), generator=generator)
+    targets[::7] = IGNORE_INDEX  # unscored positions (row ends, BOS, PAD) are ignored, not removed
     return hidden, weight, targets
 
 
 def reference(hidden, weight, targets):
     """What autograd computes through the whole (tokens, vocab) logits in fp32."""
-    return F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum")
+    return F.cross_entropy(F.linear(hidden, weight).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 @pytest.mark.parametrize("chunk_tokens", [1, 7, 50, 4096])
@@ -34,6 +35,7 @@ def test_value_and_gradients_equal_autograd_through_full_logits(chunk_tokens):
     torch.testing.assert_close(fused, expected, rtol=1e-6, atol=1e-5)
     for got, want in zip(fused_grads, expected_grads):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not fused_grads[0][::7].any()  # ignored positions get no gradient
 
 
 def test_without_grad_gives_the_same_loss():

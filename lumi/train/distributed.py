@@ -13,7 +13,7 @@ with the others:
   optimizer state across processes and all-gathers each decoder layer just in time: for models whose training state
   does not fit one device. It costs extra communication per layer, so it is slower where DDP fits.
 
-The loss (``lumi.train.loss.causal_lm_loss``) calls the backbone and reads the output-embedding weight directly
+The loss (``lumi.train.loss.summed_nats``) calls the backbone and reads the output-embedding weight directly
 rather than through ``LlamaForCausalLM.forward``, and both wrappers only act on a module's own ``forward``: DDP
 prepares its gradient all-reduce there, FSDP2 all-gathers the parameters its root owns (embeddings, final norm,
 output head) there. So what gets wrapped is ``LossModule``, whose ``forward`` is the whole loss, and evaluation goes
@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import LlamaForCausalLM
 
 from lumi.errors import LumiError
-from lumi.train.loss import causal_lm_loss
+from lumi.train.loss import summed_nats
 
 T = TypeVar("T")
 
@@ -101,20 +101,12 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _all_reduce_int(value: int, device: torch.device, op: dist.ReduceOp) -> int:
+def max_over_processes(value: int, device: torch.device) -> int:
     if not is_distributed():
         return value
     tensor = torch.tensor(value, dtype=torch.int64, device=device)
-    dist.all_reduce(tensor, op=op)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return int(tensor)
-
-
-def sum_over_processes(value: int, device: torch.device) -> int:
-    return _all_reduce_int(value, device, dist.ReduceOp.SUM)
-
-
-def max_over_processes(value: int, device: torch.device) -> int:
-    return _all_reduce_int(value, device, dist.ReduceOp.MAX)
 
 
 def decide_on_main(decide: Callable[[], T]) -> T:
@@ -135,15 +127,15 @@ def decide_on_main(decide: Callable[[], T]) -> T:
 
 
 class LossModule(nn.Module):
-    """The module DDP/FSDP2 wrap: its forward is the whole training loss (summed nats, scored-token count)."""
+    """The module DDP/FSDP2 wrap: its forward is the whole training loss (summed nats over the scored tokens)."""
 
     def __init__(self, model: LlamaForCausalLM, compile_chunks: bool = False):
         super().__init__()
         self.model, self.compile_chunks = model, compile_chunks
 
-    def forward(self, input_ids: torch.LongTensor, document_masking: bool) -> tuple[torch.Tensor, int]:
-        return causal_lm_loss(self.model, input_ids, document_masking=document_masking, reduction="sum",
-                              compile_chunks=self.compile_chunks)
+    def forward(self, input_ids: torch.LongTensor, document_masking: bool) -> torch.Tensor:
+        return summed_nats(self.model, input_ids, document_masking=document_masking,
+                           compile_chunks=self.compile_chunks)
 
 
 def wrap_for_training(model: LlamaForCausalLM, strategy: str, compile_model: bool) -> nn.Module:  # ddp | fsdp2
@@ -187,12 +179,11 @@ def gradient_sync(module: nn.Module, enabled: bool) -> Iterator[None]:
         yield
 
 
-def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
-    """Clip the global gradient norm and return it (FSDP2 returns a sharded norm; this is its full value)."""
+def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm and return it, on the device (FSDP2 returns a sharded norm; this is its full
+    value)."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    if isinstance(norm, DTensor):
-        norm = norm.full_tensor()
-    return float(norm)
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
 _FULL_ON_CPU = StateDictOptions(full_state_dict=True, cpu_offload=True)

@@ -23,18 +23,21 @@ import functools
 import torch
 
 DEFAULT_CHUNK_TOKENS = 4096
+IGNORE_INDEX = -100  # a target that is not scored (as in F.cross_entropy and transformers)
 
 
 def chunk_nll_and_grads(hidden: torch.Tensor, weight: torch.Tensor,
                         targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(summed nats, d nats / d hidden, d nats / d weight) of one chunk: ``hidden`` (n, d), ``weight`` (V, d),
-    ``targets`` (n,)."""
+    ``targets`` (n,), where ``IGNORE_INDEX`` targets add nothing."""
+    scored = (targets != IGNORE_INDEX)[:, None]
+    index = targets.clamp(min=0)[:, None]
     logits = (hidden @ weight.T).float()
     log_normalizer = logits.logsumexp(dim=-1, keepdim=True)
-    nats = (log_normalizer - logits.gather(-1, targets[:, None])).sum()
+    nats = torch.where(scored, log_normalizer - logits.gather(-1, index), 0.0).sum()
     # In place, so eager mode holds two chunk-sized tensors at most (the compiler fuses these anyway).
     grad_logits = logits.sub_(log_normalizer).exp_()  # softmax
-    grad_logits.scatter_add_(-1, targets[:, None], torch.full_like(grad_logits[:, :1], -1.0))
+    grad_logits.scatter_add_(-1, index, torch.full_like(grad_logits[:, :1], -1.0)).masked_fill_(~scored, 0.0)
     grad_logits = grad_logits.to(hidden.dtype)
     return nats, grad_logits @ weight, grad_logits.T @ hidden
 
@@ -77,7 +80,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
                          chunk_tokens: int = DEFAULT_CHUNK_TOKENS, compiled: bool = False) -> torch.Tensor:
     """Summed next-token cross-entropy (fp32 nats) of ``hidden @ weight.T`` against ``targets``.
 
-    ``hidden`` (n, d) and ``targets`` (n,) are the scored positions only; ``weight`` is the (V, d) output embedding.
+    ``hidden`` (n, d) and ``targets`` (n,) are flattened positions, ``IGNORE_INDEX`` where nothing is scored;
+    ``weight`` is the (V, d) output embedding.
     Under autocast the matmuls run in the autocast dtype, as ``F.linear`` would; the gradients come back in the
     inputs' own dtypes. Without grad the chunks only compute the loss.
     """
@@ -92,5 +96,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         for start in range(0, targets.numel(), chunk_tokens):
             piece = slice(start, start + chunk_tokens)
             logits = (hidden[piece] @ weight.T).float()
-            total += torch.nn.functional.cross_entropy(logits, targets[piece], reduction="sum")
+            total += torch.nn.functional.cross_entropy(logits, targets[piece], ignore_index=IGNORE_INDEX,
+                                                       reduction="sum")
         return total

@@ -8,11 +8,12 @@ takes the boundaries from the position ids as varlen sequence starts, but only f
 (``modeling_flash_attention_utils._is_packed_sequence``), so for it the rows are laid end to end first.
 
 Labels are the inputs shifted **exactly once** (logits at t predict token t+1). Targets that are PAD (padding) or BOS
-(a document start is given, not predicted -- with document masking it is not even predictable) are not scored.
+(a document start is given, not predicted -- with document masking it is not even predictable) are not scored:
+they, and the last position of each row, get ``IGNORE_INDEX``.
 
 The loss is computed from the backbone's hidden states rather than ``model(..., labels=...)``: transformers upcasts the
 full (batch, seq, vocab) logits to fp32, while here the output projection and cross-entropy run over chunks of
-``chunk_tokens`` scored positions (``lumi.train.linear_cross_entropy``), so at most one chunk of logits is alive at a
+``chunk_tokens`` positions (``lumi.train.linear_cross_entropy``), so at most one chunk of logits is alive at a
 time and the projection runs no more often than in a plain forward + backward. The two agree (a test checks it).
 """
 
@@ -24,7 +25,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from lumi.special_tokens import BOS_ID, PAD_ID
-from lumi.train.linear_cross_entropy import DEFAULT_CHUNK_TOKENS, linear_cross_entropy
+from lumi.train.linear_cross_entropy import DEFAULT_CHUNK_TOKENS, IGNORE_INDEX, linear_cross_entropy
 
 UNSCORED_TARGETS = (PAD_ID, BOS_ID)
 
@@ -47,6 +48,14 @@ def scored_target_mask(input_ids: torch.LongTensor) -> torch.BoolTensor:
     return mask
 
 
+def next_token_targets(input_ids: torch.LongTensor) -> torch.LongTensor:
+    """(batch, seq) targets: position t predicts input t+1 -- the one and only shift; the last position of a row
+    and unscored targets are ``IGNORE_INDEX``."""
+    targets = torch.full_like(input_ids, IGNORE_INDEX)
+    targets[:, :-1] = input_ids[:, 1:].masked_fill(~scored_target_mask(input_ids), IGNORE_INDEX)
+    return targets
+
+
 def count_scored_tokens(input_ids: torch.LongTensor) -> int:
     """How many targets a batch contributes, known before the forward pass (to normalise gradient accumulation)."""
     return int(scored_target_mask(input_ids).sum())
@@ -57,32 +66,41 @@ def packs_only_single_rows(model: LlamaForCausalLM) -> bool:
     return "flash" in model.config._attn_implementation
 
 
-def causal_lm_loss(model: LlamaForCausalLM, input_ids: torch.LongTensor, *, document_masking: bool = True,
-                   reduction: Literal["mean", "sum"] = "mean", chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-                   compile_chunks: bool = False):
-    """Next-token cross-entropy in nats.
+def summed_nats(model: LlamaForCausalLM, input_ids: torch.LongTensor, *, document_masking: bool = True,
+                chunk_tokens: int = DEFAULT_CHUNK_TOKENS, compile_chunks: bool = False) -> torch.Tensor:
+    """Summed next-token cross-entropy (fp32 nats) over the scored targets of a batch.
 
-    ``reduction="mean"`` returns a scalar tensor; ``"sum"`` returns ``(sum_nats, num_scored_tokens)`` so callers can
-    average exactly over many batches (and normalise gradient accumulation by the true token count).
-    ``document_masking=False`` lets packed documents attend to each other (plain causal mask, contiguous positions).
-    ``compile_chunks`` runs the per-chunk loss and gradient math through ``torch.compile`` (the trainer's ``compile``).
+    Never waits for the device: no shape depends on the data (unscored positions are ignored, not removed), so the
+    trainer can queue the next step before this one finishes. ``document_masking=False`` lets packed documents
+    attend to each other (plain causal mask, contiguous positions). ``compile_chunks`` runs the per-chunk loss and
+    gradient math through ``torch.compile`` (the trainer's ``compile``).
     """
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     position_ids = position_ids_from_bos(input_ids) if document_masking else None
     if position_ids is not None and packs_only_single_rows(model):
         # One long row: every row starts at position 0, so rows stay apart as well as documents.
         hidden = model.model(input_ids=input_ids.reshape(1, -1), position_ids=position_ids.reshape(1, -1),
-                             attention_mask=None, use_cache=False).last_hidden_state.reshape(*input_ids.shape, -1)
+                             attention_mask=None, use_cache=False).last_hidden_state
     else:
         hidden = model.model(input_ids=input_ids, position_ids=position_ids, attention_mask=None,
                              use_cache=False).last_hidden_state
-    mask = scored_target_mask(input_ids)
-    hidden = hidden[:, :-1][mask]  # hidden state at t predicts input t+1: the one and only shift
-    targets = input_ids[:, 1:][mask]
-    total = linear_cross_entropy(hidden, model.get_output_embeddings().weight, targets, chunk_tokens=chunk_tokens,
-                                 compiled=compile_chunks)
-    count = int(targets.numel())
+    return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), model.get_output_embeddings().weight,
+                                next_token_targets(input_ids).reshape(-1), chunk_tokens=chunk_tokens,
+                                compiled=compile_chunks)
+
+
+def causal_lm_loss(model: LlamaForCausalLM, input_ids: torch.LongTensor, *, document_masking: bool = True,
+                   reduction: Literal["mean", "sum"] = "mean", chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                   compile_chunks: bool = False):
+    """Next-token cross-entropy in nats (``summed_nats``, with the token count).
+
+    ``reduction="mean"`` returns a scalar tensor; ``"sum"`` returns ``(sum_nats, num_scored_tokens)`` so callers can
+    average exactly over many batches (and normalise gradient accumulation by the true token count).
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    total = summed_nats(model, input_ids, document_masking=document_masking, chunk_tokens=chunk_tokens,
+                        compile_chunks=compile_chunks)
+    count = count_scored_tokens(input_ids)
     if reduction == "sum":
         return total, count
     if count == 0:

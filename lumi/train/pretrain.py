@@ -8,8 +8,13 @@ Checkpoints go to ``<output-dir>/<name>/step_<N>/`` every ``save_interval`` step
 and ``final/`` at the end. ``--resume auto`` continues from the newest one and, on CPU, reproduces the uninterrupted
 run's losses bit for bit: model, optimizer, scheduler, RNG states and the data position are all restored, and
 evaluation draws no random numbers. SIGINT/SIGTERM finish the current step, save a checkpoint and exit with
-128 + the signal number; a non-finite loss or gradient stops the run before the optimizer step, so the newest
-checkpoint stays the last good one.
+128 + the signal number; a non-finite loss or gradient stops the run, naming the step, before anything of it or
+later is saved, so the newest checkpoint stays the last good one.
+
+The host never waits for the device inside a step: a step's loss and gradient norm are copied back behind its own
+work and read once the next step is queued (at once before a log record, an evaluation or a checkpoint), so the GPU
+is never idle while Python prepares the next batch -- the same freedom a bare training loop that never reads its
+loss has.
 
 Under ``torchrun`` every process runs this same loop on its slice of each global batch (``lumi.train.distributed``:
 DDP or FSDP2); rank 0 alone decides what to resume, moves an old run aside, logs and writes checkpoints, and the
@@ -28,7 +33,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -50,8 +55,8 @@ from lumi.train.data import BatchStream, MixedRowSampler, PackedSource, open_sou
 from lumi.train.distributed import (all_reduce_sum, barrier, clip_grad_norm, close_process_group, decide_on_main,
                                     full_model_state_dict, gradient_sync, init_process_group_from_env,
                                     load_optimizer_state_dict, max_over_processes, optimizer_state_dict,
-                                    sum_over_processes, wrap_for_training)
-from lumi.train.loss import count_scored_tokens
+                                    wrap_for_training)
+from lumi.train.loss import count_scored_tokens, scored_target_mask
 from lumi.train.metrics import MetricsLog, peak_flops
 from lumi.train.optim import build_optimizer, build_scheduler
 
@@ -88,6 +93,61 @@ def budget_summary(arch: ArchitectureConfig, steps: int, tokens_per_step: int) -
             f"= {CHINCHILLA_TOKENS_PER_PARAM * params:,} tokens)")
 
 
+class StepResult:
+    """A step's (loss, grad norm), copied to the host behind the step's own work: reading them waits for that step
+    only, not for steps queued after it (a plain ``.item()`` would wait for the whole queue)."""
+
+    def __init__(self, loss: torch.Tensor, grad_norm: torch.Tensor):
+        values = torch.stack([loss.detach().float(), grad_norm.detach().float()])
+        self._ready = None
+        if values.device.type == "cuda":
+            self._values = torch.empty(2, pin_memory=True)
+            self._values.copy_(values, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+        else:
+            self._values = values
+
+    def read(self) -> tuple[float, float]:
+        if self._ready is not None:
+            self._ready.synchronize()
+        loss, grad_norm = self._values.tolist()
+        return loss, grad_norm
+
+
+class IntervalMeter:
+    """Loss, tokens and training time since the last train-metric record. Time is the wall clock between records
+    less evaluation and checkpoint time: steps run asynchronously, so timing the ``train_step`` calls would only
+    count the time to queue them."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.nats = self.tokens = self.excluded = 0.0
+        self.grad_norm = math.nan
+        self.start = time.perf_counter()
+
+    def add(self, loss: float, grad_norm: float, tokens: int) -> None:
+        self.nats += loss * tokens
+        self.tokens += tokens
+        self.grad_norm = grad_norm  # the latest step's
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - start
+
+    def mean_loss(self) -> float:
+        return self.nats / self.tokens
+
+    def tokens_per_second(self) -> float:
+        return self.tokens / (time.perf_counter() - self.start - self.excluded)
+
+
 class TrainStep:
     """The hot path of one optimizer step: forward, loss and backward over this process's micro-batches, gradient
     clipping, AdamW and the learning-rate schedule, on one process or wrapped for many (``lumi.train.distributed``).
@@ -108,34 +168,46 @@ class TrainStep:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def summed_loss(self, input_ids: torch.LongTensor, document_masking: bool) -> tuple[torch.Tensor, int]:
-        """(summed nats, scored tokens) of one batch, through the wrapped module (with grad unless disabled)."""
-        with self.autocast():
-            return self.module(input_ids.to(self.device, non_blocking=True), document_masking)
+    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """A CPU batch on the device; on CUDA through pinned memory, so the copy does not wait for queued work."""
+        if self.device.type == "cuda":
+            return batch.pin_memory().to(self.device, non_blocking=True)
+        return batch.to(self.device)
 
-    def backward(self, micro_batches: list[torch.Tensor]) -> tuple[float, float]:
+    def summed_nats(self, input_ids: torch.LongTensor, document_masking: bool) -> torch.Tensor:
+        """Summed nats over the scored tokens of one batch already on the device, through the wrapped module
+        (with grad unless disabled)."""
+        with self.autocast():
+            return self.module(input_ids, document_masking)
+
+    def backward(self, micro_batches: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Accumulate the gradient of one step's loss, the exact mean over every scored token of the global batch;
-        returns (that loss, the global gradient norm before clipping). Gradients are clipped but not applied."""
-        scored = max(sum_over_processes(sum(count_scored_tokens(b) for b in micro_batches), self.device), 1)
+        returns that loss and the global gradient norm before clipping, as device tensors. Nothing here waits for
+        the device (no value is read back, no shape depends on the data), so the host queues the next step while
+        this one runs, as a bare training loop does. Gradients are clipped, not applied."""
+        batches = [self.to_device(batch) for batch in micro_batches]
+        scored = all_reduce_sum(sum(scored_target_mask(batch).sum() for batch in batches)).clamp_min(1)
         step_nats = torch.zeros((), device=self.device)
-        for index, batch in enumerate(micro_batches):
-            with gradient_sync(self.module, enabled=index == len(micro_batches) - 1):
-                nats, _ = self.summed_loss(batch, self.config.document_masking)
+        for index, batch in enumerate(batches):
+            with gradient_sync(self.module, enabled=index == len(batches) - 1):
+                nats = self.summed_nats(batch, self.config.document_masking)
                 # DDP and FSDP2 average gradients over processes; scaling by the world size makes the result the
                 # gradient of the global sum / global token count, exactly the single-process objective.
                 (nats * self.world_size / scored).backward()
             step_nats += nats.detach()
-        loss = float(all_reduce_sum(step_nats)) / scored
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
-        return loss, clip_grad_norm(self.model, max_norm)
+        return all_reduce_sum(step_nats) / scored, clip_grad_norm(self.model, max_norm)
 
     def update(self) -> None:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def discard(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+    def step(self, micro_batches: list[torch.Tensor]) -> StepResult:
+        """One whole optimizer step, queued; its (loss, grad norm) arrive in the result."""
+        loss, grad_norm = self.backward(micro_batches)
+        self.update()
+        return StepResult(loss, grad_norm)
 
 
 class Pretrainer:
@@ -188,6 +260,7 @@ class Pretrainer:
         if checkpoint is not None:
             self._load_state(checkpoint)
         self._stop_signal: int | None = None
+        self._pending: tuple[int, StepResult] | None = None  # a step queued on the device, numbers not read yet
 
     # --- run directory and resume -------------------------------------------------------------------------------
 
@@ -231,19 +304,30 @@ class Pretrainer:
 
     # --- the hooks ----------------------------------------------------------------------------------------------
 
-    def train_step(self, micro_batches: list[torch.Tensor]) -> tuple[float, float]:
-        """Forward/backward over this rank's micro-batches and one optimizer step; returns (loss, grad norm), both
-        global over the processes, so every process takes the same decisions from them."""
-        loss, grad_norm = self.stepper.backward(micro_batches)
+    def train_step(self, micro_batches: list[torch.Tensor]) -> StepResult:
+        """Forward/backward over this rank's micro-batches and one optimizer step. Returns at once with the step's
+        (loss, grad norm) on their way to the host, both global over the processes, so every process takes the same
+        decisions from them; ``fit`` reads them a step later and stops at a non-finite one."""
+        return self.stepper.step(micro_batches)
+
+    def _checked(self, step: int, result: StepResult) -> tuple[float, float]:
+        """A finished step's (loss, grad norm); a non-finite one stops the run before anything of it is saved."""
+        loss, grad_norm = result.read()
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            self.stepper.discard()
             newest = step_checkpoints(self.run_dir)
             kept = f"the last good checkpoint is {newest[-1][1]}" if newest else "no checkpoint was saved yet"
-            raise LumiError(f"step {self.step + 1}: non-finite training loss ({loss}) or gradient norm "
-                            f"({grad_norm}); stopped before updating the weights, {kept}. Lower lr (now "
-                            f"{self.config.lr}), raise warmup_steps, or check the data")
-        self.stepper.update()
+            raise LumiError(f"step {step}: non-finite training loss ({loss}) or gradient norm ({grad_norm}); "
+                            f"stopped without saving its weights, {kept}. Lower lr (now {self.config.lr}), raise "
+                            "warmup_steps, or check the data")
         return loss, grad_norm
+
+    def _settle(self, meter: IntervalMeter) -> None:
+        """Wait for the pending step, check it and count it into ``meter``."""
+        if self._pending is not None:
+            step, result = self._pending
+            self._pending = None
+            loss, grad_norm = self._checked(step, result)
+            meter.add(loss, grad_norm, self.tokens_per_step)
 
     def evaluate(self) -> dict[str, float]:
         """Val loss and bits per byte per data dir and pooled over all of them (always with document masking, the
@@ -265,11 +349,11 @@ class Pretrainer:
                 for start in range(0, rows, self.config.micro_batch_size):
                     batch = np.asarray(source.val.rows[start:min(start + self.config.micro_batch_size, rows)],
                                        dtype=np.int64)
+                    batch = torch.from_numpy(batch)
                     with torch.no_grad():
-                        batch_nats, batch_tokens = self.stepper.summed_loss(torch.from_numpy(batch),
-                                                                            document_masking=True)
+                        batch_nats = self.stepper.summed_nats(self.stepper.to_device(batch), document_masking=True)
                     source_nats += float(batch_nats)
-                    source_tokens += batch_tokens
+                    source_tokens += count_scored_tokens(batch)
                 result = summarize(source_nats, source_tokens, source.val.bytes * rows / source.val.num_rows)
                 if len(self.sources) > 1:
                     metrics.update({f"val/{source.name}/loss": result["loss"],
@@ -340,29 +424,36 @@ class Pretrainer:
         flops = flops_per_token(self.arch, self.seq_len)
         peak = peak_flops(self.device)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        interval_nats = interval_tokens = interval_time = 0.0
         start_time = time.perf_counter()
         first_step = self.step
         try:
             if self.step == 0:
                 self._log(metrics, 0, self._guarded(self.evaluate))
+            meter = IntervalMeter()
             with tqdm(total=self.total_steps, initial=self.step, desc=f"pretrain {self.run_dir.name}",
                       unit="step", disable=not self.is_main or None, dynamic_ncols=True) as bar:
                 while self.step < self.total_steps:
                     micro_batches = self.stream.next_step()
                     lr = self.stepper.scheduler.get_last_lr()[0]
-                    tick = time.perf_counter()
-                    loss, grad_norm = self._guarded(self.train_step, micro_batches)
-                    interval_time += time.perf_counter() - tick
+                    result = self._guarded(self.train_step, micro_batches)
                     self.step += 1
                     self.tokens_seen += self.tokens_per_step
-                    interval_nats += loss * self.tokens_per_step
-                    interval_tokens += self.tokens_per_step
                     bar.update(1)
-                    if self.step % config.log_interval == 0 or self.step == self.total_steps:
-                        record = {"train/loss": interval_nats / interval_tokens, "train/lr": lr,
-                                  "train/grad_norm": grad_norm, "train/tokens": self.tokens_seen,
-                                  "train/tok_per_s": interval_tokens / interval_time,
+                    # The previous step's numbers are read only now, with this step queued behind it, so the
+                    # device never waits for the host; a step whose numbers are read is checked before any save.
+                    self._settle(meter)
+                    self._pending = (self.step, result)
+                    last = self.step == self.total_steps
+                    log_now = self.step % config.log_interval == 0 or last
+                    eval_now = self.step % config.eval_interval == 0 or last
+                    save_now = self.step % config.save_interval == 0 and not last
+                    # Every process stops after the same step, whichever of them the signal reached.
+                    stop_signal = max_over_processes(self._stop_signal or 0, self.device)
+                    if log_now or eval_now or save_now or stop_signal:
+                        self._settle(meter)
+                    if log_now:
+                        record = {"train/loss": meter.mean_loss(), "train/lr": lr, "train/grad_norm": meter.grad_norm,
+                                  "train/tokens": self.tokens_seen, "train/tok_per_s": meter.tokens_per_second(),
                                   "time/elapsed_s": time.perf_counter() - start_time}
                         if peak:
                             record["train/mfu"] = flops * record["train/tok_per_s"] / (peak * self.world_size)
@@ -376,21 +467,21 @@ class Pretrainer:
                             eta = tqdm.format_interval(seconds_per_step * (self.total_steps - self.step))
                             log.info("step %d/%d %s eta %s", self.step, self.total_steps,
                                      " ".join(f"{k} {v}" for k, v in status.items()), eta)
-                        interval_nats = interval_tokens = interval_time = 0.0
-                    if self.step % config.eval_interval == 0 or self.step == self.total_steps:
+                        meter.reset()
+                    if eval_now:
                         mix = {f"data/{s.name}/share": share for s, share in zip(self.sources,
                                                                                  self.sampler.realized_mix())}
-                        self._log(metrics, self.step, {**self._guarded(self.evaluate), **mix})
-                    # Every process stops after the same step, whichever of them the signal reached.
-                    stop_signal = max_over_processes(self._stop_signal or 0, self.device)
-                    if stop_signal and self.step < self.total_steps:
+                        with meter.paused():
+                            self._log(metrics, self.step, {**self._guarded(self.evaluate), **mix})
+                    if stop_signal and not last:
                         saved = self.save(step_dir_name(self.step))
                         if self.is_main:
                             print(f"stopped by {signal.Signals(stop_signal).name} after step {self.step}; "
                                   f"checkpoint saved to {saved}; continue with --resume auto")
                         return 128 + stop_signal
-                    if self.step % config.save_interval == 0 and self.step < self.total_steps:
-                        self.save(step_dir_name(self.step))
+                    if save_now:
+                        with meter.paused():
+                            self.save(step_dir_name(self.step))
             final = self.save(FINAL)
             if self.is_main:
                 epochs = ", ".join(f"{s.name}: {share:.3f} of rows, {epochs:.2f} epochs" for s, share, epochs in
