@@ -44,8 +44,9 @@ def chunk_nll_and_grads(hidden: torch.Tensor, weight: torch.Tensor,
 
 @functools.cache
 def compiled_chunk_nll_and_grads():
-    """``chunk_nll_and_grads`` compiled once per process (shapes vary with the number of scored tokens)."""
-    return torch.compile(chunk_nll_and_grads, dynamic=True)
+    """``chunk_nll_and_grads`` compiled once per process: specialised to the chunk shape first (every full chunk has
+    it), recompiled for any size once a shorter last chunk shows up."""
+    return torch.compile(chunk_nll_and_grads)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
