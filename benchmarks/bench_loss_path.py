@@ -156,7 +156,10 @@ def main() -> None:
     losses = variants(args.chunk_tokens)
     results = {}
     for variant in args.variants:
-        results[variant] = measure(losses[variant], hidden, weight, targets, device, args.warmup, args.iters)
+        try:
+            results[variant] = measure(losses[variant], hidden, weight, targets, device, args.warmup, args.iters)
+        except Exception as error:  # one broken variant must not cost the rest of a scarce GPU slot
+            print(f"{variant:>15}: FAILED {type(error).__name__}: {error}"[:2000], flush=True)
     baseline = results.get("full_compiled")
     for variant, result in results.items():
         ratios = (f"  time x{ratio(result['ms'], baseline['ms']):.2f}  "

@@ -276,7 +276,12 @@ def main() -> None:
         batches = packed_rows(4, micro.get(model_name, 16), seq_len, arch.vocab_size)
         baseline = None
         for variant in args.variants:
-            result = measure(variant, arch, batches, device, args.warmup, args.steps, args.compile)
+            try:
+                result = measure(variant, arch, batches, device, args.warmup, args.steps, args.compile)
+            except Exception as error:  # one broken variant must not cost the rest of a scarce GPU slot
+                print(f"{model_name:>6} {variant:>16}: FAILED {type(error).__name__}: {error}"[:2000], flush=True)
+                results.append({"model": model_name, "variant": variant, "error": f"{type(error).__name__}: {error}"})
+                continue
             baseline = baseline or (result if variant == "bare" else None)
             ratio = result["tok_per_s"] / baseline["tok_per_s"] if baseline else math.nan
             memory = result["peak_mem_gib"] / baseline["peak_mem_gib"] if baseline else math.nan
