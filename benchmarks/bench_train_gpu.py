@@ -8,7 +8,7 @@ at 1.0, ``torch.compile``), on the same rows in the same run:
     ``F.cross_entropy`` on the full logits compiled as one function -- the issue's "bare compiled loop";
 (b) ``hf``: transformers' ``LlamaForCausalLM`` (the model we train), compiled, with its own ``model(labels=...)``
     loss (which upcasts the full logits to fp32);
-(c) ``lumi``: our trainer's step, ``lumi.train.pretrain.TrainStep`` (what ``Pretrainer.train_step`` runs): the
+(c) ``lumi``: our trainer's step, ``lumi.train.step.TrainStep`` (what ``Pretrainer.train_step`` runs): the
     compiled backbone, the loss from hidden states (``lumi.train.linear_cross_entropy``: chunks whose gradients are
     computed in the forward pass, chunk math compiled), document masking (block-diagonal attention over the packed
     documents, as in training), the scored-token normalisation, clipping, AdamW and the LR schedule;
@@ -55,7 +55,7 @@ from lumi.model import ArchitectureConfig, build_model, flops_per_token, load_ar
 from lumi.special_tokens import BOS_ID, EOS_ID, SPECIAL_IDS  # noqa: E402
 from lumi.train.config import PretrainConfig  # noqa: E402
 from lumi.train.metrics import peak_flops  # noqa: E402
-from lumi.train.pretrain import TrainStep  # noqa: E402
+from lumi.train.step import TrainStep  # noqa: E402
 
 VOCAB = 32000
 MICRO_BATCH = {"tiny": 32, "small": 32, "base": 16}  # the shipped chinchilla_*.json configs' micro_batch_size

@@ -1,4 +1,5 @@
-"""Where training metrics go: ``metrics.jsonl`` (the record tests and tools read), TensorBoard, and optionally wandb.
+"""Where training metrics go: ``metrics.jsonl`` (the record tests and tools read), TensorBoard, and optionally wandb;
+and how a logging interval's loss and tokens/s are measured (``IntervalMeter``).
 
 Opening the log drops records after ``kept_step``: on resume from step k, what the dead run logged after its last
 checkpoint goes from ``metrics.jsonl`` and TensorBoard opens with ``purge_step=k+1``, so the logs read as one
@@ -7,11 +8,13 @@ uninterrupted run; a fresh run passes -1 and starts empty.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -74,3 +77,36 @@ class MetricsLog:
             self._tensorboard.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+class IntervalMeter:
+    """Loss, tokens and training time since the last train-metric record. Time is the wall clock between records
+    less evaluation and checkpoint time: steps run asynchronously, so timing the ``train_step`` calls would only
+    count the time to queue them."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.nats = self.tokens = self.excluded = 0.0
+        self.grad_norm = math.nan
+        self.start = time.perf_counter()
+
+    def add(self, loss: float, grad_norm: float, tokens: int) -> None:
+        self.nats += loss * tokens
+        self.tokens += tokens
+        self.grad_norm = grad_norm  # the latest step's
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - start
+
+    def mean_loss(self) -> float:
+        return self.nats / self.tokens
+
+    def tokens_per_second(self) -> float:
+        return self.tokens / (time.perf_counter() - self.start - self.excluded)
