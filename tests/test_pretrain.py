@@ -30,6 +30,7 @@ from lumi.train.data import BatchStream, MixedRowSampler
 from lumi.train.metrics import read_metrics
 from lumi.train.optim import lr_at, parameter_groups
 from lumi.train.pretrain import Pretrainer
+from lumi.train.step import TrainStep
 from eval_helpers import training_text, write_tokenizer
 from helpers import make_corpus_dir
 from lumi.config import load_config
@@ -302,6 +303,20 @@ def test_data_packed_with_another_tokenizer_is_refused(workspace, tmp_path, caps
     error = capsys.readouterr().err
     assert str(workspace["web"]) in error and "packed with tokenizer sha256" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_running_out_of_device_memory_says_what_to_lower(workspace, tmp_path, monkeypatch, capsys):
+    def out_of_memory(self, micro_batches):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(TrainStep, "step", out_of_memory)
+    config = write_config(workspace, tmp_path, micro_batch_size=4)
+    assert main(["pretrain", "--config", str(config), "--output-dir", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "step 1: CPU out of memory with micro_batch_size=4" in error
+    for advice in ("grad_accumulation", "activation_checkpointing=true", "seq_len", "fsdp2"):
+        assert advice in error
+    assert "Traceback" not in error
 
 
 def test_flex_attention_on_cpu_is_refused_before_training(workspace, tmp_path, capsys):
