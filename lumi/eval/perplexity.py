@@ -1,7 +1,8 @@
 """Perplexity and bits per byte: on a packed split (the trainer's validation loss) and on raw text.
 
-Packed split: every row goes through ``lumi.train.loss.causal_lm_loss`` (document masking, labels shifted once, sum
-reduction), the very function training minimises, so the trainer's val loss and this evaluator agree exactly.
+Packed split: every row goes through ``lumi.train.loss.summed_nats`` (document masking, labels shifted once), the very
+function training minimises, in the loop the trainer's validation uses too (``score_packed_split``), so the trainer's
+val loss and this evaluator agree exactly.
 
 Raw text (a local file, or a ``datasets`` dataset whose text field is joined with ``"\\n\\n"`` as in the transformers
 perplexity guide): the whole text is tokenized once (with the tokenizer's special tokens: BOS first when the evaluator
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lumi.errors import LumiError
 from lumi.eval.model_io import model_device
 from lumi.packed import PackedSplit
-from lumi.train.loss import causal_lm_loss
+from lumi.train.loss import count_scored_tokens, summed_nats
 
 
 def summarize(sum_nats: float, tokens: int, num_bytes: float) -> dict[str, float]:
@@ -41,31 +42,49 @@ def summarize(sum_nats: float, tokens: int, num_bytes: float) -> dict[str, float
             "tokens": tokens, "bytes": num_bytes}
 
 
+class PackedScore(NamedTuple):
+    """Summed nats and scored tokens over the first ``rows`` rows of a packed split, and the bytes of text they hold
+    (prorated, see the module docstring)."""
+
+    nats: float
+    tokens: int
+    bytes: float
+    rows: int
+
+
+def score_packed_split(split: PackedSplit, summed_nats: Callable[[torch.LongTensor], torch.Tensor], batch_size: int,
+                       max_rows: int | None = None) -> PackedScore:
+    """Score the first ``max_rows`` rows (all by default) in batches of ``batch_size`` CPU rows with ``summed_nats``
+    (summed nats over a batch's scored targets). One loop for the evaluator, which scores the bare model, and the
+    trainer, which scores through its DDP/FSDP2-wrapped module: same rows, same batches, so their numbers agree."""
+    rows = split.num_rows if max_rows is None else min(max_rows, split.num_rows)
+    if rows == 0:
+        raise LumiError(f"packed split '{split.name}' has no rows to evaluate")
+    sum_nats, tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, rows, batch_size):
+            batch = torch.from_numpy(np.asarray(split.rows[start:min(start + batch_size, rows)], dtype=np.int64))
+            sum_nats += float(summed_nats(batch))
+            tokens += count_scored_tokens(batch)
+    return PackedScore(sum_nats, tokens, split.bytes * rows / split.num_rows, rows)
+
+
 def evaluate_packed_split(model: PreTrainedModel, split: PackedSplit, batch_size: int = 8, max_rows: int | None = None,
                           device: torch.device | str | None = None) -> dict[str, Any]:
     """Mean loss (nats/token), perplexity and bits per byte over the first ``max_rows`` rows (all by default).
 
     Restores the model's train/eval mode afterwards, so the trainer can call it mid-run.
     """
-    rows = split.num_rows if max_rows is None else min(max_rows, split.num_rows)
-    if rows == 0:
-        raise LumiError(f"packed split '{split.name}' has no rows to evaluate")
     device = torch.device(device) if device is not None else model_device(model)
     was_training = model.training
     model.eval()
-    sum_nats, tokens = 0.0, 0
     try:
-        with torch.no_grad():
-            for start in range(0, rows, batch_size):
-                batch = torch.from_numpy(np.asarray(split.rows[start:min(start + batch_size, rows)], dtype=np.int64))
-                batch_nats, batch_tokens = causal_lm_loss(model, batch.to(device), document_masking=True,
-                                                          reduction="sum")
-                sum_nats += float(batch_nats)
-                tokens += batch_tokens
+        score = score_packed_split(split, lambda batch: summed_nats(model, batch.to(device), document_masking=True),
+                                   batch_size, max_rows)
     finally:
         model.train(was_training)
-    result = summarize(sum_nats, tokens, split.bytes * rows / split.num_rows)
-    result["rows"] = rows
+    result = summarize(score.nats, score.tokens, score.bytes)
+    result["rows"] = score.rows
     return result
 
 

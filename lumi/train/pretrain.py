@@ -42,7 +42,7 @@ from transformers.utils import logging as hf_logging
 
 from lumi.config import CONFIG_DIR, config_to_dict
 from lumi.errors import LumiError
-from lumi.eval.perplexity import summarize
+from lumi.eval.perplexity import score_packed_split, summarize
 from lumi.model import ArchitectureConfig, build_model, describe, flops_per_token, load_architecture, parameter_counts
 from lumi.packed import read_packed_manifest
 from lumi.stage import add_common_arguments, stage_config
@@ -54,7 +54,6 @@ from lumi.train.data import BatchStream, MixedRowSampler, PackedSource, open_sou
 from lumi.train.distributed import (barrier, close_process_group, decide_on_main, full_model_state_dict,
                                     init_process_group_from_env, load_optimizer_state_dict, max_over_processes,
                                     optimizer_state_dict)
-from lumi.train.loss import count_scored_tokens
 from lumi.train.metrics import IntervalMeter, MetricsLog, peak_flops
 from lumi.train.step import StepResult, TrainStep
 
@@ -214,34 +213,27 @@ class Pretrainer:
         """Val loss and bits per byte per data dir and pooled over all of them (always with document masking, the
         metric the evaluation stage reports; see ``lumi.eval.perplexity`` for how bytes are prorated).
 
-        Scored through the wrapped module, as ``lumi.eval.perplexity.evaluate_packed_split`` scores the bare model
-        (same rows, same batches, same ``causal_lm_loss``): under FSDP2 only the wrapper holds whole weights. Every
-        process runs it; rank 0 logs it.
+        Scored through the wrapped module with ``lumi.eval.perplexity.score_packed_split``, the loop with which
+        ``evaluate_packed_split`` scores the bare model (same rows, same batches, same loss): under FSDP2 only the
+        wrapper holds whole weights. Every process runs it; rank 0 logs it.
         """
         metrics: dict[str, float] = {}
         nats = tokens = text_bytes = 0.0
         self.model.eval()
         try:
             for source in self.sources:
-                rows = min(self.config.eval_max_rows, source.val.num_rows)
-                if rows == 0:
+                if min(self.config.eval_max_rows, source.val.num_rows) == 0:
                     continue
-                source_nats, source_tokens = 0.0, 0
-                for start in range(0, rows, self.config.micro_batch_size):
-                    batch = np.asarray(source.val.rows[start:min(start + self.config.micro_batch_size, rows)],
-                                       dtype=np.int64)
-                    batch = torch.from_numpy(batch)
-                    with torch.no_grad():
-                        batch_nats = self.stepper.summed_nats(self.stepper.to_device(batch), document_masking=True)
-                    source_nats += float(batch_nats)
-                    source_tokens += count_scored_tokens(batch)
-                result = summarize(source_nats, source_tokens, source.val.bytes * rows / source.val.num_rows)
+                score = score_packed_split(
+                    source.val, lambda batch: self.stepper.summed_nats(self.stepper.to_device(batch), True),
+                    self.config.micro_batch_size, self.config.eval_max_rows)
                 if len(self.sources) > 1:
+                    result = summarize(score.nats, score.tokens, score.bytes)
                     metrics.update({f"val/{source.name}/loss": result["loss"],
                                     f"val/{source.name}/bpb": result["bits_per_byte"]})
-                nats += source_nats
-                tokens += source_tokens
-                text_bytes += result["bytes"]
+                nats += score.nats
+                tokens += score.tokens
+                text_bytes += score.bytes
         finally:
             self.model.train()
         if tokens:
