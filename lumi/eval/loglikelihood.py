@@ -58,14 +58,22 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, context: str, continuation: 
     return context_ids, whole_ids[len(context_ids):]
 
 
+def right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> torch.LongTensor:
+    """Token rows as one (rows, longest) batch, padded on the right: under causal attention no real position sees
+    the padding after it, so the batch needs no attention mask."""
+    batch = torch.full((len(rows), max(len(ids) for ids in rows)), pad_id, dtype=torch.long)
+    for row, ids in enumerate(rows):
+        batch[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return batch
+
+
 @torch.no_grad()
 def score_continuations(model: PreTrainedModel, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
                         max_length: int, batch_size: int = 8, pad_id: int = PAD_ID) -> list[ContinuationScore]:
     """Score each (context_ids, continuation_ids) pair; several pairs per forward pass.
 
-    Pairs are processed longest first (so each batch pads little) and padded on the right: with causal attention a
-    real position never sees the padding after it, so no attention mask is needed and every row's scores equal an
-    unbatched forward pass.
+    Pairs are processed longest first (so each batch pads little) and padded on the right (``right_padded``), so every
+    row's scores equal an unbatched forward pass.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -83,9 +91,7 @@ def score_continuations(model: PreTrainedModel, pairs: Sequence[tuple[Sequence[i
             for i in chunk:
                 results[i] = ContinuationScore(0.0, True, 0, False)
             continue
-        batch = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        for row, ids in enumerate(inputs):
-            batch[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        batch = right_padded(inputs, pad_id)
         logits = model(input_ids=batch.to(device), use_cache=False).logits
         for row, i in enumerate(chunk):
             n_input = len(inputs[row])

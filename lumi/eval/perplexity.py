@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lumi.errors import LumiError
+from lumi.eval.loglikelihood import right_padded
 from lumi.eval.model_io import model_device
 from lumi.packed import PackedSplit
 from lumi.train.loss import count_scored_tokens, summed_nats
@@ -113,10 +114,7 @@ def score_token_stream(model: PreTrainedModel, token_ids: list[int], window: int
     sum_nats, scored = 0.0, 0
     for start in range(0, len(spans), batch_size):
         chunk = spans[start:start + batch_size]
-        width = max(end - begin for begin, end, _ in chunk)
-        batch = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        for row, (begin, end, _) in enumerate(chunk):
-            batch[row, :end - begin] = torch.tensor(token_ids[begin:end], dtype=torch.long)
+        batch = right_padded([token_ids[begin:end] for begin, end, _ in chunk], pad_id)
         logits = model(input_ids=batch.to(device), use_cache=False).logits
         for row, (begin, end, num_targets) in enumerate(chunk):
             length = end - begin

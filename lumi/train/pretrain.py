@@ -42,6 +42,7 @@ from transformers.utils import logging as hf_logging
 
 from lumi.config import CONFIG_DIR, config_to_dict
 from lumi.errors import LumiError
+from lumi.eval.model_io import resolve_device
 from lumi.eval.perplexity import score_packed_split, summarize
 from lumi.model import ArchitectureConfig, build_model, describe, flops_per_token, load_architecture, parameter_counts
 from lumi.packed import read_packed_manifest
@@ -62,10 +63,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 DEFAULT_CONFIG = CONFIG_DIR / "pretrain" / "training" / "chinchilla_tiny_500m.json"
 CHINCHILLA_TOKENS_PER_PARAM = 20
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def tokenizer_vocab_size(tokenizer_dir: Path) -> int:
@@ -100,7 +97,7 @@ class Pretrainer:
         self.config, self.rank, self.world_size = config, rank, world_size
         hf_logging.disable_progress_bar()  # save_pretrained's per-checkpoint shard bars would break up the step bar
         self.is_main = rank == 0
-        self.device = device or default_device()
+        self.device = device or resolve_device("auto")
         self.tokenizer_dir = Path(config.tokenizer_dir)
         self.sources: list[PackedSource] = open_sources(config.data_dirs, self.tokenizer_dir)
         self.seq_len = self.sources[0].train.seq_len
