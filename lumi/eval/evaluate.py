@@ -33,7 +33,9 @@ from lumi.eval.scoring import score_items
 from lumi.eval.tasks import get_task, subsample
 from lumi.files import atomic_write_json, atomic_write_text, sha256_file, staged_output_dir
 from lumi.packed import load_packed_split, read_packed_manifest
+from lumi.packing import check_packed_tokenizer
 from lumi.stage import add_common_arguments, setup_logging, stage_config
+from lumi.tokenizer import SPM_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,6 @@ RESULTS_FILE = "evaluation_results.json"
 RESULTS_SCHEMA = "lumi-evaluation/1"
 PRETRAIN_CONFIG = CONFIG_DIR / "evaluation" / "pretrain.json"
 SFT_CONFIG = CONFIG_DIR / "evaluation" / "sft.json"
-SPM_MODEL = "spm.model"  # the SentencePiece model the tokenizer stage writes (and checkpoints copy)
 LIBRARIES = ("torch", "transformers", "tokenizers", "sentencepiece", "datasets", "numpy")
 
 
@@ -63,22 +64,15 @@ def file_digests(*paths: str | None) -> dict[str, str]:
     return {path: sha256_file(path) for path in paths if path is not None and Path(path).is_file()}
 
 
-def check_packed_tokenizer(manifest: dict[str, Any], packed_dir: str, model_path: Path) -> None:
-    """Packed rows are token ids: scoring them with another tokenizer's model would be silently meaningless. The
-    pack manifest records the sha256 of the ``spm.model`` it used; checkpoints carry a copy of that file."""
-    model_spm = model_path / SPM_MODEL
-    recorded = manifest.get("tokenizer_sha256")
-    if recorded and model_spm.is_file() and sha256_file(model_spm) != recorded:
-        raise LumiError(f"{packed_dir}: packed with tokenizer sha256 {recorded}, but {model_spm} differs; "
-                        "evaluate on data packed with this model's tokenizer")
-
-
 def measure_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: PerplexityConfig,
                        model_path: Path, max_length: int, batch_size: int) -> dict[str, Any]:
     started = time.perf_counter()
     if spec.packed_dir is not None:
         manifest = read_packed_manifest(spec.packed_dir)
-        check_packed_tokenizer(manifest, spec.packed_dir, model_path)
+        # Packed rows are token ids: scoring them with another tokenizer's model would be silently meaningless.
+        # Checkpoints carry a copy of the stage-20 model; one without it (a foreign model) cannot be checked.
+        if (model_path / SPM_MODEL).is_file():
+            check_packed_tokenizer(spec.packed_dir, model_path)
         split = load_packed_split(spec.packed_dir, spec.packed_split)
         if split.seq_len > max_length:
             raise LumiError(f"{spec.packed_dir}: rows of {split.seq_len} tokens exceed the scoring context of "
