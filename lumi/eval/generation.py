@@ -16,6 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lumi.config import strip_comments
 from lumi.errors import LumiError
+from lumi.eval.loglikelihood import encode
 from lumi.eval.model_io import context_length, model_device
 from lumi.files import read_json
 from lumi.special_tokens import IM_END_TOKEN, IM_START_TOKEN
@@ -68,8 +69,7 @@ def generate_one(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tex
     if room < 1:
         raise LumiError(f"generation: max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
                         f"context of {context_length(model)} tokens")
-    starts_with_bos = tokenizer.bos_token is not None and text.startswith(tokenizer.bos_token)
-    prompt_ids = tokenizer.encode(text, add_special_tokens=not starts_with_bos)[-room:]
+    prompt_ids = encode(tokenizer, text)[-room:]
     input_ids = torch.tensor([prompt_ids], device=model_device(model))
     options: dict[str, Any] = {"do_sample": False} if sampling is None else {"do_sample": True, **sampling}
     output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),

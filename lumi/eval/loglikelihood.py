@@ -35,6 +35,13 @@ class ContinuationScore:
     truncated: bool  # the sequence was cut from the left to fit the context window
 
 
+def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids with the tokenizer's special tokens, except that, as in lm-eval, no BOS is added to a text that
+    already starts with the BOS string."""
+    starts_with_bos = tokenizer.bos_token is not None and text.startswith(tokenizer.bos_token)
+    return tokenizer.encode(text, add_special_tokens=not starts_with_bos)
+
+
 def encode_pair(tokenizer: PreTrainedTokenizerBase, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """Token ids of (context, continuation) exactly as lm-eval's ``HFLM._encode_pair`` / ``loglikelihood`` make them."""
     prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -48,13 +55,8 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, context: str, continuation: 
         continuation = context[-n_spaces:] + continuation
         context = context[:-n_spaces]
 
-    def encode(text: str) -> list[int]:
-        # lm-eval skips the automatic BOS when the text already starts with the BOS string.
-        starts_with_bos = tokenizer.bos_token is not None and text.startswith(tokenizer.bos_token)
-        return tokenizer.encode(text, add_special_tokens=not starts_with_bos)
-
-    whole_ids = encode(context + continuation)
-    context_ids = encode(context)
+    whole_ids = encode(tokenizer, context + continuation)
+    context_ids = encode(tokenizer, context)
     return context_ids, whole_ids[len(context_ids):]
 
 
