@@ -20,12 +20,12 @@ TASK_PREFIX = "lumi_local_"
 ARC_LABELS = "(question.choices|map(attribute='label')|list)"
 LM_EVAL_PROMPTS = {
     "boolq": {"doc_to_text": "{{passage}}\nQuestion: {{question}}?\nAnswer:", "doc_to_target": "{{answer|int}}",
-              "doc_to_choice": ["no", "yes"], "metrics": ["acc"]},
+              "doc_to_choice": ["no", "yes"]},
     "piqa": {"doc_to_text": "Question: {{goal}}\nAnswer:", "doc_to_target": "label",
-             "doc_to_choice": "{{[sol1, sol2]}}", "metrics": ["acc", "acc_norm"]},
+             "doc_to_choice": "{{[sol1, sol2]}}"},
     "arc_easy": {"doc_to_text": "Question: {{question.stem}}\nAnswer:",
                  "doc_to_target": "{{" + ARC_LABELS + ".index(answerKey)}}",
-                 "doc_to_choice": "{{question.choices|map(attribute='text')|list}}", "metrics": ["acc", "acc_norm"]},
+                 "doc_to_choice": "{{question.choices|map(attribute='text')|list}}"},
 }
 LM_EVAL_PROMPTS["arc_challenge"] = LM_EVAL_PROMPTS["arc_easy"]
 
@@ -53,7 +53,7 @@ def write_lm_eval_task(directory: Path, task: str, source: TaskSource) -> str:
         "doc_to_text": prompts["doc_to_text"],
         "doc_to_target": prompts["doc_to_target"],
         "doc_to_choice": prompts["doc_to_choice"],
-        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in prompts["metrics"]],
+        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in get_task(task).metrics],
         "metadata": {"version": 1.0},
     }
     (directory / f"{name}.yaml").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
