@@ -108,10 +108,15 @@ def staged_output_dir(path: str | os.PathLike, force: bool) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    replace_dir(staging, final)
+
+
+def replace_dir(new: Path, final: Path) -> None:
+    """Replace ``final`` (if it exists) by ``new``; the old one is removed only after the swap."""
     old = None
     if final.exists():
         old = final.parent / f".{final.name}.old-{os.getpid()}"
         os.replace(final, old)
-    os.replace(staging, final)
+    os.replace(new, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

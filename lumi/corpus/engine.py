@@ -30,7 +30,7 @@ from lumi.corpus.steps import (CorpusStep, FinalizeCorpus, PlanCorpus, ScanSourc
                                work_path)
 from lumi.corpus.store import MANIFEST
 from lumi.errors import LumiError
-from lumi.files import atomic_write_json, read_json
+from lumi.files import atomic_write_json, check_output_dir, read_json
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,10 @@ def prepare_build_dir(output_dir: Path, force: bool, config: CorpusConfig) -> tu
     """Return (build dir, whether it replaces ``output_dir`` at the end), resuming an unfinished build of the same
     config. A finished corpus or any other non-empty directory is replaced only with ``force``."""
     final = output_dir.absolute()
-    if final.exists() and not final.is_dir():
-        raise LumiError(f"{final}: output path exists and is not a directory")
-    ours_unfinished = (final / "_work" / "run.json").is_file() and not (final / MANIFEST).exists()
+    ours_unfinished = work_path(final, "run.json").is_file() and not (final / MANIFEST).exists()
+    if not ours_unfinished:
+        check_output_dir(final, force)
     occupied = final.is_dir() and any(final.iterdir()) and not ours_unfinished
-    if occupied and not force:
-        raise LumiError(f"{final}: output directory already exists; pass --force to replace it")
     build = final.parent / f".{final.name}.rebuild" if occupied else final
     run_file = work_path(build, "run.json")
     digest = config_sha256(config)
@@ -165,17 +163,10 @@ def run_build(config: CorpusConfig, build: Path) -> None:
                 scan_progress(build, tasks, console) if name == "scan" else contextlib.nullcontext():
             executor.run()
         if name == "scan":
-            stats = read_scan_stats(config, build, tasks)
+            stats = read_scan_stats(build, tasks)
             if sum(s["candidates"] for s in stats.values()) == 0:
                 counts = ", ".join(f"{n}: read {s['read']}, dropped {sum(s['dropped'].values())}"
                                    for n, s in stats.items())
                 raise LumiError(f"the corpus is empty: every document was filtered out or the inputs held none "
                                 f"({counts})")
 
-
-def swap_into_place(build: Path, final: Path) -> None:
-    """Replace ``final`` by the finished ``build``; the old output is removed only after the swap."""
-    old = final.parent / f".{final.name}.old-{os.getpid()}"
-    os.replace(final, old)
-    os.replace(build, final)
-    shutil.rmtree(old, ignore_errors=True)

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable
 
 from lumi.corpus.clean import clean_text
-from lumi.corpus.config import (C4FilterConfig, CleaningConfig, FilterName, FiltersConfig, GopherFilterConfig,
-                                LanguageFilterConfig)
+from lumi.corpus.config import C4FilterConfig, CleaningConfig, FilterName, FiltersConfig, GopherFilterConfig
 
 _WORDS = re.compile(r"\S+")
 _WORD_WITHOUT_LETTER = re.compile(r"(?<!\S)(?:(?![^\W\d_])\S)+(?!\S)")  # no letter of any script in it
@@ -136,7 +134,8 @@ class DocumentFilter:
     skip: frozenset[FilterName] = frozenset()
     _language_id: LanguageIdentifier | None = field(default=None, init=False, repr=False)
 
-    def _language_reason(self, text: str, config: LanguageFilterConfig) -> str | None:
+    def _language_reason(self, text: str) -> str | None:
+        config = self.filters.language
         if self._language_id is None:
             self._language_id = LanguageIdentifier()
         language, score = self._language_id.top(text[:config.sample_chars])
@@ -162,13 +161,12 @@ class DocumentFilter:
                 return None, "too_short"
             if self.cleaning.max_chars is not None and len(text) > self.cleaning.max_chars:
                 return None, "too_long"
-        checks: list[tuple[FilterName, bool, Callable[[str], str | None]]] = [
-            ("language", self.filters.language.enabled, lambda t: self._language_reason(t, self.filters.language)),
-            ("gopher", self.filters.gopher.enabled, lambda t: gopher_reason(t, self.filters.gopher)),
-        ]
-        for name, enabled, check in checks:
-            if enabled and name not in self.skip and (reason := check(text)) is not None:
-                return None, reason
+        if self.filters.language.enabled and "language" not in self.skip \
+                and (reason := self._language_reason(text)) is not None:
+            return None, reason
+        if self.filters.gopher.enabled and "gopher" not in self.skip \
+                and (reason := gopher_reason(text, self.filters.gopher)) is not None:
+            return None, reason
         if self.filters.c4.enabled and "c4" not in self.skip:
             result = c4_apply(text, self.filters.c4)
             if isinstance(result, tuple):

@@ -15,10 +15,11 @@ from pathlib import Path
 from lumi.config import CONFIG_DIR
 from lumi.corpus.analyze import analyze, format_analysis
 from lumi.corpus.config import CorpusConfig, LocalSourceConfig
-from lumi.corpus.engine import prepare_build_dir, run_build, swap_into_place
+from lumi.corpus.engine import prepare_build_dir, run_build
 from lumi.corpus.sources import check_source
 from lumi.corpus.store import read_manifest
 from lumi.errors import LumiError
+from lumi.files import replace_dir
 from lumi.stage import add_common_arguments, stage_config
 
 
@@ -29,12 +30,18 @@ def absolute_paths(config: CorpusConfig) -> CorpusConfig:
     return config.model_copy(update={"sources": sources})
 
 
-def build_corpus(config: CorpusConfig, output_dir: Path, force: bool = False) -> dict | None:
-    """Build (or resume building) the corpus at ``output_dir``; return its manifest, or None when the stages
-    were submitted to a cluster and finish there."""
+def checked_sources(config: CorpusConfig) -> CorpusConfig:
+    """``absolute_paths(config)``, then ``check_source`` on each source so a bad one fails before any task starts."""
     config = absolute_paths(config)
     for source in config.sources:
         check_source(source)
+    return config
+
+
+def build_corpus(config: CorpusConfig, output_dir: Path, force: bool = False) -> dict | None:
+    """Build (or resume building) the corpus at ``output_dir``; return its manifest, or None when the stages
+    were submitted to a cluster and finish there."""
+    config = checked_sources(config)
     build, replaces = prepare_build_dir(output_dir, force, config)
     if replaces and config.executor.type == "slurm":
         raise LumiError(f"{output_dir}: exists; on Slurm the build cannot replace it at the end, so remove it or "
@@ -47,7 +54,7 @@ def build_corpus(config: CorpusConfig, output_dir: Path, force: bool = False) ->
     if config.executor.type == "slurm":
         return None
     if replaces:
-        swap_into_place(build, output_dir.absolute())
+        replace_dir(build, output_dir.absolute())
     return read_manifest(output_dir)
 
 
@@ -71,9 +78,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = stage_config(args, CorpusConfig)
     if args.analyze_only:
-        config = absolute_paths(config)
-        for source in config.sources:
-            check_source(source)
+        config = checked_sources(config)
         print(format_analysis(analyze(config)))
         return 0
     manifest = build_corpus(config, args.output_dir, args.force)

@@ -20,7 +20,6 @@ from typing import Iterator
 
 from lumi.corpus.config import HubSourceConfig, LocalSourceConfig, SourceConfig, SyntheticSource
 from lumi.corpus.readers import read_file
-from lumi.corpus.synthetic import SyntheticWorld
 from lumi.errors import LumiError
 
 Document = tuple[str, "str | None"]  # (id, text); text None: undecodable, skipped and counted
@@ -82,7 +81,7 @@ def _iter_hub(source: HubSourceConfig, rank: int, world_size: int) -> Iterator[D
 
 
 def _iter_synthetic(source: SyntheticSource, rank: int, world_size: int) -> Iterator[Document]:
-    world = SyntheticWorld.generate(**source.world_options())
+    world = source.world()
     documents = ((f"{source.name}:{i}", text) for i, text in enumerate(world.documents(source.documents)))
     return _interleave(documents, rank, world_size)
 

@@ -142,7 +142,7 @@ class ScanSources(CorpusStep):
         atomic_write_json(progress_path, totals)
 
 
-def read_scan_stats(config: CorpusConfig, build_dir: str | Path, tasks: int) -> dict[str, dict[str, Any]]:
+def read_scan_stats(build_dir: str | Path, tasks: int) -> dict[str, dict[str, Any]]:
     """Per-source scan counts summed over tasks."""
     total: dict[str, dict[str, Any]] = {}
     for rank in range(tasks):
@@ -265,7 +265,7 @@ class FinalizeCorpus(CorpusStep):
                 counts[1] += num_bytes
         if not shards:
             raise LumiError("the corpus is empty: no document is left after deduplication and budgets")
-        manifest = build_manifest(self.config, shards, read_scan_stats(self.config, build, self.scan_tasks),
+        manifest = build_manifest(self.config, shards, read_scan_stats(build, self.scan_tasks),
                                   read_json(work_path(build, "plan", "plan.json")), kept,
                                   read_json(work_path(build, "run.json")))
         atomic_write_text(build / "DATA_CARD.md", data_card(manifest))
