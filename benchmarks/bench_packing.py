@@ -165,10 +165,6 @@ def memory(args: argparse.Namespace, workdir: Path, tokenizer_dir: Path) -> None
           f"(target <= 1536 MiB)")
 
 
-def _fmt(times: list[float]) -> str:
-    return ", ".join(f"{t:.2f}" for t in times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=int, default=60, help="MB of text for the throughput run (default 60)")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from helpers import make_corpus_dir
+from packed_helpers import nano_architecture
 
 from lumi.corpus.synthetic import SyntheticWorld
 from lumi.model import ArchitectureConfig, build_model
@@ -41,9 +42,8 @@ def make_tiny_model_dir(directory: Path, tokenizer_dir: Path | None, seed: int =
     if tokenizer_dir is not None:
         for item in Path(tokenizer_dir).iterdir():
             shutil.copy2(item, directory / item.name)
-    arch = ArchitectureConfig(name="test-tiny", vocab_size=TINY_VOCAB, hidden_size=64, num_layers=2, num_heads=4,
-                              num_kv_heads=2, intermediate_size=128, max_seq_len=max_seq_len, rope_theta=10000.0,
-                              tie_embeddings=True, dropout=0.0, init_std=init_std, rms_norm_eps=1e-5)
+    arch = ArchitectureConfig(**{**nano_architecture(TINY_VOCAB, max_seq_len, tie_embeddings=True),
+                                 "name": "test-tiny", "init_std": init_std})
     torch.manual_seed(seed)
     build_model(arch).save_pretrained(directory)
     return directory

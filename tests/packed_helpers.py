@@ -2,10 +2,12 @@
 
 They are written in stage 30's format (``lumi/packed.py``) from token-id documents the test chooses, so a test
 controls exactly what the model sees (e.g. sequences where each token is a fixed function of the previous one).
+Also the nano architecture, the environment of training subprocesses and a run's logged training losses.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from lumi.files import atomic_write_json
 from lumi.packed import MANIFEST, PACKED_FORMAT, token_dtype
 from lumi.special_tokens import BOS_ID, EOS_ID, SPECIAL_IDS
 from lumi.tokenizer import tokenizer_sha256
+from lumi.train.metrics import read_metrics
 
 FIRST_TEXT_ID = max(SPECIAL_IDS.values()) + 1  # ids below are special tokens
 
@@ -23,6 +26,16 @@ def nano_architecture(vocab_size: int, seq_len: int, tie_embeddings: bool) -> di
     return {"name": "nano", "vocab_size": vocab_size, "hidden_size": 64, "num_layers": 2, "num_heads": 4,
             "num_kv_heads": 2, "intermediate_size": 128, "max_seq_len": seq_len, "rope_theta": 10000.0,
             "tie_embeddings": tie_embeddings, "dropout": 0.0, "init_std": 0.02, "rms_norm_eps": 1e-5}
+
+
+def subprocess_env(extra: dict | None = None) -> dict:
+    """The environment of a training subprocess: one intra-op thread (these models are tiny), plus ``extra``."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", **(extra or {})}
+
+
+def train_losses(run_dir: Path) -> list[tuple[int, float]]:
+    """``(step, train/loss)`` of every record of a run's ``metrics.jsonl`` that has a training loss."""
+    return [(r["step"], r["train/loss"]) for r in read_metrics(run_dir / "metrics.jsonl") if "train/loss" in r]
 
 
 def write_packed_dir(directory: Path, tokenizer_dir: Path, train_docs: list[list[int]], val_docs: list[list[int]],

@@ -5,7 +5,6 @@ the 2-process run resumes exactly."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from lumi.packed import load_packed_split
 from lumi.tokenizer import load_tokenizer_meta
 from lumi.train.checkpoint import checkpoint_step
 from lumi.train.metrics import read_metrics
-from packed_helpers import function_documents, nano_architecture, write_packed_dir
+from packed_helpers import function_documents, nano_architecture, subprocess_env, train_losses, write_packed_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEQ_LEN = 32
@@ -63,17 +62,13 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
 
 def torchrun(script: str, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240, env=env)
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
+                          env=subprocess_env(env_extra))
 
 
 def pretrain_args(workspace, output: Path, accumulation: int, *extra: str) -> list[str]:
     return ["--config", str(workspace["config"]), "--output-dir", str(output),
             "--set", f"grad_accumulation={accumulation}", *extra]
-
-
-def train_losses(run_dir: Path) -> list[tuple[int, float]]:
-    return [(r["step"], r["train/loss"]) for r in read_metrics(run_dir / "metrics.jsonl") if "train/loss" in r]
 
 
 def grad_norms(run_dir: Path) -> list[float]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -35,7 +34,8 @@ from eval_helpers import training_text, write_tokenizer
 from helpers import make_corpus_dir
 from lumi.config import load_config
 from lumi.tokenizer import load_hf_tokenizer, load_tokenizer_meta
-from packed_helpers import function_documents, nano_architecture, random_documents, write_packed_dir
+from packed_helpers import (function_documents, nano_architecture, random_documents, subprocess_env, train_losses,
+                            write_packed_dir)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEQ_LEN = 64
@@ -77,10 +77,6 @@ def write_config(workspace, directory: Path, **changes) -> Path:
     path = directory / "config.json"
     path.write_text(json.dumps(config))
     return path
-
-
-def train_records(run_dir: Path) -> list[tuple[int, float]]:
-    return [(r["step"], r["train/loss"]) for r in read_metrics(run_dir / "metrics.jsonl") if "train/loss" in r]
 
 
 # --- data mixing -------------------------------------------------------------------------------------------------
@@ -178,7 +174,7 @@ def test_training_learns_a_deterministic_successor_and_saves_loadable_checkpoint
     assert abs(records[0]["val/loss"] - math.log(vocab)) / math.log(vocab) < 0.02  # step 0: close to uniform
     # The first token of each document is one of 4 choices, everything after it is determined.
     floor = math.log(4) / (SEQ_LEN - 2)
-    assert records[-1]["val/loss"] < floor + 0.1 and train_records(run_dir)[-1][1] < floor + 0.1
+    assert records[-1]["val/loss"] < floor + 0.1 and train_losses(run_dir)[-1][1] < floor + 0.1
     assert sorted(p.name for p in run_dir.glob("step_*")) == ["step_60", "step_80"]  # keep_last_k=2
     assert checkpoint_step(run_dir / "final") == 100
 
@@ -209,10 +205,6 @@ def run_cli(*args: str, env_extra: dict | None = None, code: str | None = None) 
                           env=subprocess_env(env_extra))
 
 
-def subprocess_env(extra: dict | None = None) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", **(extra or {})}
-
-
 KILL_AT_STEP = """
 import os, signal, sys
 from lumi.train import pretrain
@@ -236,7 +228,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run_bitwise(workspace,
     killed = run_cli(*args, str(tmp_path / "resumed"), code=KILL_AT_STEP, env_extra={"KILL_AT": "9"})
     assert killed.returncode == -signal.SIGKILL
     run_dir = tmp_path / "resumed" / "nano"
-    assert max(step for step, _ in train_records(run_dir)) == 9  # logged past its last checkpoint (step 8)
+    assert max(step for step, _ in train_losses(run_dir)) == 9  # logged past its last checkpoint (step 8)
     assert not (run_dir / "final").exists()
     resumed = run_cli(*args, str(tmp_path / "resumed"), "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
@@ -244,7 +236,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run_bitwise(workspace,
 
     expected = read_metrics(tmp_path / "reference" / "nano" / "metrics.jsonl")
     got = read_metrics(run_dir / "metrics.jsonl")
-    assert train_records(run_dir) == train_records(tmp_path / "reference" / "nano")
+    assert train_losses(run_dir) == train_losses(tmp_path / "reference" / "nano")
     assert [r["step"] for r in got] == [r["step"] for r in expected]  # no duplicated steps after the resume
     assert [r.get("val/loss") for r in got] == [r.get("val/loss") for r in expected]
     final_reference = load_file(tmp_path / "reference" / "nano" / "final" / "model.safetensors")
@@ -259,14 +251,14 @@ def test_sigterm_saves_a_checkpoint_and_exits(workspace, tmp_path):
                                stderr=subprocess.PIPE, text=True, env=subprocess_env())
     run_dir = tmp_path / "out" / "nano"
     deadline = time.monotonic() + 120
-    while not train_records(run_dir) and time.monotonic() < deadline and process.poll() is None:
+    while not train_losses(run_dir) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.1)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert "stopped by SIGTERM" in stdout and "Traceback" not in stderr
     (checkpoint,) = run_dir.glob("step_*")
-    assert checkpoint_step(checkpoint) == max(step for step, _ in train_records(run_dir))
+    assert checkpoint_step(checkpoint) == max(step for step, _ in train_losses(run_dir))
 
 
 def test_sigint_finishes_the_step_and_saves(workspace, tmp_path, monkeypatch, capsys):
