@@ -56,15 +56,20 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
 
 
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """Read a UTF-8 text file, turning a missing file or undecodable bytes into a LumiError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise LumiError(f"{path}: {what} not found")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise LumiError(f"{path}: {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     """Read a JSON file, turning a missing file or a syntax error into a LumiError naming the file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LumiError(f"{path}: {what} not found") from None
-    except UnicodeDecodeError as exc:
-        raise LumiError(f"{path}: {what} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    text = read_text(path, what)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

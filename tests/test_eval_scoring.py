@@ -17,11 +17,11 @@ from helpers import make_corpus_dir
 from lumi.errors import LumiError
 from lumi.eval.loglikelihood import encode_pair, score_continuations
 from lumi.eval.model_io import load_for_evaluation
-from lumi.eval.perplexity import (evaluate_packed_split, read_dataset_text, read_text_file, sliding_windows,
-                                  text_perplexity)
+from lumi.eval.perplexity import evaluate_packed_split, read_dataset_text, sliding_windows, text_perplexity
 from lumi.eval.scoring import score_items
 from lumi.eval.tasks import Task, TaskSource
 from lumi.eval.tasks.base import choice_item
+from lumi.files import read_text
 from lumi.packed import load_packed_split
 from lumi.packing import PackingConfig, pack_corpus
 from lumi.special_tokens import BOS_ID, PAD_ID
@@ -197,7 +197,7 @@ def test_text_file_and_dataset_paths_score_the_same_text(loaded, tmp_path):
     documents = training_text(3)
     (tmp_path / "text.txt").write_text("\n\n".join(documents), encoding="utf-8")
     write_jsonl(tmp_path / "rows.jsonl", [{"text": d} for d in documents])
-    from_file = read_text_file(tmp_path / "text.txt")
+    from_file = read_text(tmp_path / "text.txt")
     from_dataset = read_dataset_text("json", None, "train", "text", str(tmp_path / "rows.jsonl"))
     assert from_file == from_dataset
     with pytest.raises(LumiError, match="no column 'body'"):

@@ -27,11 +27,11 @@ from lumi.errors import LumiError
 from lumi.eval.config import DEFAULT_PROMPTS, EvaluationConfig, PerplexityConfig, TaskConfig
 from lumi.eval.generation import load_prompts, run_generation
 from lumi.eval.model_io import context_length, load_for_evaluation, tokenizer_fingerprint
-from lumi.eval.perplexity import evaluate_packed_split, read_dataset_text, read_text_file, text_perplexity
+from lumi.eval.perplexity import evaluate_packed_split, read_dataset_text, text_perplexity
 from lumi.eval.report import compare_results, console_summary, load_previous_results, write_report
 from lumi.eval.scoring import score_items
 from lumi.eval.tasks import get_task, subsample
-from lumi.files import atomic_write_json, atomic_write_text, sha256_file, staged_output_dir
+from lumi.files import atomic_write_json, atomic_write_text, read_text, sha256_file, staged_output_dir
 from lumi.packed import load_packed_split, read_packed_manifest
 from lumi.packing import check_packed_tokenizer
 from lumi.stage import add_common_arguments, setup_logging, stage_config
@@ -82,7 +82,7 @@ def measure_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
                           "seq_len": split.seq_len, "tokenizer_sha256": manifest.get("tokenizer_sha256")}
     else:
         if spec.text_file is not None:
-            text = read_text_file(spec.text_file)
+            text = read_text(spec.text_file, "text file")
             data: dict[str, Any] = {"text_file": spec.text_file, "sha256": sha256_file(spec.text_file)}
         else:
             text = read_dataset_text(spec.dataset, spec.dataset_config, spec.split, spec.text_field,  # type: ignore

@@ -20,7 +20,6 @@ assumes bytes per token is uniform across rows -- exact for the whole split, an 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -135,16 +134,6 @@ def text_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     result = summarize(sum_nats, scored, len(text.encode("utf-8")))
     result.update(window=window, stride=stride)
     return result
-
-
-def read_text_file(path: str | Path) -> str:
-    path = Path(path)
-    if not path.is_file():
-        raise LumiError(f"{path}: text file not found")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise LumiError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def read_dataset_text(dataset: str, dataset_config: str | None, split: str, text_field: str,

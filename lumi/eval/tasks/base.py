@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 from lumi.config import ConfigModel
 from lumi.corpus.synthetic import SyntheticSourceConfig
 from lumi.errors import LumiError
+from lumi.files import read_text
 
 TaskKind = Literal["multiple_choice", "greedy_continuation"]
 RECORD_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError)
@@ -87,12 +88,7 @@ Record = dict[str, Any]
 def read_local_records(path: str | Path) -> list[Record]:
     """A ``.jsonl`` file (one object per line) or a ``.json`` array; errors name the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise LumiError(f"{path}: benchmark file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise LumiError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    text = read_text(path, "benchmark file")
     if path.suffix == ".json":
         try:
             records = json.loads(text)
