@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from lumi.errors import LumiError
 
@@ -54,6 +54,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> None:
+    """One JSON object per line."""
+    atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in records))
 
 
 def read_text(path: str | os.PathLike, what: str = "file") -> str:

@@ -4,7 +4,6 @@ synthetic-world corpus) copied next to a real ``LlamaForCausalLM`` saved with ``
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,6 +13,7 @@ from helpers import make_corpus_dir
 from packed_helpers import nano_architecture
 
 from lumi.corpus.synthetic import SyntheticWorld
+from lumi.files import atomic_write_jsonl
 from lumi.model import ArchitectureConfig, build_model
 from lumi.tokenizer import TokenizerConfig, train_tokenizer
 
@@ -50,7 +50,7 @@ def make_tiny_model_dir(directory: Path, tokenizer_dir: Path | None, seed: int =
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    atomic_write_jsonl(path, records)
     return path
 
 

@@ -8,7 +8,6 @@ The same command (and config schema) evaluates checkpoints after pretraining, SF
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import sys
@@ -31,7 +30,7 @@ from lumi.eval.perplexity import evaluate_packed_split, read_dataset_text, text_
 from lumi.eval.report import compare_results, console_summary, load_previous_results, write_report
 from lumi.eval.scoring import score_items
 from lumi.eval.tasks import get_task, subsample
-from lumi.files import atomic_write_json, atomic_write_text, read_text, sha256_file, staged_output_dir
+from lumi.files import atomic_write_json, atomic_write_jsonl, read_text, sha256_file, staged_output_dir
 from lumi.packed import load_packed_split, read_packed_manifest
 from lumi.packing import check_packed_tokenizer
 from lumi.stage import add_common_arguments, setup_logging, stage_config
@@ -147,7 +146,7 @@ def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path)
         log.info("task: %s", spec.task)
         summary, records = measure_task(model, tokenizer, spec, max_length, config.batch_size, config.seed)
         results["tasks"][spec.task] = summary
-        atomic_write_text(samples_dir / f"{spec.task}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        atomic_write_jsonl(samples_dir / f"{spec.task}.jsonl", records)
     if config.generation is not None:
         settings = config.generation
         log.info("generation smoke checks")
@@ -158,7 +157,7 @@ def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path)
             {"temperature": settings.temperature, "top_p": settings.top_p, "top_k": settings.top_k},
             settings.repetition_ngram, config.seed)
         results["generation"] = {"prompts_file": str(settings.prompts_file or DEFAULT_PROMPTS), **summary}
-        atomic_write_text(output_dir / "generations.jsonl", "".join(json.dumps(o) + "\n" for o in outputs))
+        atomic_write_jsonl(output_dir / "generations.jsonl", outputs)
     results["finished"] = now()
     return results
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lumi.errors import LumiError
 from lumi.eval.tasks import TaskSource, get_task
+from lumi.files import atomic_write_jsonl
 
 TASK_PREFIX = "lumi_local_"
 ARC_LABELS = "(question.choices|map(attribute='label')|list)"
@@ -41,7 +42,7 @@ def write_lm_eval_task(directory: Path, task: str, source: TaskSource) -> str:
     if task == "piqa":
         data_file = directory / "piqa_with_labels.jsonl"
         records = get_task("piqa").read(source)
-        data_file.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        atomic_write_jsonl(data_file, records)
     prompts = LM_EVAL_PROMPTS[task]
     name = TASK_PREFIX + task
     config = {

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import torch
 
 from lumi.errors import LumiError
-from lumi.files import atomic_write_text
+from lumi.files import atomic_write_jsonl
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -45,7 +45,7 @@ class MetricsLog:
                  run_name: str, config: dict[str, Any]):
         self.path = run_dir / METRICS_FILE
         kept = [r for r in read_metrics(self.path) if r["step"] <= kept_step]
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_jsonl(self.path, kept)
         self._file = open(self.path, "a", encoding="utf-8")
         self._tensorboard = None
         if tensorboard:
