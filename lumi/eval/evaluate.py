@@ -27,7 +27,7 @@ from lumi.eval.config import DEFAULT_PROMPTS, EvaluationConfig, PerplexityConfig
 from lumi.eval.generation import load_prompts, run_generation
 from lumi.eval.model_io import context_length, load_for_evaluation, tokenizer_fingerprint
 from lumi.eval.perplexity import evaluate_packed_split, read_dataset_text, text_perplexity
-from lumi.eval.report import compare_results, console_summary, load_previous_results, write_report
+from lumi.eval.report import RESULTS_FILE, compare_results, console_summary, load_previous_results, write_report
 from lumi.eval.scoring import score_items
 from lumi.eval.tasks import get_task, subsample
 from lumi.files import atomic_write_json, atomic_write_jsonl, read_text, sha256_file, staged_output_dir
@@ -38,7 +38,6 @@ from lumi.tokenizer import SPM_MODEL
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "evaluation_results.json"
 RESULTS_SCHEMA = "lumi-evaluation/1"
 PRETRAIN_CONFIG = CONFIG_DIR / "evaluation" / "pretrain.json"
 SFT_CONFIG = CONFIG_DIR / "evaluation" / "sft.json"

@@ -60,6 +60,11 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, context: str, continuation: 
     return context_ids, whole_ids[len(context_ids):]
 
 
+def padding_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The tokenizer's pad id, else the layout's (any id works: right padding is never attended to)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else PAD_ID
+
+
 def right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> torch.LongTensor:
     """Token rows as one (rows, longest) batch, padded on the right: under causal attention no real position sees
     the padding after it, so the batch needs no attention mask."""

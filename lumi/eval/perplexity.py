@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lumi.errors import LumiError
-from lumi.eval.loglikelihood import right_padded
+from lumi.eval.loglikelihood import padding_id, right_padded
 from lumi.eval.model_io import model_device
 from lumi.packed import PackedSplit
 from lumi.train.loss import count_scored_tokens, summed_nats
@@ -129,8 +129,7 @@ def text_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     if not text:
         raise LumiError("perplexity: the text is empty")
     token_ids = tokenizer(text)["input_ids"]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    sum_nats, scored = score_token_stream(model, token_ids, window, stride, batch_size, pad_id)
+    sum_nats, scored = score_token_stream(model, token_ids, window, stride, batch_size, padding_id(tokenizer))
     result = summarize(sum_nats, scored, len(text.encode("utf-8")))
     result.update(window=window, stride=stride)
     return result

@@ -11,8 +11,9 @@ from typing import Any
 
 from lumi.errors import LumiError
 from lumi.files import atomic_write_text, read_json
+from lumi.train.metrics import METRICS_FILE  # written by the trainer: one JSON object per line
 
-METRICS_LOG = "metrics.jsonl"  # written by the trainer: one JSON object per line with "step" and losses
+RESULTS_FILE = "evaluation_results.json"
 # Curve -> the keys it is read from, first present wins (lumi.train writes "train/loss" and "val/loss" on eval steps).
 CURVE_KEYS = {"train": ("train/loss", "loss"), "val": ("val/loss", "val_loss")}
 METRICS_SEARCH_DEPTH = 3  # the checkpoint dir and this many parents (lumi.train: run_dir/metrics.jsonl, run_dir/final)
@@ -20,10 +21,10 @@ PERPLEXITY_KEYS = ("loss", "perplexity", "bits_per_byte")
 
 
 def load_previous_results(path: Path) -> dict[str, Any]:
-    path = path / "evaluation_results.json" if path.is_dir() else path
+    path = path / RESULTS_FILE if path.is_dir() else path
     results = read_json(path, what="previous evaluation results")
     if not isinstance(results, dict) or "tasks" not in results or "perplexity" not in results:
-        raise LumiError(f"{path}: not an evaluation_results.json (no 'tasks' / 'perplexity')")
+        raise LumiError(f"{path}: not an {RESULTS_FILE} (no 'tasks' / 'perplexity')")
     return results
 
 
@@ -91,8 +92,8 @@ def console_summary(results: dict[str, Any]) -> str:
 def find_metrics_log(model_path: Path) -> Path | None:
     directory = model_path.resolve()
     for _ in range(METRICS_SEARCH_DEPTH + 1):
-        if (directory / METRICS_LOG).is_file():
-            return directory / METRICS_LOG
+        if (directory / METRICS_FILE).is_file():
+            return directory / METRICS_FILE
         directory = directory.parent
     return None
 
@@ -168,7 +169,7 @@ def make_plots(results: dict[str, Any], model_path: Path, output_dir: Path) -> t
         plots["loss_curves"] = "loss_curves.png"
         notes.append(f"loss curves from {metrics_log}")
     else:
-        notes.append(f"no {METRICS_LOG} with losses found in {model_path} or its {METRICS_SEARCH_DEPTH} parents")
+        notes.append(f"no {METRICS_FILE} with losses found in {model_path} or its {METRICS_SEARCH_DEPTH} parents")
     if any("chance" in s for s in results["tasks"].values()):
         plot_benchmarks(results, output_dir / "benchmarks.png")
         plots["benchmarks"] = "benchmarks.png"

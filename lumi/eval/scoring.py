@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lumi.eval.loglikelihood import encode_pair, score_continuations
+from lumi.eval.loglikelihood import encode_pair, padding_id, score_continuations
 from lumi.eval.tasks import Task, TaskItem
 
 
@@ -35,7 +35,7 @@ def score_items(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task
     """Returns (summary, per-item records). All requests of all items go through one batched scorer."""
     pairs = [encode_pair(tokenizer, context, continuation) for item in items for context, continuation in item.requests]
     scores = iter(score_continuations(model, pairs, max_length=max_length, batch_size=batch_size,
-                                      pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0))
+                                      pad_id=padding_id(tokenizer)))
     per_metric: dict[str, list[float]] = defaultdict(list)
     by_group: dict[str, list[float]] = defaultdict(list)
     records = []
