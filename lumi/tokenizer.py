@@ -40,7 +40,7 @@ from sentencepiece import sentencepiece_model_pb2 as model_pb2
 from lumi.config import CONFIG_DIR, ConfigModel, config_to_dict
 from lumi.corpus.store import MANIFEST, iter_text_batches, read_manifest
 from lumi.errors import LumiError
-from lumi.files import (atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, sha256_file,
+from lumi.files import (atomic_write_bytes, atomic_write_json, atomic_write_text, read_manifest_file, sha256_file,
                         staged_output_dir)
 from lumi.special_tokens import (BOS_ID, BOS_TOKEN, CHAT_MARKERS, EOS_ID, EOS_TOKEN, PAD_ID, PAD_TOKEN, SPECIAL_IDS,
                                  UNK_ID, UNK_TOKEN)
@@ -365,10 +365,11 @@ def train_tokenizer(corpus_dir: Path, output_dir: Path, config: TokenizerConfig,
         atomic_write_text(staging / SPM_VOCAB, vocab_listing(sp))
         verify_special_ids(sp.id_to_piece, str(staging / SPM_MODEL))
         export_hf_tokenizer(staging / SPM_MODEL, staging)
+        file_digests = {name: sha256_file(staging / name) for name in HASHED_FILES}
         meta = {
             "format": TOKENIZER_FORMAT,
-            "sha256": sha256_file(staging / SPM_MODEL),
-            "files": {name: sha256_file(staging / name) for name in HASHED_FILES},
+            "sha256": file_digests[SPM_MODEL],
+            "files": file_digests,
             "vocab_size": sp.get_piece_size(),
             "model_type": config.model_type,
             "special_tokens": dict(SPECIAL_IDS),
@@ -394,15 +395,10 @@ def train_tokenizer(corpus_dir: Path, output_dir: Path, config: TokenizerConfig,
 
 def load_tokenizer_meta(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
-    if not directory.is_dir():
-        raise LumiError(f"{directory}: tokenizer directory not found")
-    for name in REQUIRED_FILES:
+    for name in REQUIRED_FILES if directory.is_dir() else ():
         if not (directory / name).is_file():
             raise LumiError(f"{directory}: not a tokenizer directory ({name} is missing)")
-    meta = read_json(directory / META, what="tokenizer metadata")
-    if not isinstance(meta, dict) or meta.get("format") != TOKENIZER_FORMAT:
-        raise LumiError(f"{directory / META}: not a {TOKENIZER_FORMAT} file")
-    return meta
+    return read_manifest_file(directory, META, TOKENIZER_FORMAT, "tokenizer")
 
 
 def tokenizer_sha256(directory: str | Path) -> str:
@@ -414,8 +410,7 @@ def check_tokenizer_integrity(directory: str | Path) -> dict[str, Any]:
     """Recompute the hashes of the model files and refuse any that differs from the metadata; returns the metadata."""
     directory = Path(directory)
     meta = load_tokenizer_meta(directory)
-    recorded = {SPM_MODEL: meta["sha256"], **meta["files"]}
-    for name, digest in recorded.items():
+    for name, digest in meta["files"].items():  # spm.model among them; "sha256" repeats its digest
         if sha256_file(directory / name) != digest:
             raise LumiError(f"{directory / name}: sha256 differs from {META} (file modified after training?)")
     return meta
