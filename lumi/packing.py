@@ -38,7 +38,7 @@ from lumi.packed import MANIFEST, PACKED_FORMAT, read_packed_manifest, token_dty
 from lumi.stage import add_common_arguments, stage_config
 from lumi.tokenizer import META as TOKENIZER_META
 from lumi.tokenizer import SPM_MODEL as TOKENIZER_MODEL
-from lumi.tokenizer import available_cores, load_sentencepiece, verify_special_ids
+from lumi.tokenizer import available_cores, load_sentencepiece
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +72,12 @@ def load_tokenizer(tokenizer_dir: Path, verify: bool = True) -> tuple[spm.Senten
     ``lumi/special_tokens.py``. ``verify`` adds stage 20's integrity check (every model file must match the hashes in
     ``tokenizer_meta.json``), so a model swapped or edited after training is refused instead of silently producing
     other ids; without it only ``spm.model`` is needed."""
-    if verify:
-        try:
-            processor = load_sentencepiece(tokenizer_dir)
-        except LumiError as exc:
-            if not (tokenizer_dir / TOKENIZER_MODEL).is_file():
-                raise
-            raise LumiError(f"{exc}; pass --skip-tokenizer-check to pack with it anyway") from None
-    else:
-        model = tokenizer_dir / TOKENIZER_MODEL
-        try:
-            processor = spm.SentencePieceProcessor(model_file=str(model))
-        except (OSError, RuntimeError) as exc:
-            raise LumiError(f"{model}: not a readable SentencePiece model ({exc})") from None
-        verify_special_ids(processor.id_to_piece, str(model))
+    try:
+        processor = load_sentencepiece(tokenizer_dir, check_integrity=verify)
+    except LumiError as exc:
+        if not verify or not (tokenizer_dir / TOKENIZER_MODEL).is_file():
+            raise
+        raise LumiError(f"{exc}; pass --skip-tokenizer-check to pack with it anyway") from None
     # Packing adds BOS/EOS through SentencePiece's own control ids: they must be the layout's, not just the pieces.
     if (processor.bos_id(), processor.eos_id()) != (special_tokens.BOS_ID, special_tokens.EOS_ID):
         raise LumiError(f"{tokenizer_dir / TOKENIZER_MODEL}: bos/eos ids {processor.bos_id()}/{processor.eos_id()}, "

@@ -416,11 +416,19 @@ def check_tokenizer_integrity(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_sentencepiece(directory: str | Path) -> spm.SentencePieceProcessor:
+def load_sentencepiece(directory: str | Path, check_integrity: bool = True) -> spm.SentencePieceProcessor:
+    """The SentencePiece model of a stage-20 directory, its special ids checked against the layout.
+    ``check_integrity=False`` skips the hash check against ``tokenizer_meta.json`` (then only ``spm.model`` is
+    needed: ``lumi pack --skip-tokenizer-check``)."""
     directory = Path(directory)
-    check_tokenizer_integrity(directory)
-    sp = spm.SentencePieceProcessor(model_file=str(directory / SPM_MODEL))
-    verify_special_ids(sp.id_to_piece, str(directory / SPM_MODEL))
+    if check_integrity:
+        check_tokenizer_integrity(directory)
+    model = directory / SPM_MODEL
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(model))
+    except (OSError, RuntimeError) as exc:
+        raise LumiError(f"{model}: not a readable SentencePiece model ({exc})") from None
+    verify_special_ids(sp.id_to_piece, str(model))
     return sp
 
 
