@@ -34,7 +34,7 @@ from lumi.corpus.store import MANIFEST as CORPUS_MANIFEST
 from lumi.corpus.store import iter_text_batches, read_manifest
 from lumi.errors import LumiError
 from lumi.files import atomic_write_json, sha256_file, staged_output_dir
-from lumi.packed import MANIFEST, PACKED_FORMAT, read_packed_manifest, token_dtype
+from lumi.packed import MANIFEST, PACKED_FORMAT, SPLITS, read_packed_manifest, token_dtype
 from lumi.stage import add_common_arguments, stage_config
 from lumi.tokenizer import META as TOKENIZER_META
 from lumi.tokenizer import SPM_MODEL as TOKENIZER_MODEL
@@ -248,7 +248,7 @@ def pack_corpus(corpus_dir: str | Path, tokenizer_dir: str | Path, output_dir: s
     with staged_output_dir(output_dir, force) as staging:
         with ExitStack() as stack:
             train, val = (stack.enter_context(PackedSplitWriter(staging, name, dtype, config.seq_len, processor.decode))
-                          for name in ("train", "val"))
+                          for name in SPLITS)
             progress = stack.enter_context(tqdm(total=total, unit="doc", desc="pack", disable=None))
             seen = 0
             for texts in prefetched(iter_text_batches(corpus_dir, config.batch_docs)):
