@@ -23,6 +23,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "pack": ("lumi.packing", "30: tokenize and pack a corpus into fixed-length training rows"),
     "pretrain": ("lumi.train.pretrain", "40: pretrain the LLaMA-style model on packed data (checkpoints, resume)"),
     "evaluate": ("lumi.eval.evaluate", "50/80: evaluate a checkpoint (perplexity, zero-shot tasks, generation checks)"),
+    "sft-corpus": ("lumi.stages.sft_corpus",
+                   "60: instruction/chat datasets -> filtered, tokenized, packed SFT rows with assistant-only masks"),
 }
 
 

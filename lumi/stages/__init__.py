@@ -1,0 +1,1 @@
+"""One module per stage command: its flags (``configure_parser``) and ``run``."""
