@@ -154,7 +154,8 @@ def test_unknown_template_and_tokenizer_without_markers(tokenizer_dir, tmp_path)
     ([{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}], "roles_out_of_order"),
     ([{"role": "user", "content": 3}], "malformed_message"),
     ([{"role": "tool", "content": "x"}], "unknown_role"),
-    ([], "not_a_message_list"),
+    ([], "no_assistant_turn"),
+    ("text", "not_a_message_list"),
 ])
 def test_untrainable_conversations_are_named(messages, problem):
     assert check_messages(messages) == problem

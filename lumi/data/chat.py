@@ -84,8 +84,10 @@ def check_messages(messages: Any) -> str | None:
     """Why ``messages`` is not a trainable conversation (None when it is): a list of {"role", "content"} string
     dicts, an optional system message first, then user/assistant turns alternating, starting with the user and
     ending with the assistant, no turn empty."""
-    if not isinstance(messages, list) or not messages:
+    if not isinstance(messages, list):
         return "not_a_message_list"
+    if not messages:
+        return "no_assistant_turn"
     for message in messages:
         if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
                 or not isinstance(message.get("content"), str):
