@@ -25,6 +25,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "evaluate": ("lumi.eval.evaluate", "50/80: evaluate a checkpoint (perplexity, zero-shot tasks, generation checks)"),
     "sft-corpus": ("lumi.stages.sft_corpus",
                    "60: instruction/chat datasets -> filtered, tokenized, packed SFT rows with assistant-only masks"),
+    "merge-lora": ("lumi.stages.merge_lora", "fold a LoRA adapter into its base model (a plain save_pretrained dir)"),
 }
 
 

@@ -38,6 +38,8 @@ END_OF_TURN_ID = IM_END_ID
 ALPACA_PREAMBLE = ("Below is an instruction that describes a task. Write a response that appropriately completes "
                    "the request.")
 CHAT_CONFIG = "chat_template_config.json"  # which template a tokenizer dir was written with (lumi's own record)
+CHAT_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
+                        "spm.model", CHAT_CONFIG)
 
 
 @dataclass(frozen=True)
@@ -317,3 +319,40 @@ def verify_chat_tokenizer(directory: str | Path, template: Template) -> None:
     if theirs["input_ids"] != ours.input_ids or theirs["assistant_masks"] != ours.loss_mask:
         raise LumiError(f"{directory}: apply_chat_template's tokens or assistant mask differ from the training "
                         "tokenization")
+
+
+def set_chat_generation_config(model: Any) -> None:
+    """Make plain ``model.generate`` stop after one assistant turn: ``eos_token_id`` is the end-of-turn id and
+    ``</s>`` (trainers that reset it to ``</s>`` alone leave a model that never stops), pad and bos as the
+    tokenizer's."""
+    from lumi.special_tokens import PAD_ID
+
+    config = model.generation_config
+    config.eos_token_id, config.pad_token_id, config.bos_token_id = generation_eos_ids(), PAD_ID, BOS_ID
+
+
+def check_chat_generation_config(directory: str | Path) -> None:
+    from transformers import GenerationConfig
+
+    found = GenerationConfig.from_pretrained(str(directory)).eos_token_id
+    found = found if isinstance(found, list) else [found]
+    if END_OF_TURN_ID not in found:
+        raise LumiError(f"{directory}: generation_config.eos_token_id is {found}, without the end-of-turn id "
+                        f"{END_OF_TURN_ID}: generation would not stop after a turn")
+
+
+def copy_chat_tokenizer(tokenizer_dir: str | Path, directory: str | Path) -> None:
+    """The chat tokenizer files of an SFT data dir (or of another chat checkpoint) into a model dir."""
+    for name in CHAT_TOKENIZER_FILES:
+        if (Path(tokenizer_dir) / name).is_file():
+            shutil.copy2(Path(tokenizer_dir) / name, Path(directory) / name)
+
+
+def save_chat_model(model: Any, tokenizer_dir: str | Path, directory: str | Path,
+                    state_dict: dict | None = None) -> None:
+    """A loadable chat model dir: ``save_pretrained`` (weights, config, generation config with the end-of-turn id)
+    plus the chat tokenizer files; refused if the generation config lost the end-of-turn id."""
+    set_chat_generation_config(model)
+    model.save_pretrained(str(directory), state_dict=state_dict)
+    copy_chat_tokenizer(tokenizer_dir, directory)
+    check_chat_generation_config(directory)
