@@ -111,3 +111,15 @@ def save_adapter(model: Any, tokenizer_dir: str | Path, directory: str | Path, b
     model.base_model.model.generation_config.save_pretrained(str(directory))
     copy_chat_tokenizer(tokenizer_dir, directory)
     record_base(directory, base_dir)
+
+
+def write_merged(adapter_dir: str | Path, output_dir: str | Path, base_dir: str | Path | None = None,
+                 force: bool = False) -> Path:
+    """The merged model as a plain chat model dir (weights, chat tokenizer, generation config), written staged."""
+    from lumi.data.chat import save_chat_model
+    from lumi.files import staged_output_dir
+
+    model = merged_model(adapter_dir, base_dir)
+    with staged_output_dir(output_dir, force) as staging:
+        save_chat_model(model, adapter_dir, staging)
+    return Path(output_dir)

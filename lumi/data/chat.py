@@ -356,3 +356,15 @@ def save_chat_model(model: Any, tokenizer_dir: str | Path, directory: str | Path
     model.save_pretrained(str(directory), state_dict=state_dict)
     copy_chat_tokenizer(tokenizer_dir, directory)
     check_chat_generation_config(directory)
+
+
+def loss_targets(input_ids: Any, loss_mask: Any) -> Any:
+    """(batch, seq) next-token targets of packed SFT rows: position t predicts input t+1 -- the one and only
+    shift -- and only where the loss mask marks input t+1 (assistant content, <|im_end|>); elsewhere IGNORE_INDEX."""
+    import torch
+
+    from lumi.train.linear_cross_entropy import IGNORE_INDEX
+
+    targets = torch.full_like(input_ids, IGNORE_INDEX)
+    targets[:, :-1] = input_ids[:, 1:].masked_fill(loss_mask[:, 1:] == 0, IGNORE_INDEX)
+    return targets

@@ -7,9 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from lumi.data.chat import save_chat_model
-from lumi.files import staged_output_dir
-from lumi.lora import merged_model
+from lumi.lora import write_merged
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +20,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
 
 
-def merge_lora(adapter_path: Path, output_dir: Path, base_model_path: Path | None = None,
-               force: bool = False) -> Path:
-    model = merged_model(adapter_path, base_model_path)
-    with staged_output_dir(output_dir, force) as staging:
-        save_chat_model(model, adapter_path, staging)
-    return Path(output_dir)
-
-
 def run(args: argparse.Namespace) -> int:
-    merge_lora(args.adapter_path, args.output_dir, args.base_model_path, args.force)
+    write_merged(args.adapter_path, args.output_dir, args.base_model_path, args.force)
     log.info("merged %s into %s", args.adapter_path, args.output_dir)
     return 0
