@@ -9,7 +9,7 @@ memory ... measure which is fastest"). On the same hidden states, output weight 
   fuses the upcast into the cross-entropy);
 - ``checkpointed``: chunks of ``--chunk-tokens`` under activation checkpointing, recomputing each chunk's logits in
   backward (lumi's loss before it switched to the next two);
-- ``fused``: ``lumi.train.linear_cross_entropy`` -- chunks whose gradients are computed in the forward pass, eager;
+- ``fused``: ``lumi.lm.linear_cross_entropy`` -- chunks whose gradients are computed in the forward pass, eager;
 - ``fused_compiled``: the same with its chunk math compiled (what the trainer runs with ``compile: true``).
 
 Each variant runs ``--warmup`` untimed iterations (compilation) and ``--iters`` timed ones. Peak memory is the growth
@@ -41,7 +41,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.checkpoint import checkpoint  # noqa: E402
 
-from lumi.train.linear_cross_entropy import DEFAULT_CHUNK_TOKENS, linear_cross_entropy  # noqa: E402
+from lumi.lm.linear_cross_entropy import DEFAULT_CHUNK_TOKENS, linear_cross_entropy  # noqa: E402
 
 Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from lumi.errors import LumiError
-from lumi.files import atomic_write_json, read_json
+from lumi.core.errors import LumiError
+from lumi.core.files import atomic_write_json, read_json
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_RECORD = "lumi_adapter.json"
@@ -117,7 +117,7 @@ def write_merged(adapter_dir: str | Path, output_dir: str | Path, base_dir: str 
                  force: bool = False) -> Path:
     """The merged model as a plain chat model dir (weights, chat tokenizer, generation config), written staged."""
     from lumi.data.chat import save_chat_model
-    from lumi.files import staged_output_dir
+    from lumi.core.files import staged_output_dir
 
     model = merged_model(adapter_dir, base_dir)
     with staged_output_dir(output_dir, force) as staging:

@@ -11,8 +11,8 @@ from transformers import AutoTokenizer
 from lumi.data.chat import (ALPACA_PREAMBLE, TEMPLATES, chat_tokenizer, check_messages, cut_at_turn,
                             encode_conversation, get_template, jinja_template, save_chat_tokenizer,
                             verify_chat_tokenizer)
-from lumi.errors import LumiError
-from lumi.special_tokens import BOS_ID, IM_END_ID, IM_END_TOKEN, IM_START_ID, IM_START_TOKEN
+from lumi.core.errors import LumiError
+from lumi.core.special_tokens import BOS_ID, IM_END_ID, IM_END_TOKEN, IM_START_ID, IM_START_TOKEN
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from eval_helpers import head_lines, write_jsonl
 
-from lumi.config import validate_config
-from lumi.errors import LumiError
+from lumi.core.config import validate_config
+from lumi.core.errors import LumiError
 from lumi.eval.config import EvaluationConfig
 from lumi.eval.tasks import TASKS, TaskSource, get_task, subsample
 

@@ -11,9 +11,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from lumi.cli import main
 from lumi.data.chat import chat_tokenizer, get_template, save_chat_tokenizer
-from lumi.errors import LumiError
+from lumi.core.errors import LumiError
 from lumi.lora import save_adapter, wrap_lora
-from lumi.special_tokens import EOS_ID, IM_END_ID
+from lumi.core.special_tokens import EOS_ID, IM_END_ID
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from lumi.cli import main
 from lumi.data.chat import get_template, encode_conversation
 from lumi.data.sft_corpus import (HubSource, SFTCorpusConfig, build_sft_corpus, load_split, pack_best_fit,
                                   read_sft_manifest)
-from lumi.files import atomic_write_jsonl
-from lumi.special_tokens import PAD_ID
+from lumi.core.files import atomic_write_jsonl
+from lumi.core.special_tokens import PAD_ID
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, model_validator
 
-from lumi.config import CONFIG_DIR, ConfigModel, strip_comments
+from lumi.core.config import CONFIG_DIR, ConfigModel, strip_comments
+from lumi.core.errors import LumiError
+from lumi.core.files import read_json
 from lumi.corpus.readers import FileFormat, TxtSplit
-from lumi.corpus.synthetic import SyntheticSourceConfig
-from lumi.errors import LumiError
-from lumi.files import read_json
+from lumi.data.synthetic import SyntheticSourceConfig
 
 FilterName = Literal["length", "language", "gopher", "c4"]
 

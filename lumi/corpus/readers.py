@@ -16,7 +16,7 @@ from typing import Iterator, Literal
 
 import pyarrow.parquet as pq
 
-from lumi.errors import LumiError
+from lumi.core.errors import LumiError
 
 TxtSplit = Literal["file", "line", "paragraph", "separator"]
 FileFormat = Literal["auto", "jsonl", "json", "parquet", "txt"]

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lumi.errors import LumiError
-from lumi.files import atomic_write_json
-from lumi.special_tokens import BOS_ID, BOS_TOKEN, EOS_ID, IM_END_ID, IM_END_TOKEN, IM_START_ID, IM_START_TOKEN
+from lumi.core.errors import LumiError
+from lumi.core.files import atomic_write_json
+from lumi.core.special_tokens import BOS_ID, BOS_TOKEN, EOS_ID, IM_END_ID, IM_END_TOKEN, IM_START_ID, IM_START_TOKEN
 
 TemplateName = Literal["chatml", "instruct", "alpaca"]
 ROLES = ("system", "user", "assistant")
@@ -325,7 +325,7 @@ def set_chat_generation_config(model: Any) -> None:
     """Make plain ``model.generate`` stop after one assistant turn: ``eos_token_id`` is the end-of-turn id and
     ``</s>`` (trainers that reset it to ``</s>`` alone leave a model that never stops), pad and bos as the
     tokenizer's."""
-    from lumi.special_tokens import PAD_ID
+    from lumi.core.special_tokens import PAD_ID
 
     config = model.generation_config
     config.eos_token_id, config.pad_token_id, config.bos_token_id = generation_eos_ids(), PAD_ID, BOS_ID
@@ -363,7 +363,7 @@ def loss_targets(input_ids: Any, loss_mask: Any) -> Any:
     shift -- and only where the loss mask marks input t+1 (assistant content, <|im_end|>); elsewhere IGNORE_INDEX."""
     import torch
 
-    from lumi.train.linear_cross_entropy import IGNORE_INDEX
+    from lumi.lm.linear_cross_entropy import IGNORE_INDEX
 
     targets = torch.full_like(input_ids, IGNORE_INDEX)
     targets[:, :-1] = input_ids[:, 1:].masked_fill(loss_mask[:, 1:] == 0, IGNORE_INDEX)

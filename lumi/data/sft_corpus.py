@@ -29,17 +29,17 @@ from typing import Any, Iterable, Iterator, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from lumi.config import ConfigModel, config_to_dict
+from lumi.core.config import ConfigModel, config_to_dict
 from lumi.corpus.config import NearDedupConfig
 from lumi.corpus.minhash import MinHasher, near_duplicate_of
-from lumi.corpus.synthetic import SyntheticWorld
+from lumi.data.synthetic import SyntheticWorld
 from lumi.data.chat import (END_OF_TURN_ID, EncodedConversation, TEMPLATES, chat_tokenizer, check_messages,
                             cut_at_turn, encode_conversation, get_template, save_chat_tokenizer, verify_chat_tokenizer)
 from lumi.data.readers import FORMATS, READERS, Conversation, ReadStats, detect
-from lumi.errors import LumiError
-from lumi.files import (atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text,
+from lumi.core.errors import LumiError
+from lumi.core.files import (atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text,
                         read_manifest_file, read_text, sha256_file, staged_output_dir)
-from lumi.special_tokens import PAD_ID
+from lumi.core.special_tokens import PAD_ID
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,1 @@
-"""One module per stage command: its flags (``configure_parser``) and ``run``."""
+"""One module per stage: its flags and its run(); no stage module imports another (docs/ARCHITECTURE.md)."""

@@ -7,12 +7,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from lumi.config import load_config
+from lumi.core.config import load_config
 from lumi.data.chat import TEMPLATES
 from lumi.data.readers import FORMATS
 from lumi.data.sft_corpus import SFTCorpusConfig, build_sft_corpus
-from lumi.errors import LumiError
-from lumi.stage import add_common_arguments
+from lumi.core.errors import LumiError
+from lumi.core.stage_args import add_common_arguments
 
 log = logging.getLogger(__name__)
 

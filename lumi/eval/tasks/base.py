@@ -14,10 +14,10 @@ from typing import Any, Callable, Literal
 
 from pydantic import Field, model_validator
 
-from lumi.config import ConfigModel
-from lumi.corpus.synthetic import SyntheticSourceConfig
-from lumi.errors import LumiError
-from lumi.files import read_text
+from lumi.core.config import ConfigModel
+from lumi.core.errors import LumiError
+from lumi.core.files import read_text
+from lumi.data.synthetic import SyntheticSourceConfig
 
 TaskKind = Literal["multiple_choice", "greedy_continuation"]
 RECORD_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError)

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from lumi.errors import LumiError
+from lumi.core.errors import LumiError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

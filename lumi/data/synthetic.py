@@ -24,8 +24,8 @@ from typing import Iterator, Literal
 
 from pydantic import Field
 
-from lumi.config import ConfigModel
-from lumi.errors import LumiError
+from lumi.core.config import ConfigModel
+from lumi.core.errors import LumiError
 
 Split = Literal["train", "heldout"]
 
