@@ -116,10 +116,17 @@ def test_targets_and_loss_equal_trl_sft_trainer(workspace, tmp_path):
 
 # --- training runs
 
-def test_lora_run_writes_peft_adapters_and_merges(workspace, tmp_path):
+@pytest.fixture(scope="module")
+def lora_run(workspace, tmp_path_factory):
+    """One short LoRA run (6 steps, val loss at 0, 3, 6) with --merge-adapters; returns its run dir."""
+    tmp_path = tmp_path_factory.mktemp("lora_run")
     config = write_config(workspace, tmp_path)
     assert main(sft_args(workspace, config, tmp_path / "out", "--merge-adapters")) == 0
-    final = tmp_path / "out" / "lora" / "final"
+    return tmp_path / "out" / "lora"
+
+
+def test_lora_run_writes_peft_adapters_and_merges(workspace, lora_run):
+    final = lora_run / "final"
     assert (final / "adapter_config.json").is_file() and (final / "adapter_model.safetensors").is_file()
     assert not (final / "model.safetensors").exists()
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(workspace["base"]), final)
@@ -128,11 +135,31 @@ def test_lora_run_writes_peft_adapters_and_merges(workspace, tmp_path):
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
                                         return_tensors="pt")["input_ids"]
     assert model.generate(input_ids=ids, max_new_tokens=4, do_sample=False).shape[1] > ids.shape[1]
-    merged = tmp_path / "out" / "lora" / "merged"
+    merged = lora_run / "merged"
     assert (merged / "model.safetensors").is_file() and (merged / "chat_template.jinja").is_file()
-    metrics = read_metrics(tmp_path / "out" / "lora" / "metrics.jsonl")
+    metrics = read_metrics(lora_run / "metrics.jsonl")
     val = [r["val/loss"] for r in metrics if "val/loss" in r]
     assert len(val) == 3 and val[-1] < val[0]  # steps 0, 3, 6: the assistant loss falls
+
+
+def test_evaluate_takes_an_adapter_or_a_merged_dir(workspace, lora_run, tmp_path):
+    """Stage 80: the assistant-token val loss of the adapter dir equals the merged dir's and the trainer's last val
+    loss (same rows, same targets); synthetic-world QA runs through the chat template."""
+    config = tmp_path / "eval.json"
+    atomic_write_json(config, {"batch_size": 2, "sft_loss": [{"name": "val", "sft_dir": str(workspace["data"]),
+                                                              "max_rows": 4}],
+                               "synthetic_qa": {"world": {"type": "synthetic", "people": 8, "places": 4},
+                                                "max_items": 3, "max_new_tokens": 4}})
+    losses = {}
+    for name in ("final", "merged"):
+        out = tmp_path / name
+        assert main(["evaluate", "--config", str(config), "--model-path", str(lora_run / name), "--output-dir",
+                     str(out)]) == 0
+        results = json.loads((out / "evaluation_results.json").read_text())
+        losses[name] = results["sft_loss"]["val"]["loss"]
+        assert results["synthetic_qa"]["num_items"] == 3 and "Synthetic-world" in (out / "report.md").read_text()
+    trainer_val = [r["val/loss"] for r in read_metrics(lora_run / "metrics.jsonl") if "val/loss" in r][-1]
+    assert abs(losses["final"] - losses["merged"]) <= 1e-5 and abs(losses["final"] - trainer_val) <= 1e-5
 
 
 KILL_AT_STEP = """

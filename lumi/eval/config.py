@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from lumi.core.config import CONFIG_DIR, ConfigModel
 from lumi.eval.tasks import TASKS
 from lumi.eval.tasks.base import TaskSource
+from lumi.data.synthetic import SyntheticSourceConfig
 
 DEFAULT_PROMPTS = CONFIG_DIR / "evaluation" / "smoke_test_prompts.json"
 
@@ -67,6 +68,24 @@ class GenerationSettings(ConfigModel):
     repetition_ngram: int = Field(3, ge=1, description="n of the repeated n-gram rate")
 
 
+class SFTLossConfig(ConfigModel):
+    """Loss over the assistant tokens of a stage-60 SFT data split."""
+
+    name: str = Field(min_length=1, description="label in the results and report")
+    sft_dir: str = Field(description="a stage-60 SFT data directory")
+    split: Literal["train", "val"] = Field("val", description="its split")
+    max_rows: int | None = Field(None, ge=1, description="score only the first rows")
+
+
+class SyntheticQAConfig(ConfigModel):
+    """Exact-match answers to the synthetic world's facts, asked through the chat template."""
+
+    world: SyntheticSourceConfig = Field(description="the corpus config's synthetic source (same world)")
+    split: Literal["heldout", "train"] = Field("heldout", description="which facts (and question wordings)")
+    max_new_tokens: int = Field(32, ge=1, description="answer tokens generated at most")
+    max_items: int | None = Field(None, ge=1, description="ask only the first items")
+
+
 class EvaluationConfig(ConfigModel):
     batch_size: int = Field(8, ge=1, description="sequences per forward pass")
     device: str = Field("auto", description="torch device; auto = cuda if available, else cpu")
@@ -80,6 +99,9 @@ class EvaluationConfig(ConfigModel):
     perplexity: list[PerplexityConfig] = Field([], description="texts to score")
     tasks: list[TaskConfig] = Field([], description="zero-shot tasks to score")
     generation: GenerationSettings | None = Field(None, description="generation smoke checks (off when absent)")
+    sft_loss: list[SFTLossConfig] = Field([], description="assistant-token loss on SFT data splits")
+    synthetic_qa: SyntheticQAConfig | None = Field(None, description="exact-match answers to synthetic-world facts "
+                                                                     "(off when absent)")
 
     @model_validator(mode="after")
     def _unique_names(self) -> "EvaluationConfig":
