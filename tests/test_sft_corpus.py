@@ -159,3 +159,20 @@ def test_synthetic_world_pairs_hold_only_train_facts(tokenizer_dir, tmp_path):
     assert prompts == {pair["prompt"] for pair in world.sft_pairs("train")}
     assert not prompts & {pair["prompt"] for pair in world.sft_pairs("heldout")}
     assert manifest["sources"]["world"]["format"] == "pairs"
+
+
+def test_shipped_sft_configs_validate_and_point_at_the_hub():
+    from lumi.core.config import CONFIG_DIR, load_config
+    from lumi.eval.config import EvaluationConfig
+    from lumi.train.objectives.sft import SFTConfig
+
+    datasets = sorted((CONFIG_DIR / "sft" / "datasets").glob("*.json"))
+    assert {p.stem for p in datasets} >= {"alpaca", "dolly15k", "oasst1", "alpaca_dolly_oasst_instruct", "demo"}
+    for path in datasets:
+        config = load_config(SFTCorpusConfig, path)
+        for source in config.sources:
+            assert source.type in ("hub", "synthetic") and "/" in getattr(source, "dataset", "a/b")
+    for path in sorted((CONFIG_DIR / "sft" / "training").glob("*.json")):
+        load_config(SFTConfig, path)
+    for name in ("demo.json", "sft_demo.json", "sft.json"):
+        load_config(EvaluationConfig, CONFIG_DIR / "evaluation" / name)
