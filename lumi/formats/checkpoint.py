@@ -3,8 +3,9 @@
 A checkpoint is a plain ``save_pretrained`` directory (config, safetensors weights, generation config) plus the
 tokenizer files, so ``AutoModelForCausalLM`` / ``AutoTokenizer`` load it with no code of ours, plus what exact resume
 needs: ``trainer_state.pt`` (optimizer, scheduler, RNG states, data position, step, tokens seen) and the resolved
-settings under the name the objective gives (``pretrain_config.json`` for pretraining). The directory is assembled under a temporary name and renamed into
-place (``lumi.core.files.staged_output_dir``), so a run killed while saving never leaves a checkpoint that looks complete.
+settings under the name the objective gives (``pretrain_config.json`` for pretraining). The directory is assembled
+under a temporary name and renamed into place (``lumi.core.files.staged_output_dir``), so a run killed while saving
+never leaves a checkpoint that looks complete.
 """
 
 from __future__ import annotations

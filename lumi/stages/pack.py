@@ -59,9 +59,9 @@ class PackingConfig(ConfigModel):
 
 def load_packing_tokenizer(tokenizer_dir: Path, verify: bool = True) -> tuple[spm.SentencePieceProcessor, str]:
     """The SentencePiece model of a stage-20 directory and its sha256, its special-token ids checked against
-    ``lumi/core/special_tokens.py``. ``verify`` adds stage 20's integrity check (every model file must match the hashes in
-    ``tokenizer_meta.json``), so a model swapped or edited after training is refused instead of silently producing
-    other ids; without it only ``spm.model`` is needed."""
+    ``lumi/core/special_tokens.py``. ``verify`` adds stage 20's integrity check (every model file must match the
+    hashes in ``tokenizer_meta.json``), so a model swapped or edited after training is refused instead of silently
+    producing other ids; without it only ``spm.model`` is needed."""
     try:
         processor = load_sentencepiece(tokenizer_dir, check_integrity=verify)
     except LumiError as exc:

@@ -40,8 +40,8 @@ from lumi.core.config import CONFIG_DIR, ConfigModel, config_to_dict
 from lumi.core.errors import LumiError
 from lumi.core.files import (atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file,
                              staged_output_dir)
-from lumi.core.special_tokens import (BOS_ID, BOS_TOKEN, CHAT_MARKERS, EOS_ID, EOS_TOKEN, PAD_ID, PAD_TOKEN, SPECIAL_IDS,
-                                      UNK_ID, UNK_TOKEN)
+from lumi.core.special_tokens import (BOS_ID, BOS_TOKEN, CHAT_MARKERS, EOS_ID, EOS_TOKEN, PAD_ID, PAD_TOKEN,
+                                      SPECIAL_IDS, UNK_ID, UNK_TOKEN)
 from lumi.core.stage_args import add_common_arguments, available_cores, stage_config
 from lumi.formats.corpus import MANIFEST, iter_text_batches, read_manifest
 from lumi.formats.tokenizer import (HASHED_FILES, META, REPORT, SPM_MODEL, SPM_VOCAB, TOKENIZER_FORMAT,
@@ -78,18 +78,23 @@ Piece = model_pb2.ModelProto.SentencePiece
 class TokenizerConfig(ConfigModel):
     """Training settings for stage 20 (``config/pretrain/tokenizer/*.json``)."""
 
-    vocab_size: int = Field(32000, ge=MIN_VOCAB_SIZE, le=1 << 20)
-    model_type: Literal["unigram", "bpe"] = "unigram"
-    character_coverage: float = Field(0.9995, gt=0, le=1)
-    byte_fallback: bool = True
-    split_digits: bool = True
+    vocab_size: int = Field(32000, ge=MIN_VOCAB_SIZE, le=1 << 20,
+                            description="pieces in the vocabulary, special and byte pieces included")
+    model_type: Literal["unigram", "bpe"] = Field("unigram", description="SentencePiece algorithm")
+    character_coverage: float = Field(0.9995, gt=0, le=1,
+                                      description=("share of the sample's characters covered by pieces; the rest fall "
+                                                   "back to bytes"))
+    byte_fallback: bool = Field(True,
+                                description=("encode characters outside the vocabulary as UTF-8 byte pieces (never "
+                                             "<unk>)"))
+    split_digits: bool = Field(True, description="one token per digit")
     input_sentence_size: int = Field(1_000_000, ge=1, description="most training chunks given to SentencePiece")
     max_training_bytes: int = Field(250_000_000, ge=1, description="most UTF-8 bytes given to SentencePiece")
     max_sentence_length: int = Field(4096, ge=256, le=1 << 20, description="bytes per training chunk")
     holdout_fraction: float = Field(0.01, gt=0, le=0.5, description="documents kept out of training")
     max_validation_bytes: int = Field(8_000_000, ge=1, description="held-out bytes used for validation")
-    seed: int = Field(1234, ge=0, lt=1 << 64)
-    num_threads: int = Field(0, ge=0, description="0 = all available cores")
+    seed: int = Field(1234, ge=0, lt=1 << 64, description="seeds the held-out split and the training sample")
+    num_threads: int = Field(0, ge=0, description="0 = every core this process may use")
 
 
 # --- the training sample

@@ -97,7 +97,7 @@ def scored_tokens(input_ids: torch.LongTensor) -> torch.Tensor:
 
 
 class PretrainObjective:
-    """Packed rows in, next-token loss out (see the module docstring); the Objective of ``lumi.train.objectives.base``."""
+    """Packed rows in, next-token loss out (see the module docstring); an ``lumi.train.objectives.base.Objective``."""
 
     name = "pretrain"
     config_file = "pretrain_config.json"
