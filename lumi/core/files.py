@@ -121,11 +121,16 @@ def staged_output_dir(path: str | os.PathLike, force: bool) -> Iterator[Path]:
     replace_dir(staging, final)
 
 
+def aside_path(path: Path) -> Path:
+    """Where an output being replaced waits, beside it, until its replacement is complete (then it is deleted)."""
+    return path.with_name(f".{path.name}.old-{os.getpid()}")
+
+
 def replace_dir(new: Path, final: Path) -> None:
     """Replace ``final`` (if it exists) by ``new``; the old one is removed only after the swap."""
     old = None
     if final.exists():
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        old = aside_path(final)
         os.replace(final, old)
     os.replace(new, final)
     if old is not None:

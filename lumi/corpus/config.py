@@ -258,3 +258,18 @@ def resolve_source_entry(entry: Any) -> Any:
     if not isinstance(definition, dict):
         raise LumiError(f"{path}: expected a JSON object describing one source")
     return {**strip_comments(definition), **{k: v for k, v in entry.items() if k != "from"}}
+
+
+def synthetic_source_of(corpus_config: str) -> dict[str, Any]:
+    """The synthetic world's settings in a corpus config (a path, or relative to config/ like source ``from``
+    entries), so an evaluation config names the world it tests by the corpus it was trained on."""
+    path = Path(corpus_config)
+    if not path.is_absolute() and not path.is_file():
+        path = CONFIG_DIR / corpus_config
+    data = strip_comments(read_json(path, what="corpus config"))
+    sources = data.get("sources") if isinstance(data, dict) else None
+    synthetic = [entry for entry in map(resolve_source_entry, sources or []) if entry.get("type") == "synthetic"]
+    if len(synthetic) != 1:
+        raise LumiError(f"{path}: expected exactly one synthetic source, found {len(synthetic)}")
+    fields = SyntheticSourceConfig.model_fields
+    return {key: value for key, value in synthetic[0].items() if key in fields}

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lumi.core.config import ConfigModel
 from lumi.core.errors import LumiError
 from lumi.core.files import read_text
+from lumi.corpus.config import synthetic_source_of
 from lumi.data.synthetic import SyntheticSourceConfig
 
 TaskKind = Literal["multiple_choice", "greedy_continuation"]
@@ -27,7 +28,8 @@ class TaskSource(ConfigModel):
     """Exactly one of: ``path`` (a local file in the original format; PIQA also ``labels_path``), ``dataset``
     (``datasets.load_dataset(dataset, dataset_config, split=split, data_files=data_files)`` -- a hub name such as
     ``google/boolq``, or a packaged builder such as ``json`` for local files), or ``world`` (the synthetic world of
-    ``synthetic_cloze``; copy the corpus config's synthetic source so it is the same world)."""
+    ``synthetic_cloze``: ``{"from": CORPUS_CONFIG}`` takes the synthetic source of the corpus config the model was
+trained on, so the world is defined once)."""
 
     path: str | None = Field(None, description="local file in the original release layout (.jsonl or .json)")
     labels_path: str | None = Field(None, description="PIQA: the separate labels .lst file")
@@ -35,8 +37,16 @@ class TaskSource(ConfigModel):
     dataset_config: str | None = Field(None, description="its config name")
     data_files: str | list[str] | None = Field(None, description="data_files for load_dataset")
     split: str | None = Field(None, description="dataset split; synthetic_cloze: heldout (default) or train")
-    world: SyntheticSourceConfig | None = Field(None, description="synthetic_cloze: the corpus config's synthetic "
-                                                                  "source (same world)")
+    world: SyntheticSourceConfig | None = Field(None, description="synthetic_cloze: {\"from\": corpus config} (its "
+                                                                  "synthetic source, the same world), or the world's "
+                                                                  "settings themselves")
+
+    @field_validator("world", mode="before")
+    @classmethod
+    def _world_from_corpus_config(cls, world: Any) -> Any:
+        if not (isinstance(world, dict) and "from" in world):
+            return world
+        return {**synthetic_source_of(world["from"]), **{k: v for k, v in world.items() if k != "from"}}
 
     @model_validator(mode="after")
     def _one_origin(self) -> "TaskSource":
