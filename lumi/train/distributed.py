@@ -131,8 +131,9 @@ def wrap_for_training(module: nn.Module, strategy: str, compile_model: bool) -> 
     Single process and DDP compile the whole backbone (and the loss's per-chunk math); FSDP2 compiles each decoder
     layer before sharding it (its hooks sit between layers), then shards the root last so embeddings, final norm
     and head form one group. FSDP2 gathers the fp32 weights and leaves bf16 to autocast, as DDP does: a bf16
-    ``MixedPrecisionPolicy`` would halve the all-gather traffic but also make the residual stream bf16 (the embedding output would be bf16): in a 20-step
-    CPU test run it ended 0.18 nats above DDP's loss. Same numerics for every strategy was chosen over that saving.
+    ``MixedPrecisionPolicy`` would halve the all-gather traffic but also make the residual stream bf16 (the
+    embedding output would be bf16): in a 20-step CPU test run it ended 0.18 nats above DDP's loss. Same numerics
+    for every strategy was chosen over that saving.
     """
     model = module.model
     decoder = model.get_decoder()  # the backbone: LlamaModel for LlamaForCausalLM (also through a peft wrapper)

@@ -6,7 +6,6 @@ dataset) into ``TaskItem``s: one ``(context, continuation)`` request per choice,
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from lumi.core.config import ConfigModel
 from lumi.core.errors import LumiError
-from lumi.core.files import read_text
+from lumi.core.files import parse_json, parse_json_lines, read_text
 from lumi.corpus.config import synthetic_source_of
 from lumi.data.synthetic import SyntheticSourceConfig
 
@@ -100,21 +99,11 @@ def read_local_records(path: str | Path) -> list[Record]:
     path = Path(path)
     text = read_text(path, "benchmark file")
     if path.suffix == ".json":
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise LumiError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        records = parse_json(text, path)
         if not isinstance(records, list):
             raise LumiError(f"{path}: expected a JSON array of examples")
     else:
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise LumiError(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        records = [record for _, record in parse_json_lines(text, path)]
     for number, record in enumerate(records, start=1):
         if not isinstance(record, dict):
             raise LumiError(f"{path}: example {number} is {type(record).__name__}, expected a JSON object")
