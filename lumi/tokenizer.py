@@ -18,7 +18,7 @@ The output directory holds ``spm.model`` (+ ``spm.vocab``), the transformers fil
   parses control pieces from text; transformers does unless ``split_special_tokens``). For ``unigram`` the ids agree
   on texts of up to a few thousand characters: SentencePiece sums piece scores in float32, so on longer single inputs
   near-ties can resolve differently from the float64 Viterbi of ``tokenizers`` (``bpe`` has no scores to sum and
-  agrees on every input). ``validation_report.json`` records the agreement on held-out documents.
+  agrees on every input). ``validation_report.json`` records the agreement on held-out text.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ class TokenizerConfig(ConfigModel):
     input_sentence_size: int = Field(1_000_000, ge=1, description="most training chunks given to SentencePiece")
     max_training_bytes: int = Field(250_000_000, ge=1, description="most UTF-8 bytes given to SentencePiece")
     max_sentence_length: int = Field(4096, ge=256, le=1 << 20, description="bytes per training chunk")
-    holdout_fraction: float = Field(0.01, gt=0, le=0.5, description="documents kept out of training")
+    holdout_fraction: float = Field(0.01, gt=0, le=0.5, description="share of the text kept out of training for "
+                                                                    "validation (documents, or blocks of long ones)")
     max_validation_bytes: int = Field(8_000_000, ge=1, description="held-out bytes used for validation")
     seed: int = Field(1234, ge=0, lt=1 << 64)
     num_threads: int = Field(0, ge=0, description="0 = all available cores")
@@ -363,7 +364,7 @@ def export_hf_tokenizer(model_path: Path, output_dir: Path) -> None:
 # --- validation
 
 def validate_tokenizer(directory: Path, heldout: list[str], model_type: str, num_threads: int) -> dict[str, Any]:
-    """Measure the tokenizer on held-out documents and check that transformers and SentencePiece agree; refuse a
+    """Measure the tokenizer on held-out texts and check that transformers and SentencePiece agree; refuse a
     disagreement where exact agreement is guaranteed (any probe text; any held-out text for BPE, texts up to
     UNIGRAM_EXACT_CHARS characters for unigram)."""
     sp = load_sentencepiece(directory)
