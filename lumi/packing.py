@@ -9,11 +9,14 @@ The val split must be large enough to measure: its share of the corpus is ``val_
 ``MAX_FLOOR_FRACTION``. Whole documents cannot give that share when there are few of them or one dwarfs the rest
 (three books, or one holding half the bytes), so a document longer than ``split_bytes`` (see ``val_split_plan``) is
 split by bytes: its last ``share`` of bytes, cut at a line end, becomes a val document of its own and the rest a
-train document (the nanoGPT split of a single text). The choice is logged and recorded as ``val_split``. The tail that does not fill a last row is dropped (at most
-``seq_len - 1`` tokens per split, recorded as ``dropped_tail_tokens``): padding it would need a loss mask that the
-format does not carry, for a negligible gain. A split's ``bytes`` (the bits-per-byte denominator) counts the text its
-rows hold, so the dropped tail is left out of it too (``dropped_tail_bytes``); ``documents`` counts every document
-routed to the split.
+train document, each with its own BOS and EOS (the nanoGPT split of a single text, one seam per split document).
+The choice is logged and recorded as ``val_split``.
+
+The tail that does not fill a last row is dropped (at most ``seq_len - 1`` tokens per split, recorded as
+``dropped_tail_tokens``): padding it would need a loss mask that the format does not carry, for a negligible gain. A
+split's ``bytes`` (the bits-per-byte denominator) counts the text its rows hold, so the dropped tail is left out of it
+too (``dropped_tail_bytes``); ``documents`` counts every document routed to the split (one split by bytes counts in
+both).
 
 Memory stays bounded whatever the corpus size: texts are streamed in batches from the corpus shards and tokens are
 appended to the ``.bin`` files as they are produced.
