@@ -24,6 +24,7 @@ from lumi.core.errors import LumiError
 from lumi.core.files import atomic_write_json, read_json, staged_output_dir
 
 STATE_FILE = "trainer_state.pt"
+PRETRAIN_CONFIG_FILE = "pretrain_config.json"  # a pretraining run's resolved settings (the objective's config_file)
 SUMMARY_FILE = "trainer_state.json"
 FINAL = "final"
 _STEP_DIR = re.compile(r"step_(\d+)")
