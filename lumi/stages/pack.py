@@ -60,7 +60,11 @@ LABELS = ("unshifted: each row is both input_ids and labels; the model shifts th
 
 class PackingConfig(ConfigModel):
     seq_len: int = Field(1024, ge=8, le=1 << 20, description="tokens per training row")
-    val_fraction: float = Field(0.005, ge=0.0, le=0.5, description="share of the corpus held out for validation")
+    val_fraction: float = Field(0.005, ge=0.0, le=0.5,
+                                description=("share of the corpus held out for validation and bits-per-byte: whole "
+                                             "documents chosen by a seeded hash; a document longer than a quarter of "
+                                             "the corpus or 1/32 of the val split (and 64 KiB) gives its last share "
+                                             "of bytes instead"))
     min_val_tokens: int = Field(131072, ge=0, description="floor on the val split: val_fraction is raised to reach "
                                                           "this many tokens, up to 10% of the corpus (0: no floor)")
     seed: int = Field(1234, description="seeds the document-level train/val split")
