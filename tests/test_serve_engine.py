@@ -194,3 +194,13 @@ def test_cancel_while_generating_frees_the_slot(served):
                 request.cancel()
         assert outputs[-1].finish_reason == "cancelled" and len(outputs) < engine.context
         assert engine.generate(tokenizer.encode("A"), SamplingParams(temperature=0, max_tokens=2)).completion_tokens == 2
+
+
+def test_invalid_utf8_from_the_model_is_dropped_not_held_forever(served):
+    _, tokenizer = served
+    stray = tokenizer.convert_tokens_to_ids("<0x80>")  # a continuation byte: never the start of a character
+    word = tokenizer.encode(" fine", add_special_tokens=False)
+    detokenizer = IncrementalDetokenizer(tokenizer, tokenizer.encode("Hello"))
+    pieces = [detokenizer.add(i) for i in [stray] * 7 + word] + [detokenizer.flush()]
+    assert all("\ufffd" not in piece for piece in pieces)
+    assert "".join(pieces) == " fine"

@@ -12,6 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 REPLACEMENT_CHARACTER = "\ufffd"
 CONTEXT_TOKENS = 5  # tokens of prompt decoded in front of the output, for its first token's leading space
+MAX_CHARACTER_TOKENS = 4  # a UTF-8 character has at most 4 bytes: a longer incomplete tail is invalid bytes
 
 
 class IncrementalDetokenizer:
@@ -36,12 +37,12 @@ class IncrementalDetokenizer:
     def _advance(self, final: bool) -> str:
         prefix_text = self._decode(self.ids[self.prefix_offset:self.read_offset])
         text = self._decode(self.ids[self.prefix_offset:])
-        if final:
-            text = text.rstrip(REPLACEMENT_CHARACTER)
-        if len(text) <= len(prefix_text) or text.endswith(REPLACEMENT_CHARACTER):
+        incomplete = text.endswith(REPLACEMENT_CHARACTER) and len(self.ids) - self.read_offset <= MAX_CHARACTER_TOKENS
+        if len(text) <= len(prefix_text) or (incomplete and not final):
             return ""
         self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-        return text[len(prefix_text):]
+        # What still decodes to U+FFFD now is bytes that form no character (invalid UTF-8 from the model): dropped.
+        return text[len(prefix_text):].replace(REPLACEMENT_CHARACTER, "")
 
 
 class StopStringMatcher:
