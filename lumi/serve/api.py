@@ -29,7 +29,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lumi.errors import LumiError
 from lumi.serve.engine import Engine, Output, QueueFull
-from lumi.serve.prompts import chat_ids, completion_ids
+from lumi.serve.prompts import chat_ids, completion_ids, has_chat_template
 from lumi.serve.sampling import SamplingParams
 
 WEB_PAGE = Path(__file__).resolve().parent / "web" / "index.html"
@@ -205,7 +205,8 @@ def create_app(engine: Engine, tokenizer: PreTrainedTokenizerBase, settings: Ser
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": settings.model_id, **engine.load(), "cancelled": engine.stats["cancelled"]}
+        return {"status": "ok", "model": settings.model_id, "chat_template": has_chat_template(tokenizer),
+                **engine.load(), "cancelled": engine.stats["cancelled"]}
 
     @app.get("/", response_class=HTMLResponse)
     async def web_page():
