@@ -9,6 +9,7 @@ import select
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from packed_helpers import subprocess_env
@@ -117,3 +118,13 @@ def test_base_model_runs_in_raw_completion_mode(dirs):
     terminal.expect(PROMPT)
     os.write(terminal.master, b"\x04")  # Ctrl-D ends the session too
     assert terminal.close() == 0
+
+
+def test_demo_step_serves_asks_and_stops(dirs):
+    """runs/ask_served_model.py: `lumi serve` as a process, one question through the openai client, then shutdown."""
+    script = Path(__file__).resolve().parent.parent / "runs" / "ask_served_model.py"
+    result = subprocess.run([sys.executable, str(script), "--model-path", str(dirs["chat"]), "--question",
+                             "Where does the baker live?", "--max-tokens", "8", "--temperature", "1"],
+                            capture_output=True, text=True, timeout=300, env=subprocess_env())
+    assert result.returncode == 0, result.stderr
+    assert "answer: " in result.stdout and "finish_reason=" in result.stdout

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
-from typing import Iterator
+import urllib.request
+from pathlib import Path
+from typing import IO, Iterator
 
 import uvicorn
 
@@ -71,3 +78,39 @@ def running_server(app, host: str = "127.0.0.1", port: int = 0, timeout_s: float
     finally:
         server.should_exit = True
         thread.join(timeout_s)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server_process(model_dir: str | Path, extra_args: list[str] = (), log: IO | None = None,
+                   timeout_s: float = 180.0) -> Iterator[tuple[str, dict]]:
+    """``lumi serve`` as a child process on a free loopback port; yields ``(base URL, its /health)`` once it answers,
+    and stops it (SIGINT: uvicorn's graceful shutdown) afterwards. Its output goes to ``log`` (default: ours)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen([sys.executable, "-m", "lumi", "serve", "--model-path", str(model_dir), "--port",
+                                str(port), *extra_args], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise LumiError(f"lumi serve on {model_dir} did not come up (exit status {process.poll()})")
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                    health = json.load(response)
+                break
+            except OSError:
+                time.sleep(0.3)
+        yield url, health
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
