@@ -91,6 +91,12 @@ def test_completions_plain_and_streamed(server, client):
     assert chunks[-1].choices[0].finish_reason == "length"
     assert all(c.usage is None for c in chunks)  # no usage chunk unless asked for
 
+    stop = expected.text[3:7]
+    assert len(stop.strip()) > 1
+    stopped = client.completions.create(model=MODEL, prompt=prompt, max_tokens=8, seed=5, stop=[stop])
+    assert stopped.choices[0].text == expected.text[:expected.text.index(stop)]
+    assert stopped.choices[0].finish_reason == "stop"
+
 
 def test_stream_is_server_sent_events_ending_with_done(server):
     address = urllib.parse.urlparse(server["url"])

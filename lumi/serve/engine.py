@@ -127,7 +127,10 @@ class Engine:
             raise LumiError("engine: max_batch and prefill_chunk must be >= 1 and max_waiting >= 0")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device = next(model.parameters()).device
-        self.context = int(context or model.config.max_position_embeddings)
+        model_context = int(model.config.max_position_embeddings)
+        if context is not None and not 1 < context <= model_context:
+            raise LumiError(f"engine: context must be in 2..{model_context} (the model's), got {context}")
+        self.context = context or model_context
         self.max_batch, self.prefill_chunk, self.max_waiting = max_batch, prefill_chunk, max_waiting
         self.stop_ids = stop_token_ids(model, tokenizer)
         self.cache = SlotKVCache(model, max_batch, self.context)

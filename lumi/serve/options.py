@@ -20,6 +20,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prompt tokens prefilled per engine step (longer prompts are split)")
     parser.add_argument("--max-waiting", type=int, default=64,
                         help="requests allowed to wait for a slot (more: 503 server busy)")
+    parser.add_argument("--context", type=int,
+                        help="most tokens (prompt + output) per request; sizes the KV cache (default: the model's)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
 
 
@@ -33,4 +35,4 @@ def engine_from_args(args: argparse.Namespace) -> Engine:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_for_serving(args.model_path, args.device, args.dtype)
     return Engine(model, tokenizer, max_batch=args.max_batch, prefill_chunk=args.prefill_chunk,
-                  max_waiting=args.max_waiting)
+                  max_waiting=args.max_waiting, context=args.context)
