@@ -23,8 +23,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "pack": ("lumi.packing", "30: tokenize and pack a corpus into fixed-length training rows"),
     "pretrain": ("lumi.train.pretrain", "40: pretrain the LLaMA-style model on packed data (checkpoints, resume)"),
     "evaluate": ("lumi.eval.evaluate", "50/80: evaluate a checkpoint (perplexity, zero-shot tasks, generation checks)"),
-    "chat": ("lumi.serve.chat", "100: chat with a checkpoint in the terminal (streamed; raw completion for a base model)"),
-    "serve": ("lumi.serve.server", "100: serve a checkpoint: OpenAI-compatible API and web chat page (uvicorn)"),
+    "chat": ("lumi.stages.chat", "100: chat with a checkpoint in the terminal (raw completion for a base model)"),
+    "serve": ("lumi.stages.serve", "100: serve a checkpoint: OpenAI-compatible API and web chat page (uvicorn)"),
 }
 
 

@@ -180,3 +180,39 @@ def test_client_disconnect_cancels_generation(server, stream):
     assert after["cancelled"] == before + 1
     finished_after = sum(n for k, n in server["engine"].stats.items() if k.startswith("finished_"))
     assert finished_after == finished_before  # it did not run on to its end
+
+
+def test_cors_is_off_unless_origins_are_configured(server):
+    preflight = {"Origin": "http://example.test", "Access-Control-Request-Method": "POST"}
+
+    def allowed_origin(url: str) -> str | None:
+        address = urllib.parse.urlparse(url)
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+        connection.request("OPTIONS", "/v1/completions", headers=preflight)
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        return response.getheader("access-control-allow-origin")
+
+    assert allowed_origin(server["url"]) is None
+    app = create_app(server["engine"], server["tokenizer"],
+                     ServerSettings(model_id=MODEL, cors_origins=["http://example.test"]))
+    with running_server(app) as url:
+        assert allowed_origin(url) == "http://example.test"
+
+
+def test_serve_flags_key_from_environment_and_loopback_default(monkeypatch, tmp_path):
+    from lumi.cli import build_parser
+    from lumi.stages import serve
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "verb")
+    serve.configure_parser(sub.choices["serve"])
+    args = parser.parse_args(["serve", "--model-path", str(tmp_path)])
+    assert args.host == "127.0.0.1"
+    monkeypatch.setenv("LUMI_API_KEY", "from-env")
+    assert serve.settings_from_args(args).api_key == "from-env"
+    args = parser.parse_args(["serve", "--model-path", str(tmp_path), "--api-key", "from-flag"])
+    assert serve.settings_from_args(args).api_key == "from-flag"
+    monkeypatch.delenv("LUMI_API_KEY")
+    assert serve.settings_from_args(parser.parse_args(["serve", "--model-path", str(tmp_path)])).api_key is None

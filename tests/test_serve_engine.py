@@ -120,7 +120,8 @@ def test_sampling_is_seeded_per_request_and_top_k_1_is_greedy(served):
 
 
 def test_frequency_and_presence_penalties_lower_generated_tokens():
-    sampler = TokenSampler(SamplingParams(temperature=0, frequency_penalty=0.5, presence_penalty=0.2), torch.device("cpu"))
+    params = SamplingParams(temperature=0, frequency_penalty=0.5, presence_penalty=0.2)
+    sampler = TokenSampler(params, torch.device("cpu"))
     logits = torch.tensor([0.0, 1.0, 1.1, 0.9])
     # token 2 appeared twice in the output (-1.2), token 1 once in the prompt only (no penalty)
     assert sampler.choose(logits, [1, 2, 2], num_prompt=1) == 1
@@ -193,7 +194,8 @@ def test_cancel_while_generating_frees_the_slot(served):
             if len(outputs) == 3:
                 request.cancel()
         assert outputs[-1].finish_reason == "cancelled" and len(outputs) < engine.context
-        assert engine.generate(tokenizer.encode("A"), SamplingParams(temperature=0, max_tokens=2)).completion_tokens == 2
+        after = engine.generate(tokenizer.encode("A"), SamplingParams(temperature=0, max_tokens=2))
+        assert after.completion_tokens == 2  # the slot was freed for the next request
 
 
 def test_invalid_utf8_from_the_model_is_dropped_not_held_forever(served):

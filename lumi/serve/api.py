@@ -15,7 +15,6 @@ import asyncio
 import hmac
 import json
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Literal

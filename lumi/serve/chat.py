@@ -1,4 +1,4 @@
-"""``lumi chat``: talk to a checkpoint in the terminal, tokens printed as they are generated.
+"""The terminal chat session behind ``lumi chat``: tokens are printed as they are generated.
 
 A chat model (its tokenizer has a chat template) keeps a multi-turn history rendered through that template; when the
 history outgrows the context the oldest turns are dropped (and the user is told). A base model without a chat
@@ -11,16 +11,13 @@ Commands: ``/reset`` (forget the conversation), ``/system TEXT`` (set the system
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from typing import Callable, TextIO
 
 from pydantic import ValidationError
 
 from lumi.errors import LumiError
 from lumi.serve.engine import Engine
-from lumi.serve.options import add_model_arguments, engine_from_args
 from lumi.serve.prompts import completion_ids, fit_history, has_chat_template
 from lumi.serve.sampling import SamplingParams
 
@@ -135,19 +132,8 @@ class ChatSession:
             self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(answer)}]
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
-    parser.add_argument("--system", help="system prompt (chat mode)")
-    parser.add_argument("--raw", action="store_true",
-                        help="raw completion mode even when the tokenizer has a chat template")
-
-
-def run(args: argparse.Namespace) -> int:
-    with engine_from_args(args) as engine:
-        return chat_loop(ChatSession(engine, _writer(sys.stdout), args.system, True if args.raw else None))
-
-
-def _writer(stream: TextIO) -> Callable[[str], None]:
+def writer(stream: TextIO) -> Callable[[str], None]:
+    """``write`` for a session: text to ``stream``, flushed at once (tokens appear as they come)."""
     def write(text: str) -> None:
         stream.write(text)
         stream.flush()
