@@ -33,7 +33,7 @@ def server(tmp_path_factory):
     with Engine(model, tokenizer, max_batch=4) as engine:
         app = create_app(engine, tokenizer, ServerSettings(model_id=MODEL, api_key=KEY, max_body_bytes=64 << 10))
         with running_server(app) as url:
-            yield {"url": url, "engine": engine, "tokenizer": tokenizer}
+            yield {"url": url, "engine": engine, "tokenizer": tokenizer, "dirs": dirs}
 
 
 @pytest.fixture
@@ -216,3 +216,12 @@ def test_serve_flags_key_from_environment_and_loopback_default(monkeypatch, tmp_
     assert serve.settings_from_args(args).api_key == "from-flag"
     monkeypatch.delenv("LUMI_API_KEY")
     assert serve.settings_from_args(parser.parse_args(["serve", "--model-path", str(tmp_path)])).api_key is None
+
+
+def test_chat_with_a_base_model_says_to_use_completions(server):
+    base_model, base_tokenizer = load_for_serving(server["dirs"]["base"], device="cpu")
+    app = create_app(Engine(base_model, base_tokenizer), base_tokenizer, ServerSettings(model_id=MODEL))
+    with running_server(app) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="no chat template"):
+            client.chat.completions.create(model=MODEL, messages=QUESTION)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from serve_helpers import make_serving_dirs
 
+from lumi.errors import LumiError
 from lumi.serve.checkpoint import load_for_serving
 from lumi.serve.detokenize import IncrementalDetokenizer, StopStringMatcher
 from lumi.serve.engine import Engine, PromptTooLong, QueueFull
@@ -206,3 +207,13 @@ def test_invalid_utf8_from_the_model_is_dropped_not_held_forever(served):
     pieces = [detokenizer.add(i) for i in [stray] * 7 + word] + [detokenizer.flush()]
     assert all("\ufffd" not in piece for piece in pieces)
     assert "".join(pieces) == " fine"
+
+
+def test_a_failed_step_fails_its_requests_and_the_engine_keeps_serving(served):
+    model, tokenizer = served
+    with Engine(model, tokenizer) as engine:
+        with pytest.raises(LumiError, match="generation failed"):
+            engine.generate([2, model.config.vocab_size + 7], GREEDY)  # an id past the embedding table
+        assert engine.stats["errors"] == 1
+        after = engine.generate(tokenizer.encode("A"), SamplingParams(temperature=0, max_tokens=3))
+        assert after.completion_tokens == 3
