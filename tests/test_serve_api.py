@@ -75,6 +75,11 @@ def test_chat_plain_and_streamed_equal_the_engine(server, client):
     assert finishes == [expected.finish_reason]
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == expected.completion_tokens
 
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Where does the baker "},
+                                           {"type": "text", "text": "live?"}]}]
+    reply = client.chat.completions.create(model=MODEL, messages=parts, temperature=0, max_tokens=30)
+    assert reply.choices[0].message.content == expected.text  # content parts are joined into the same prompt
+
 
 def test_completions_plain_and_streamed(server, client):
     engine, tokenizer = server["engine"], server["tokenizer"]

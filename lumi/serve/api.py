@@ -82,11 +82,22 @@ class _GenerationRequest(SamplingParams):
         return SamplingParams(**self.model_dump(include=set(SamplingParams.model_fields)))
 
 
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: str | list[TextPart]  # OpenAI's content parts: text ones only (a text model)
     name: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _joined_text(cls, value: str | list[TextPart]) -> str:
+        return value if isinstance(value, str) else "".join(part.text for part in value)
 
 
 class ChatCompletionRequest(_GenerationRequest):
