@@ -18,7 +18,7 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lumi.errors import LumiError  # noqa: E402
+from lumi.core.errors import LumiError  # noqa: E402
 from lumi.serve.server import server_process  # noqa: E402
 
 MODEL = "demo"

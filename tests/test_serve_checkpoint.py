@@ -11,7 +11,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from serve_helpers import make_serving_dirs
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lumi.errors import LumiError
+from lumi.core.errors import LumiError
 from lumi.serve.checkpoint import load_for_serving
 from lumi.serve.engine import stop_token_ids
 from lumi.serve.prompts import chat_ids

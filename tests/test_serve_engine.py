@@ -7,7 +7,7 @@ import pytest
 import torch
 from serve_helpers import make_serving_dirs
 
-from lumi.errors import LumiError
+from lumi.core.errors import LumiError
 from lumi.serve.checkpoint import load_for_serving
 from lumi.serve.detokenize import IncrementalDetokenizer, StopStringMatcher
 from lumi.serve.engine import Engine, PromptTooLong, QueueFull

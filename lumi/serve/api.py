@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from transformers import PreTrainedTokenizerBase
 
-from lumi.errors import LumiError
+from lumi.core.errors import LumiError
 from lumi.serve.engine import Engine, Output, QueueFull
 from lumi.serve.prompts import chat_ids, completion_ids, has_chat_template
 from lumi.serve.sampling import SamplingParams

@@ -16,7 +16,7 @@ from typing import Callable, TextIO
 
 from pydantic import ValidationError
 
-from lumi.errors import LumiError
+from lumi.core.errors import LumiError
 from lumi.serve.engine import Engine
 from lumi.serve.prompts import completion_ids, fit_history, has_chat_template
 from lumi.serve.sampling import SamplingParams

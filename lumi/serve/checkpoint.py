@@ -12,8 +12,8 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from lumi.errors import LumiError
-from lumi.eval.model_io import DTYPES, load_tokenizer, resolve_device
+from lumi.core.errors import LumiError
+from lumi.formats.model_io import DTYPES, load_tokenizer, resolve_device
 
 ADAPTER_CONFIG = "adapter_config.json"
 

@@ -24,11 +24,11 @@ from typing import Callable, Iterator
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lumi.errors import LumiError
+from lumi.core.errors import LumiError
+from lumi.core.special_tokens import IM_END_TOKEN
 from lumi.serve.detokenize import IncrementalDetokenizer, StopStringMatcher
 from lumi.serve.kv_cache import SlotKVCache, forward_with_cache
 from lumi.serve.sampling import SamplingParams, TokenSampler
-from lumi.special_tokens import IM_END_TOKEN
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lumi.errors import LumiError
+from lumi.core.errors import LumiError
 from lumi.serve.checkpoint import load_for_serving
 from lumi.serve.engine import Engine
 

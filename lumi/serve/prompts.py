@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase
 
-from lumi.errors import LumiError
+from lumi.core.errors import LumiError
 
 
 def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:

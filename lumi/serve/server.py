@@ -17,7 +17,7 @@ from typing import IO, Iterator
 
 import uvicorn
 
-from lumi.errors import LumiError
+from lumi.core.errors import LumiError
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ import os
 
 import uvicorn
 
-from lumi.errors import LumiError
+from lumi.core.errors import LumiError
 from lumi.serve.api import DEFAULT_MAX_BODY_BYTES, ServerSettings, create_app
 from lumi.serve.options import add_model_arguments, engine_from_args
 

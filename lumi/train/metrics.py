@@ -18,10 +18,9 @@ from typing import Any, Iterator
 
 import torch
 
-from lumi.errors import LumiError
-from lumi.files import atomic_write_jsonl
-
-METRICS_FILE = "metrics.jsonl"
+from lumi.core.errors import LumiError
+from lumi.core.files import atomic_write_jsonl
+from lumi.formats.metrics import METRICS_FILE, read_metrics
 
 # Dense bf16 tensor-core peaks (vendor datasheets, SXM parts) for MFU; other devices report no MFU.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
@@ -32,12 +31,6 @@ def peak_flops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 class MetricsLog:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lumi.errors import LumiError
+from lumi.core.errors import LumiError
 from lumi.eval.tasks.base import Record, SourceUnreadable, Task, TaskItem, TaskSource, choice_item, read_records
 
 
