@@ -28,6 +28,8 @@ VERBS: dict[str, tuple[str, str]] = {
                    "60: instruction/chat datasets -> filtered, tokenized, packed SFT rows with assistant-only masks"),
     "sft": ("lumi.stages.sft", "70: supervised fine-tuning (LoRA or full) with the assistant-only loss"),
     "merge-lora": ("lumi.stages.merge_lora", "fold a LoRA adapter into its base model (a plain save_pretrained dir)"),
+    "chat": ("lumi.stages.chat", "100: chat with a checkpoint in the terminal (raw completion for a base model)"),
+    "serve": ("lumi.stages.serve", "100: serve a checkpoint: OpenAI-compatible API and web chat page (uvicorn)"),
 }
 
 
