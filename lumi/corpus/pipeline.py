@@ -19,7 +19,7 @@ from lumi.corpus.engine import prepare_build_dir, run_build
 from lumi.corpus.sources import check_source
 from lumi.corpus.store import read_manifest
 from lumi.errors import LumiError
-from lumi.files import replace_dir
+from lumi.files import output_lock, replace_dir, storage_error
 from lumi.stage import add_common_arguments, stage_config
 
 
@@ -42,20 +42,27 @@ def build_corpus(config: CorpusConfig, output_dir: Path, force: bool = False) ->
     """Build (or resume building) the corpus at ``output_dir``; return its manifest, or None when the stages
     were submitted to a cluster and finish there."""
     config = checked_sources(config)
-    build, replaces = prepare_build_dir(output_dir, force, config)
-    if replaces and config.executor.type == "slurm":
-        raise LumiError(f"{output_dir}: exists; on Slurm the build cannot replace it at the end, so remove it or "
-                        "choose another --output-dir")
-    try:
-        run_build(config, build)
-    except LumiError:
-        shutil.rmtree(build, ignore_errors=True)  # a user error is not fixed by rerunning: nothing to resume
-        raise
-    if config.executor.type == "slurm":
-        return None
-    if replaces:
-        replace_dir(build, output_dir.absolute())
-    return read_manifest(output_dir)
+    with output_lock(output_dir) as final:
+        build, replaces = prepare_build_dir(final, force, config)
+        if replaces and config.executor.type == "slurm":
+            raise LumiError(f"{output_dir}: exists; on Slurm the build cannot replace it at the end, so remove it or "
+                            "choose another --output-dir")
+        try:
+            run_build(config, build)
+        except LumiError:
+            shutil.rmtree(build, ignore_errors=True)  # a user error is not fixed by rerunning: nothing to resume
+            raise
+        except Exception as exc:
+            # A full or read-only disk: the finished tasks are kept, so the rerun resumes once there is room.
+            error = storage_error(exc, build)
+            if error is None:
+                raise
+            raise LumiError(f"{error}; rerun the same command to resume") from exc
+        if config.executor.type == "slurm":
+            return None
+        if replaces:
+            replace_dir(build, final)
+    return read_manifest(final)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -194,15 +194,11 @@ def run(args: argparse.Namespace) -> int:
 def script_main(default_config: Path, default_output: str, prog: str, description: str,
                 argv: list[str] | None = None) -> int:
     """The numbered scripts (50, 80): ``lumi evaluate`` with their own defaults, shown as such in ``--help``."""
-    from lumi.cli import normalize_flag_spelling  # imported here: lumi.cli imports the verb modules lazily, not us
+    from lumi.cli import normalize_flag_spelling, run_guarded  # here: lumi.cli imports the verb modules lazily
 
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     configure_parser(parser, default_config, default_output)
     args = parser.parse_args(normalize_flag_spelling(sys.argv[1:] if argv is None else argv))
     setup_logging(args.verbose)
-    try:
-        return run(args)
-    except LumiError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return run_guarded(run, args)

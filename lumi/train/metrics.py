@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import torch
 
 from lumi.errors import LumiError
-from lumi.files import atomic_write_jsonl
+from lumi.files import atomic_write_jsonl, text_lines
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -37,7 +37,7 @@ def peak_flops(device: torch.device) -> float | None:
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in text_lines(path.read_text(encoding="utf-8")) if line.strip()]
 
 
 class MetricsLog:

@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 from lumi.config import ConfigModel
 from lumi.corpus.synthetic import SyntheticSourceConfig
 from lumi.errors import LumiError
-from lumi.files import read_text
+from lumi.files import read_text, text_lines
 
 TaskKind = Literal["multiple_choice", "greedy_continuation"]
 RECORD_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError)
@@ -98,7 +98,7 @@ def read_local_records(path: str | Path) -> list[Record]:
             raise LumiError(f"{path}: expected a JSON array of examples")
     else:
         records = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(text_lines(text), start=1):
             if not line.strip():
                 continue
             try:
