@@ -39,6 +39,22 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def verify_file(path: str | os.PathLike, manifest: str | os.PathLike, size: int | None = None,
+                sha256: str | None = None) -> None:
+    """Refuse a file whose size or sha256 differs from what ``manifest`` recorded for it (either may be None: not
+    recorded, not checked), naming the file: a damaged output then fails here, in one line, instead of as a
+    decoder traceback (zstd, arrow, an id out of range) somewhere downstream."""
+    path = Path(path)
+    if not path.is_file():
+        raise LumiError(f"{path}: missing (listed in {manifest})")
+    found = path.stat().st_size
+    if size is not None and found != size:
+        raise LumiError(f"{path}: damaged: {found} bytes, {manifest} records {size}; rebuild it")
+    if sha256 is not None and sha256_file(path) != sha256:
+        raise LumiError(f"{path}: damaged: its sha256 differs from the one {manifest} records "
+                        "(modified after it was written?); rebuild it")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and an atomic rename."""
     path = Path(path)
@@ -74,7 +90,7 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
     """Read a UTF-8 text file, turning a missing file or undecodable bytes into a LumiError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise LumiError(f"{path}: {what} not found")
+        raise LumiError(f"{path}: {what} is a directory, not a file" if path.is_dir() else f"{path}: {what} not found")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -98,6 +114,8 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise LumiError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise LumiError(f"{path}: JSON nested too deeply to read") from None
 
 
 def read_manifest_file(directory: str | os.PathLike, filename: str, expected_format: str, what: str) -> dict:

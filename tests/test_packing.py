@@ -178,8 +178,8 @@ def test_uint32_writer_keeps_large_ids(tmp_path, processor):
         writer.write([np.array([2, 70_000, 99_999, 3], dtype=np.int32), np.array([2, 65_536, 3, 2], dtype=np.int32)],
                      text_bytes=[10, 7])
         info = writer.close()
-    assert info == {"file": "train.bin", "rows": 2, "tokens": 8, "documents": 2, "bytes": 17,
-                    "dropped_tail_tokens": 0, "dropped_tail_bytes": 0}
+    assert info == {"file": "train.bin", "sha256": sha256_file(tmp_path / "train.bin"), "rows": 2, "tokens": 8,
+                    "documents": 2, "bytes": 17, "dropped_tail_tokens": 0, "dropped_tail_bytes": 0}
     assert np.fromfile(tmp_path / "train.bin", dtype=np.uint32).tolist() == [2, 70_000, 99_999, 3, 2, 65_536, 3, 2]
 
 

@@ -97,11 +97,18 @@ def measure_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     return result
 
 
-def measure_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: TaskConfig, max_length: int,
-                 batch_size: int, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def load_task(spec: TaskConfig) -> tuple[Any, Any, list]:
+    """(task, source, items) of one configured task: read for every task before the first is scored, so a bad
+    file of a later task fails the run before any time is spent (and no finished task's results are lost)."""
     task = get_task(spec.task)
     source = spec.source or task.default_source
-    loaded = task.load(source)
+    return task, source, task.load(source)
+
+
+def measure_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: TaskConfig,
+                 loaded_task: tuple[Any, Any, list], max_length: int, batch_size: int,
+                 seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    task, source, loaded = loaded_task
     items = subsample(loaded, spec.max_samples, seed)
     started = time.perf_counter()
     summary, records = score_items(model, tokenizer, task, items, max_length, batch_size)
@@ -116,6 +123,7 @@ def measure_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spe
 def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path) -> dict[str, Any]:
     """Run every measurement in ``config``; per-item records go to ``output_dir/samples/``."""
     started = now()
+    loaded_tasks = [load_task(spec) for spec in config.tasks]
     model, tokenizer = load_for_evaluation(model_path, config.device, config.dtype, config.add_bos)
     torch.manual_seed(config.seed)
     model_context = context_length(model)
@@ -141,9 +149,10 @@ def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path)
         results["perplexity"][spec.name] = measure_perplexity(model, tokenizer, spec, model_path, max_length,
                                                               config.batch_size)
     samples_dir = output_dir / "samples"
-    for spec in config.tasks:
+    for spec, loaded_task in zip(config.tasks, loaded_tasks):
         log.info("task: %s", spec.task)
-        summary, records = measure_task(model, tokenizer, spec, max_length, config.batch_size, config.seed)
+        summary, records = measure_task(model, tokenizer, spec, loaded_task, max_length, config.batch_size,
+                                        config.seed)
         results["tasks"][spec.task] = summary
         atomic_write_jsonl(samples_dir / f"{spec.task}.jsonl", records)
     if config.generation is not None:
