@@ -158,6 +158,7 @@ _STORAGE_CAUSES = {
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
     errno.ENOTDIR: "a component of the path is not a directory",
+    errno.EEXIST: "exists and is not a directory",  # mkdir(exist_ok=True) on a regular file
     errno.ENAMETOOLONG: "file name too long",
     errno.EIO: "input/output error on the device",
 }
@@ -290,8 +291,11 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
     try:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(info).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(info).encode())
+        except OSError as exc:  # a full disk
+            raise storage_error(exc, final) or exc
         yield final
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -309,8 +313,8 @@ def staged_output_dir(path: str | os.PathLike, force: bool) -> Iterator[Path]:
     """
     final = output_path(path)
     with output_lock(final):
-        check_output_dir(final, force)
         remove_stale_leftovers(final.parent, final.name)
+        check_output_dir(final, force)
         try:
             staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=_staging_name(final.name, "tmp") + "-"))
             os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp creates 0700; outputs get the permissions mkdir gives

@@ -158,6 +158,14 @@ class CorpusSample:
         self.heldout: list[str] = []
         self.heldout_bytes = 0
         self.documents = self.sentences = self.bytes = 0
+        self.error: LumiError | None = None  # raised while SentencePiece iterated, which reports it as its own
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            yield from self._chunks()
+        except LumiError as exc:  # a damaged shard: keep our one-line message for train_sentencepiece to re-raise
+            self.error = exc
+            raise
 
     def _training_full(self) -> bool:
         return self.sentences >= self.config.input_sentence_size or self.bytes >= self.config.max_training_bytes
@@ -165,7 +173,7 @@ class CorpusSample:
     def _validation_full(self) -> bool:
         return self.heldout_bytes >= self.config.max_validation_bytes
 
-    def __iter__(self) -> Iterator[str]:
+    def _chunks(self) -> Iterator[str]:
         config = self.config
         for batch in iter_text_batches(self.corpus_dir):
             for text in batch:
@@ -219,6 +227,8 @@ def train_sentencepiece(sample: CorpusSample, config: TokenizerConfig, num_threa
             minloglevel=0 if logger.isEnabledFor(logging.DEBUG) else 1,
         )
     except RuntimeError as exc:  # SentencePiece reports bad settings (vocab too large for the corpus ...) this way
+        if sample.error is not None:
+            raise sample.error from None
         if sample.sentences == 0:
             raise LumiError(f"{sample.corpus_dir}: no training text left after holding out "
                             f"{config.holdout_fraction:.0%} of the documents") from None
