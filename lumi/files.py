@@ -222,12 +222,21 @@ def _staging_name(name: str, kind: str) -> str:
     return f".{name}.{kind}-{os.getpid()}"
 
 
-_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?:(?P<pid>\d+)(?:-.*)?|.*)")
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old|del)-(?:(?P<pid>\d+)(?:-.*)?|.*)")
+
+
+def discard_dir(path: Path) -> None:
+    """Delete a directory by renaming it to ``.NAME.del-<pid>`` first: a delete interrupted half-way then leaves
+    a name no reader trusts (and ``remove_stale_leftovers`` finishes it), never a half-deleted ``NAME``."""
+    doomed = path.parent / _staging_name(path.name, "del")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed)
 
 
 def remove_stale_leftovers(directory: Path, name: str | None = None) -> list[Path]:
-    """Remove the staging (``.NAME.tmp-<pid>-*``) and set-aside (``.NAME.old-<pid>``) directories that processes
-    no longer running left in ``directory`` (only those of output ``name`` when given), and say so.
+    """Remove the staging (``.NAME.tmp-<pid>-*``), set-aside (``.NAME.old-<pid>``) and half-deleted
+    (``.NAME.del-<pid>``) directories that processes no longer running left in ``directory`` (only those of output
+    ``name`` when given), and say so.
 
     A set-aside directory whose output is missing is the only copy (the process died between the two renames of
     ``replace_dir``): it is moved back instead. Staging names without a pid come from older versions: stale too.
@@ -290,7 +299,7 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)  # the holder removed this file as we opened it: lock the new one
     try:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+                "command": " ".join([Path(sys.orig_argv[0]).name, *sys.orig_argv[1:]])}
         try:
             os.ftruncate(fd, 0)
             os.write(fd, json.dumps(info).encode())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ import torch
 
 from lumi.errors import LumiError
 from lumi.files import atomic_write_jsonl, text_lines
+
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -35,9 +38,25 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl``. A torn last line (the run was killed mid-write) is dropped with a
+    warning; a bad line elsewhere is damage no kill explains and is refused, naming the line."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in text_lines(path.read_text(encoding="utf-8")) if line.strip()]
+    lines = [(number, line) for number, line in enumerate(text_lines(path.read_text(encoding="utf-8")), start=1)
+             if line.strip()]
+    records = []
+    for index, (number, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a record with an integer step")
+        except ValueError as exc:
+            if index == len(lines) - 1:
+                log.warning("%s:%d: dropped a torn last record (the run was stopped while writing it)", path, number)
+                break
+            raise LumiError(f"{path}:{number}: not a metrics record ({exc})") from None
+        records.append(record)
+    return records
 
 
 class MetricsLog:

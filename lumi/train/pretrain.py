@@ -24,6 +24,7 @@ others wait for it at barriers. A signal received by any process stops all of th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -43,13 +44,15 @@ from transformers.utils import logging as hf_logging
 from lumi.config import CONFIG_DIR, config_to_dict
 from lumi.errors import LumiError
 from lumi.eval.model_io import resolve_device
+from lumi.files import output_lock, remove_stale_leftovers
 from lumi.eval.perplexity import score_packed_split, summarize
 from lumi.model import ArchitectureConfig, build_model, describe, flops_per_token, load_architecture, parameter_counts
 from lumi.packed import read_packed_manifest
 from lumi.stage import add_common_arguments, stage_config
 from lumi.tokenizer import load_sentencepiece
-from lumi.train.checkpoint import (FINAL, STATE_FILE, checkpoint_step, load_trainer_state, restore_rng_state,
-                                   rng_state, rotate_checkpoints, save_checkpoint, step_checkpoints, step_dir_name)
+from lumi.train.checkpoint import (FINAL, STATE_FILE, load_trainer_state, newest_intact_checkpoint, restore_rng_state,
+                                   rng_state, rotate_checkpoints, save_checkpoint, step_checkpoints, step_dir_name,
+                                   verified_checkpoint)
 from lumi.train.config import RESUMABLE_CHANGES, PretrainConfig
 from lumi.train.data import BatchStream, MixedRowSampler, PackedSource, open_sources
 from lumi.train.distributed import (barrier, close_process_group, decide_on_main, full_model_state_dict,
@@ -87,6 +90,11 @@ def budget_summary(arch: ArchitectureConfig, steps: int, tokens_per_step: int) -
             f"= {CHINCHILLA_TOKENS_PER_PARAM * params:,} tokens)")
 
 
+def run_dir_of(config: PretrainConfig, output_dir: Path) -> Path:
+    """``<output-dir>/<name>``, the run's name defaulting to the architecture's."""
+    return Path(output_dir) / (config.name or load_architecture(config.model).name)
+
+
 class Pretrainer:
     """Owns one training run. The DDP/benchmark hooks are ``train_step`` (one optimizer step on this rank's
     micro-batches), ``evaluate``, ``save`` and the ``rank``/``world_size``/``device`` constructor arguments; the
@@ -111,7 +119,7 @@ class Pretrainer:
                                   rank, world_size)
         self.tokens_per_step = self.stream.global_batch_rows * self.seq_len
         self.total_steps = total_steps(config, self.tokens_per_step)
-        self.run_dir = Path(output_dir) / (config.name or self.arch.name)
+        self.run_dir = run_dir_of(config, output_dir)
         self.resolved = {"config": config_to_dict(config), "architecture": self.arch.model_dump(mode="json"),
                          "seq_len": self.seq_len, "world_size": world_size,
                          "global_batch_rows": self.stream.global_batch_rows, "total_steps": self.total_steps}
@@ -155,12 +163,12 @@ class Pretrainer:
         if resume != "auto":
             if not (Path(resume) / STATE_FILE).is_file():
                 raise LumiError(f"--resume {resume}: not a training checkpoint ({STATE_FILE} missing)")
-            return Path(resume), None
+            return verified_checkpoint(Path(resume)), None
         if not existing:
             log.info("--resume auto: no checkpoint in %s, starting from scratch", self.run_dir)
             return None, None
         # final/ holds the last step of a finished run: resuming from it is a no-op unless the budget grew.
-        return max(existing, key=lambda item: checkpoint_step(item[1]))[1], None
+        return newest_intact_checkpoint([path for _, path in existing]), None
 
     def _load_state(self, checkpoint: Path) -> None:
         state, saved = load_trainer_state(checkpoint)
@@ -428,6 +436,16 @@ def run(args: argparse.Namespace) -> int:
         print(describe_run(config))
         return 0
     process = init_process_group_from_env()  # torchrun's RANK/WORLD_SIZE/LOCAL_RANK; one process without them
+    run_dir = run_dir_of(config, args.output_dir)
+    # Rank 0 holds the run dir for the whole run: a second run on it is refused, naming this one.
+    with output_lock(run_dir) if process.is_main else contextlib.nullcontext():
+        if process.is_main:
+            remove_stale_leftovers(run_dir.parent, run_dir.name)  # an old run a killed --force set aside
+            remove_stale_leftovers(run_dir)  # checkpoints a killed save was staging or a rotation deleting
+        return _train(config, args, process)
+
+
+def _train(config: PretrainConfig, args: argparse.Namespace, process: Any) -> int:
     try:
         if not process.is_main:
             logging.getLogger().setLevel(logging.WARNING)  # one copy of the run's log, from rank 0
