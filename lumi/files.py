@@ -281,6 +281,7 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
     before that re-checks that the file it locked is still the one on disk.
     """
     final = output_path(path)
+    created = [parent for parent in reversed(final.parents) if not parent.exists()]  # removed again if left empty
     final.parent.mkdir(parents=True, exist_ok=True)
     lock_path = final.parent / f".{final.name}.lock"
     while True:
@@ -310,6 +311,9 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock_path)
         os.close(fd)
+        for parent in reversed(created):  # a failed first run leaves no empty directories behind
+            with contextlib.suppress(OSError):
+                parent.rmdir()
 
 
 @contextlib.contextmanager

@@ -69,7 +69,8 @@ def save_checkpoint(directory: Path, model: PreTrainedModel, tokenizer_dir: Path
                     state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write one checkpoint directory atomically; ``overwrite`` replaces an existing one (``final/``).
     ``state_dict`` supplies whole weights when the model's own are sharded (FSDP2)."""
-    check_finite_weights(model.state_dict() if state_dict is None else state_dict, trainer_state.get("step"))
+    check_finite_weights(model.state_dict() if state_dict is None else state_dict, trainer_state.get("step"),
+                         directory.parent)
     with staged_output_dir(directory, force=overwrite) as staging:
         model.save_pretrained(staging, state_dict=state_dict)
         for item in sorted(Path(tokenizer_dir).iterdir()):
@@ -86,16 +87,18 @@ def save_checkpoint(directory: Path, model: PreTrainedModel, tokenizer_dir: Path
     return directory
 
 
-def check_finite_weights(weights: dict[str, torch.Tensor], step: Any) -> None:
+def check_finite_weights(weights: dict[str, torch.Tensor], step: Any, run_dir: Path) -> None:
     """Refuse to save weights holding a NaN or an infinity: the step's loss is checked before its update, so an
-    update that overflowed (an absurd lr) would otherwise be saved and resumed from as the last good checkpoint.
-    One reduction per tensor and a single host read."""
+    update that overflowed would otherwise be saved and resumed from as the last good checkpoint. One reduction
+    per tensor and a single host read."""
     tensors = [t for t in weights.values() if torch.is_floating_point(t)]
     if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
         bad = [name for name, t in weights.items() if torch.is_floating_point(t) and not torch.isfinite(t).all()]
-        raise LumiError(f"step {step}: the updated weights are not finite ({', '.join(bad[:3])}"
-                        f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}); not saved. Lower lr, raise "
-                        "warmup_steps, or check the data")
+        newest = step_checkpoints(run_dir)
+        kept = f"the last good checkpoint is {newest[-1][1]}" if newest else "no checkpoint was saved yet"
+        raise LumiError(f"step {step}: non-finite weights after the update ({', '.join(bad[:3])}"
+                        f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}); not saved, {kept}. Lower lr, "
+                        "raise warmup_steps, or check the data")
 
 
 def checkpoint_problem(directory: Path) -> str | None:
