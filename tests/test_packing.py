@@ -226,7 +226,7 @@ def test_cli_packs_refuses_existing_output_and_replaces_with_force(workspace, ca
     assert main(pack_args(workspace, output, "--force")) == 0
     assert read_packed_manifest(output)["val_fraction"] == 0.02
     assert main(pack_args(workspace, workspace["root"] / "bad", "--seq-len", "4")) == 2
-    assert "seq_len" in capsys.readouterr().err
+    assert "--seq-len" in capsys.readouterr().err  # the flag is blamed, not the config file
 
 
 def test_tampered_tokenizer_is_refused_unless_check_skipped(workspace, capsys):

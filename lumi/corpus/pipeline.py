@@ -19,7 +19,7 @@ from lumi.corpus.engine import prepare_build_dir, run_build
 from lumi.corpus.sources import check_source
 from lumi.corpus.store import read_manifest
 from lumi.errors import LumiError
-from lumi.files import output_lock, replace_dir, storage_error
+from lumi.files import output_lock, remove_stale_leftovers, replace_dir, storage_error
 from lumi.stage import add_common_arguments, stage_config
 
 
@@ -43,6 +43,7 @@ def build_corpus(config: CorpusConfig, output_dir: Path, force: bool = False) ->
     were submitted to a cluster and finish there."""
     config = checked_sources(config)
     with output_lock(output_dir) as final:
+        remove_stale_leftovers(final.parent, final.name)  # a corpus a killed --force run had set aside
         build, replaces = prepare_build_dir(final, force, config)
         if replaces and config.executor.type == "slurm":
             raise LumiError(f"{output_dir}: exists; on Slurm the build cannot replace it at the end, so remove it or "
