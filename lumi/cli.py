@@ -86,7 +86,8 @@ def run_guarded(run: Callable[[argparse.Namespace], int | None], args: argparse.
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        error = storage_error(exc)
+        # A write outside a staged output (metrics.jsonl, the corpus build) carries no file name: name the output.
+        error = storage_error(exc, getattr(args, "output_dir", None))
         if error is None:
             raise
         print(f"error: {error}", file=sys.stderr)
