@@ -170,3 +170,15 @@ def test_rotation_never_leaves_a_half_deleted_checkpoint_under_its_name(workspac
     with pytest.raises(KeyboardInterrupt):
         rotate_checkpoints(run_dir, keep_last_k=1)
     assert not (run_dir / "step_2").exists() and (run_dir / "step_4" / "model.safetensors").is_file()
+
+
+def test_force_on_a_symlinked_run_dir_replaces_its_target_and_keeps_the_link(workspace, tmp_path):
+    target = tmp_path / "real-run"
+    shutil.copytree(workspace["reference"], target)
+    (tmp_path / "out").mkdir()
+    link = tmp_path / "out" / "nano"
+    link.symlink_to(target)
+    assert main(["pretrain", "--config", str(workspace["config"]), "--output-dir", str(tmp_path / "out"),
+                 "--force"]) == 0
+    assert link.is_symlink() and (target / "final" / CHECKSUMS_FILE).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "real-run"]  # the old run was removed at the end

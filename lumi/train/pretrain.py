@@ -44,7 +44,7 @@ from transformers.utils import logging as hf_logging
 from lumi.config import CONFIG_DIR, config_to_dict
 from lumi.errors import LumiError
 from lumi.eval.model_io import resolve_device
-from lumi.files import output_lock, remove_stale_leftovers
+from lumi.files import output_lock, output_path, remove_stale_leftovers
 from lumi.eval.perplexity import score_packed_split, summarize
 from lumi.model import ArchitectureConfig, build_model, describe, flops_per_token, load_architecture, parameter_counts
 from lumi.packed import read_packed_manifest
@@ -91,8 +91,9 @@ def budget_summary(arch: ArchitectureConfig, steps: int, tokens_per_step: int) -
 
 
 def run_dir_of(config: PretrainConfig, output_dir: Path) -> Path:
-    """``<output-dir>/<name>``, the run's name defaulting to the architecture's."""
-    return Path(output_dir) / (config.name or load_architecture(config.model).name)
+    """``<output-dir>/<name>``, the run's name defaulting to the architecture's; a symlinked run dir is followed,
+    so ``--force`` sets aside what the link points to and the link stays."""
+    return output_path(Path(output_dir) / (config.name or load_architecture(config.model).name))
 
 
 class Pretrainer:
