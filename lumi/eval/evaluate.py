@@ -30,6 +30,7 @@ from lumi.eval.perplexity import evaluate_packed_split, read_dataset_text, text_
 from lumi.eval.report import RESULTS_FILE, compare_results, console_summary, load_previous_results, write_report
 from lumi.eval.scoring import score_items
 from lumi.eval.tasks import get_task, subsample
+from lumi.eval.training_record import TrainingRecord, training_record
 from lumi.files import atomic_write_json, atomic_write_jsonl, read_text, sha256_file, staged_output_dir
 from lumi.packed import load_packed_split, read_packed_manifest
 from lumi.packing import check_packed_tokenizer
@@ -62,8 +63,33 @@ def file_digests(*paths: str | None) -> dict[str, str]:
     return {path: sha256_file(path) for path in paths if path is not None and Path(path).is_file()}
 
 
+def training_data_specs(spec: PerplexityConfig, record: TrainingRecord | None, model_path: Path,
+                        config_key: str) -> list[tuple[str, PerplexityConfig, str]]:
+    """(result name, concrete spec, what was chosen and why) per measurement ``spec`` stands for: itself, or with
+    ``training_data`` one packed-dir spec per data dir the checkpoint records; ``config_key`` is where ``spec`` is
+    in the config (e.g. ``perplexity.0``), for the messages."""
+    if not spec.training_data:
+        return [(spec.name, spec, "")]
+    if record is None or not record.data_dirs:
+        raise LumiError(f"perplexity {spec.name!r}: {model_path} records no training data (no pretrain_config.json "
+                        f"with data_dirs); name the data: --set '{config_key}={{\"name\": \"{spec.name}\", "
+                        '"packed_dir": "DIR"}\'')
+    specs = []
+    for data_dir in record.data_dirs:
+        if not Path(data_dir).is_dir():
+            raise LumiError(f"perplexity {spec.name!r}: {data_dir}, the data {model_path} was trained on (recorded in "
+                            f"{record.file}), is not found from {Path.cwd()}; run from where training ran, or "
+                            f"name the data: --set {config_key}.packed_dir=DIR --set {config_key}.training_data=false")
+        name = spec.name if len(record.data_dirs) == 1 else f"{spec.name}/{Path(data_dir).name}"
+        concrete = spec.model_copy(update={"training_data": False, "packed_dir": data_dir})
+        specs.append((name, concrete, f"the {spec.packed_split} split of {data_dir}, the data the checkpoint was "
+                                      f"trained on (recorded in {record.file})"))
+    return specs
+
+
 def measure_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: PerplexityConfig,
-                       model_path: Path, max_length: int, batch_size: int) -> dict[str, Any]:
+                       model_path: Path, max_length: int, batch_size: int,
+                       trained_seq_len: int | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     if spec.packed_dir is not None:
         manifest = read_packed_manifest(spec.packed_dir)
@@ -90,19 +116,20 @@ def measure_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         data["chars_total"] = len(text)
         text = text[:spec.max_chars] if spec.max_chars else text
         data["chars_scored"] = len(text)
-        window = min(spec.window or max_length, max_length)
+        # Default: the length the model was trained at; positions beyond it were never trained and score worse.
+        window = min(spec.window or trained_seq_len or max_length, max_length)
         result = text_perplexity(model, tokenizer, text, window, spec.stride or max(1, window // 2), batch_size)
         result["data"] = data
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
 
 
-def load_task(spec: TaskConfig) -> tuple[Any, Any, list]:
+def load_task(spec: TaskConfig, config_key: str) -> tuple[Any, Any, list]:
     """(task, source, items) of one configured task: read for every task before the first is scored, so a bad
     file of a later task fails the run before any time is spent (and no finished task's results are lost)."""
     task = get_task(spec.task)
     source = spec.source or task.default_source
-    return task, source, task.load(source)
+    return task, source, task.load(source, config_key)
 
 
 def measure_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: TaskConfig,
@@ -123,7 +150,7 @@ def measure_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spe
 def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path) -> dict[str, Any]:
     """Run every measurement in ``config``; per-item records go to ``output_dir/samples/``."""
     started = now()
-    loaded_tasks = [load_task(spec) for spec in config.tasks]
+    loaded_tasks = [load_task(spec, f"tasks.{index}.source") for index, spec in enumerate(config.tasks)]
     model, tokenizer = load_for_evaluation(model_path, config.device, config.dtype, config.add_bos)
     torch.manual_seed(config.seed)
     model_context = context_length(model)
@@ -144,10 +171,17 @@ def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path)
         "perplexity": {},
         "tasks": {},
     }
-    for spec in config.perplexity:
-        log.info("perplexity: %s", spec.name)
-        results["perplexity"][spec.name] = measure_perplexity(model, tokenizer, spec, model_path, max_length,
-                                                              config.batch_size)
+    record = training_record(model_path)
+    if record is not None:
+        results["model"]["trained_seq_len"] = record.seq_len
+    for index, spec in enumerate(config.perplexity):
+        for name, concrete, chosen in training_data_specs(spec, record, model_path, f"perplexity.{index}"):
+            log.info("perplexity: %s%s", name, f" = {chosen}" if chosen else "")
+            result = measure_perplexity(model, tokenizer, concrete, model_path, max_length, config.batch_size,
+                                        record.seq_len if record else None)
+            if chosen:
+                result["data"]["chosen"] = chosen
+            results["perplexity"][name] = result
     samples_dir = output_dir / "samples"
     for spec, loaded_task in zip(config.tasks, loaded_tasks):
         log.info("task: %s", spec.task)

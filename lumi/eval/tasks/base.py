@@ -85,9 +85,26 @@ def choice_item(item_id: str, context: str, choices: list[str], gold: int, group
 Record = dict[str, Any]
 
 
+class SourceUnreadable(LumiError):
+    """A task's examples could not be read at all (hub unreachable or offline, a file missing), as opposed to read but
+    malformed: the message says which task, which source, and how to point it at a local copy."""
+
+    def __init__(self, reason: str, task: str | None = None, fix: str | None = None):
+        self.reason, self.task = reason, task
+        where = f"task {task}: " if task else ""
+        super().__init__(f"{where}{reason}" + (f"; {fix}" if fix else ""))
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
 def read_local_records(path: str | Path) -> list[Record]:
     """A ``.jsonl`` file (one object per line) or a ``.json`` array; errors name the file and line."""
     path = Path(path)
+    if not path.is_file():
+        raise SourceUnreadable(f"{path}: benchmark file not found")
     text = read_text(path, "benchmark file")
     if path.suffix == ".json":
         try:
@@ -118,7 +135,7 @@ def read_hub_records(source: TaskSource) -> list[Record]:
         dataset = datasets.load_dataset(source.dataset, source.dataset_config, split=source.split,
                                         data_files=source.data_files)
     except Exception as exc:  # datasets raises many unrelated types (connection, file, schema, builder errors)
-        raise LumiError(f"dataset {source.describe()}: could not be loaded: {type(exc).__name__}: {exc}") from None
+        raise SourceUnreadable(f"dataset {source.describe()} could not be loaded ({one_line(exc)})") from None
     if not isinstance(dataset, datasets.Dataset):
         raise LumiError(f"dataset {source.describe()}: name a split (have {sorted(dataset)})")
     return [dict(row) for row in dataset]
@@ -140,10 +157,21 @@ class Task:
     default_source: TaskSource
     parse: Callable[[Record, int], TaskItem]
     read: Callable[[TaskSource], list[Record]] = field(default=read_records)
+    local_fields: tuple[str, ...] = ("path",)  # what a local copy in the original release layout sets
 
-    def load(self, source: TaskSource | None = None) -> list[TaskItem]:
+    def local_source_hint(self, config_key: str) -> str:
+        """How to point this task at a local copy: a ``--set`` of ``config_key`` (e.g. ``tasks.0.source``)."""
+        fields = ", ".join(f'"{name}": "FILE"' for name in self.local_fields)
+        return f"to read a local copy in the original release layout instead: --set '{config_key}={{{fields}}}'"
+
+    def load(self, source: TaskSource | None = None, config_key: str = "source") -> list[TaskItem]:
+        """The task's items from ``source`` (default: its hub set); ``config_key`` is where the source is set in
+        the config, for the message that says how to point an unreadable source at a local file."""
         source = source or self.default_source
-        records = self.read(source)
+        try:
+            records = self.read(source)
+        except SourceUnreadable as exc:
+            raise SourceUnreadable(exc.reason, self.name, self.local_source_hint(config_key)) from None
         if not records:
             raise LumiError(f"task {self.name}: {source.describe()} holds no examples")
         items = []

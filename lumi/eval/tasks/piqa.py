@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from lumi.errors import LumiError
+from lumi.eval.tasks.base import Record, SourceUnreadable, Task, TaskItem, TaskSource, choice_item, read_records
 from lumi.files import text_lines
-from lumi.eval.tasks.base import Record, Task, TaskItem, TaskSource, choice_item, read_records
 
 
 def read_labels(path: str | Path) -> list[int]:
     path = Path(path)
     if not path.is_file():
-        raise LumiError(f"{path}: PIQA labels file not found")
+        raise SourceUnreadable(f"{path}: PIQA labels file not found")
     labels = []
     for number, line in enumerate(text_lines(path.read_text(encoding="utf-8")), start=1):
         if line.strip() not in ("0", "1"):
@@ -46,4 +46,4 @@ def parse(record: Record, index: int) -> TaskItem:
 
 
 TASK = Task("piqa", "multiple_choice", ("acc", "acc_norm"), TaskSource(dataset="baber/piqa", split="validation"),
-            parse, read)
+            parse, read, local_fields=("path", "labels_path"))
