@@ -27,6 +27,7 @@ from packed_helpers import nano_architecture, subprocess_env
 
 from lumi.cli import main
 from lumi.config import load_config
+from lumi.corpus.engine import datatrove_console_to
 from lumi.corpus.readers import read_file
 from lumi.corpus.store import MANIFEST as CORPUS_MANIFEST, iter_text_batches
 from lumi.errors import LumiError
@@ -123,12 +124,16 @@ def test_output_under_a_regular_file_ends_in_one_line(pipeline, tmp_path, stage,
     assert "a-file" in line and "not a directory" in line, line
 
 
-def test_corpus_error_is_not_swallowed_by_the_console_redirection(pipeline, tmp_path):
-    """datatrove's console goes to logs/console.log while a stage runs; an error must still reach the terminal."""
-    with nearly_full_filesystem(tmp_path / "disk", free_bytes=8192) as disk:
-        result = run_lumi(stage_argv(pipeline, "corpus", disk / "out"))
-    assert result.returncode == 2
-    assert "rerun the same command to resume" in one_error_line(result.stderr)
+def test_console_comes_back_when_its_log_cannot_be_flushed(tmp_path):
+    """datatrove's console goes to logs/console.log while a corpus stage runs; when flushing that log hits the full
+    disk, the terminal must still be restored, or the error that follows is written into the log alone."""
+    console = os.fstat(2).st_ino
+    with nearly_full_filesystem(tmp_path / "disk", free_bytes=0) as disk:
+        with pytest.raises(RuntimeError, match="the stage failed"):
+            with datatrove_console_to(disk / "console.log"):
+                sys.stderr.write("x" * 3000)  # buffered: its flush, on the way out, meets the full disk
+                raise RuntimeError("the stage failed")
+    assert os.fstat(2).st_ino == console
 
 
 # --- 4. damaged stage outputs are named from what their manifests record --------------------------------------

@@ -150,8 +150,8 @@ def measure_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spe
 def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path) -> dict[str, Any]:
     """Run every measurement in ``config``; per-item records go to ``output_dir/samples/``."""
     started = now()
-    loaded_tasks = [load_task(spec, f"tasks.{index}.source") for index, spec in enumerate(config.tasks)]
     model, tokenizer = load_for_evaluation(model_path, config.device, config.dtype, config.add_bos)
+    loaded_tasks = [load_task(spec, f"tasks.{index}.source") for index, spec in enumerate(config.tasks)]
     torch.manual_seed(config.seed)
     model_context = context_length(model)
     if config.max_length is not None and config.max_length > model_context:
