@@ -16,9 +16,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from bench_corpus_data import planted_sources, sentence_pool, write_jsonl_sources
-from lumi.config import validate_config
+from lumi.core.config import validate_config
 from lumi.corpus.config import CorpusConfig
-from lumi.corpus.pipeline import build_corpus
+from lumi.stages.corpus import build_corpus
 
 REPO = Path(__file__).resolve().parent.parent
 

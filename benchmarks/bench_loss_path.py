@@ -1,7 +1,8 @@
 """Benchmark the loss path alone: output projection + cross-entropy, forward and backward, time and peak memory.
 
-The logits are the largest tensor of a small model's step (issue 4: with a 32k vocab "the loss path must not dominate
-memory ... measure which is fastest"). On the same hidden states, output weight and targets, in the same run:
+The logits are the largest tensor of a small model's step: with a 32k vocab the loss path must not dominate memory,
+so which implementation is fastest is measured rather than assumed. On the same hidden states, output weight and
+targets, in the same run:
 
 - ``full``: ``F.linear`` then ``F.cross_entropy(logits.float())`` over all the logits, what ``LlamaForCausalLM(labels=)``
   does (transformers upcasts the whole logits tensor to fp32);
@@ -9,7 +10,7 @@ memory ... measure which is fastest"). On the same hidden states, output weight 
   fuses the upcast into the cross-entropy);
 - ``checkpointed``: chunks of ``--chunk-tokens`` under activation checkpointing, recomputing each chunk's logits in
   backward (lumi's loss before it switched to the next two);
-- ``fused``: ``lumi.train.linear_cross_entropy`` -- chunks whose gradients are computed in the forward pass, eager;
+- ``fused``: ``lumi.lm.linear_cross_entropy`` -- chunks whose gradients are computed in the forward pass, eager;
 - ``fused_compiled``: the same with its chunk math compiled (what the trainer runs with ``compile: true``).
 
 Each variant runs ``--warmup`` untimed iterations (compilation) and ``--iters`` timed ones. Peak memory is the growth
@@ -41,7 +42,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.checkpoint import checkpoint  # noqa: E402
 
-from lumi.train.linear_cross_entropy import DEFAULT_CHUNK_TOKENS, linear_cross_entropy  # noqa: E402
+from lumi.lm.linear_cross_entropy import DEFAULT_CHUNK_TOKENS, linear_cross_entropy  # noqa: E402
 
 Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -32,11 +32,12 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import sentencepiece as spm  # noqa: E402
 
-from lumi.config import CONFIG_DIR, load_config  # noqa: E402
-from lumi.corpus.store import CORPUS_FORMAT, MANIFEST, ShardWriter  # noqa: E402
-from lumi.files import atomic_write_json  # noqa: E402
-from lumi.packing import PackingConfig, pack_corpus  # noqa: E402
-from lumi.tokenizer import TokenizerConfig, available_cores, train_tokenizer  # noqa: E402
+from lumi.core.config import CONFIG_DIR, load_config  # noqa: E402
+from lumi.core.files import atomic_write_json  # noqa: E402
+from lumi.core.stage_args import available_cores  # noqa: E402
+from lumi.formats.corpus import CORPUS_FORMAT, MANIFEST, ShardWriter  # noqa: E402
+from lumi.stages.pack import PackingConfig, pack_corpus  # noqa: E402
+from lumi.stages.tokenizer import TokenizerConfig, train_tokenizer  # noqa: E402
 
 SAMPLES_DIR = REPO_ROOT.parent / "shared" / "data" / "samples"
 PRETRAINING_SAMPLES = ["gutenberg_pg11.txt", "gutenberg_pg84.txt", "tinyshakespeare_train90.txt",

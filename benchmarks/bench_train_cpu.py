@@ -7,11 +7,11 @@ packed rows), then compares, on the same core:
     (``causal_lm_loss``, document masking on, as the trainer's default), ``torch.optim.AdamW`` and gradient
     clipping, one micro-batch of ``--micro-batch`` rows per step read straight from the packed memory map; no
     scheduler, no logging, nothing else;
-(b) **our trainer** end to end: ``Pretrainer.fit()`` with the demo config (data mixing and stream, scored-token
+(b) **our trainer** end to end: ``Trainer.fit()`` with the demo config (data mixing and stream, scored-token
     counting, LR schedule, non-finite checks, signal handling, and logging at the default interval of 10 steps to
     metrics.jsonl, TensorBoard and the log line).
 
-The two run in lockstep, one bare step just before each trainer step (inside ``Pretrainer.train_step``, timed on its
+The two run in lockstep, one bare step just before each trainer step (inside ``Trainer.train_step``, timed on its
 own and subtracted from the trainer's time), so both see the same load on a shared machine; running them one after
 the other gave pair ratios scattered over +-6%. The trainer is timed from the ``time/elapsed_s`` of its metrics
 records at step ``--warmup`` and at the last step, so startup, the step-0 and final evaluations and the final
@@ -41,14 +41,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from lumi.cli import main as lumi  # noqa: E402
-from lumi.config import CONFIG_DIR, load_config  # noqa: E402
+from lumi.core.config import CONFIG_DIR, load_config  # noqa: E402
+from lumi.formats.metrics import read_metrics  # noqa: E402
+from lumi.formats.packed import load_packed_split  # noqa: E402
+from lumi.formats.tokenizer import load_tokenizer_meta  # noqa: E402
+from lumi.lm.loss import causal_lm_loss  # noqa: E402
 from lumi.model import build_model, load_architecture  # noqa: E402
-from lumi.packed import load_packed_split  # noqa: E402
-from lumi.tokenizer import load_tokenizer_meta  # noqa: E402
-from lumi.train.config import PretrainConfig  # noqa: E402
-from lumi.train.loss import causal_lm_loss  # noqa: E402
-from lumi.train.metrics import read_metrics  # noqa: E402
-from lumi.train.pretrain import Pretrainer  # noqa: E402
+from lumi.train.objectives.pretrain import PretrainConfig, PretrainObjective  # noqa: E402
+from lumi.train.trainer import Trainer  # noqa: E402
 
 
 def build_data(workdir: Path, documents: int) -> tuple[Path, Path]:
@@ -103,19 +103,19 @@ def lockstep(config: PretrainConfig, packed: Path, tokenizer: Path, output: Path
     """(bare tok/s, trainer tok/s) over steps ``warmup``+1 .. ``config.max_steps`` of one lockstep run."""
     bare = BareLoop(config, packed, tokenizer)
     bare_seconds: dict[int, float] = {}
-    train_step = Pretrainer.train_step
+    train_step = Trainer.train_step
 
-    def with_bare_step(trainer: Pretrainer, micro_batches: list[torch.Tensor]) -> tuple[float, float]:
+    def with_bare_step(trainer: Trainer, micro_batches: list[torch.Tensor]) -> tuple[float, float]:
         bare_seconds[trainer.step + 1] = bare.step()
         return train_step(trainer, micro_batches)
 
-    Pretrainer.train_step = with_bare_step
+    Trainer.train_step = with_bare_step
     try:
-        run = Pretrainer(config, output, force=True)
+        run = Trainer(config, PretrainObjective(config), output, force=True)
         if run.fit() != 0:
             raise SystemExit("the trainer failed")
     finally:
-        Pretrainer.train_step = train_step
+        Trainer.train_step = train_step
     records = {r["step"]: r for r in read_metrics(run.run_dir / "metrics.jsonl") if "time/elapsed_s" in r}
     window = records[config.max_steps]["time/elapsed_s"] - records[warmup]["time/elapsed_s"]
     bare_time = sum(bare_seconds[step] for step in range(warmup + 1, config.max_steps + 1))

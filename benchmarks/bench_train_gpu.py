@@ -8,8 +8,8 @@ at 1.0, ``torch.compile``), on the same rows in the same run:
     ``F.cross_entropy`` on the full logits compiled as one function -- the issue's "bare compiled loop";
 (b) ``hf``: transformers' ``LlamaForCausalLM`` (the model we train), compiled, with its own ``model(labels=...)``
     loss (which upcasts the full logits to fp32);
-(c) ``lumi``: our trainer's step, ``lumi.train.step.TrainStep`` (what ``Pretrainer.train_step`` runs): the
-    compiled backbone, the loss from hidden states (``lumi.train.linear_cross_entropy``: chunks whose gradients are
+(c) ``lumi``: our trainer's step, ``lumi.train.step.TrainStep`` (what ``Trainer.train_step`` runs): the
+    compiled backbone, the loss from hidden states (``lumi.lm.linear_cross_entropy``: chunks whose gradients are
     computed in the forward pass, chunk math compiled), document masking (block-diagonal attention over the packed
     documents, as in training), the scored-token normalisation, clipping, AdamW and the LR schedule;
 and, only when named in ``--variants``, two what-ifs for the attention:
@@ -51,10 +51,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from lumi.core.special_tokens import BOS_ID, EOS_ID, SPECIAL_IDS  # noqa: E402
 from lumi.model import ArchitectureConfig, build_model, flops_per_token, load_architecture  # noqa: E402
-from lumi.special_tokens import BOS_ID, EOS_ID, SPECIAL_IDS  # noqa: E402
-from lumi.train.config import PretrainConfig  # noqa: E402
 from lumi.train.metrics import peak_flops  # noqa: E402
+from lumi.train.objectives.pretrain import PackedLMLoss, PretrainConfig, scored_tokens  # noqa: E402
 from lumi.train.step import TrainStep  # noqa: E402
 
 VOCAB = 32000
@@ -168,7 +168,8 @@ def lumi_step(arch: ArchitectureConfig, device: torch.device, compile_model: boo
                             precision="bf16", compile=compile_model, document_masking=document_masking,
                             attn_implementation=attn_implementation)
     model = build_model(arch, attn_implementation).to(device).train()
-    train_step = TrainStep(model, config, config.max_steps, device)
+    train_step = TrainStep(PackedLMLoss(model, document_masking, compile_chunks=compile_model), scored_tokens, config,
+                           config.max_steps, device)
 
     return lambda rows: train_step.step([rows])
 

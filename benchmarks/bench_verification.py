@@ -27,14 +27,15 @@ sys.path.insert(0, str(REPO_ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lumi import files  # noqa: E402
-from lumi.corpus import store  # noqa: E402
-from lumi.corpus.synthetic import SyntheticWorld  # noqa: E402
+from lumi.core import files  # noqa: E402
+from lumi.data.synthetic import SyntheticWorld  # noqa: E402
+from lumi.formats import checkpoint  # noqa: E402
+from lumi.formats import corpus as store  # noqa: E402
+from lumi.formats.packed import check_token_ids  # noqa: E402
+from lumi.formats.tokenizer import load_tokenizer_meta  # noqa: E402
 from lumi.model import build_model, load_architecture  # noqa: E402
-from lumi.packed import check_token_ids  # noqa: E402
-from lumi.packing import PackingConfig, pack_corpus  # noqa: E402
-from lumi.tokenizer import TokenizerConfig, load_tokenizer_meta, train_tokenizer  # noqa: E402
-from lumi.train import checkpoint  # noqa: E402
+from lumi.stages.pack import PackingConfig, pack_corpus  # noqa: E402
+from lumi.stages.tokenizer import TokenizerConfig, train_tokenizer  # noqa: E402
 
 
 def timed(function, *args, **kwargs) -> tuple[float, object]:
@@ -109,7 +110,10 @@ def checkpoint_share(workdir: Path, tokenizer: Path, model_name: str) -> None:
 
     checkpoint.sha256_file = counting_sha
     try:
-        total, directory = timed(checkpoint.save_checkpoint, workdir / "step_1", model, tokenizer, state, {})
+        total, directory = timed(
+            checkpoint.save_checkpoint, workdir / "step_1",
+            lambda staging: checkpoint.save_pretrained_with_tokenizer(staging, model, tokenizer), state,
+            checkpoint.PRETRAIN_CONFIG_FILE, {})
         hashing_at_save = hashing
         verify_seconds, problem = timed(checkpoint.checkpoint_problem, directory)
     finally:

@@ -10,21 +10,22 @@ import argparse
 import importlib
 import signal
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from lumi import __version__
-from lumi.errors import LumiError, Terminated
-from lumi.files import storage_error
-from lumi.stage import setup_logging
+from lumi.core.errors import LumiError, Terminated
+from lumi.core.files import storage_error
+from lumi.core.stage_args import setup_logging
 
 # verb -> (module, one-line help). Order is pipeline order.
 VERBS: dict[str, tuple[str, str]] = {
-    "corpus": ("lumi.corpus.pipeline",
+    "corpus": ("lumi.stages.corpus",
                "10: prepare a pretraining corpus (local files, hub streams, synthetic world; filters, dedup, budgets)"),
-    "tokenizer": ("lumi.tokenizer", "20: train the SentencePiece tokenizer and export it for transformers"),
-    "pack": ("lumi.packing", "30: tokenize and pack a corpus into fixed-length training rows"),
-    "pretrain": ("lumi.train.pretrain", "40: pretrain the LLaMA-style model on packed data (checkpoints, resume)"),
-    "evaluate": ("lumi.eval.evaluate", "50/80: evaluate a checkpoint (perplexity, zero-shot tasks, generation checks)"),
+    "tokenizer": ("lumi.stages.tokenizer", "20: train the SentencePiece tokenizer and export it for transformers"),
+    "pack": ("lumi.stages.pack", "30: tokenize and pack a corpus into fixed-length training rows"),
+    "pretrain": ("lumi.stages.pretrain", "40: pretrain the LLaMA-style model on packed data (checkpoints, resume)"),
+    "evaluate": ("lumi.stages.evaluate",
+                 "50/80: evaluate a checkpoint (perplexity, zero-shot tasks, generation checks)"),
 }
 
 
@@ -53,13 +54,16 @@ def build_parser(prog: str = "lumi") -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "lumi") -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "lumi", defaults: Mapping[str, Any] | None = None) -> int:
+    """Run one verb. A numbered script passes ``prog`` (its own name in ``--help``) and may pass ``defaults`` for
+    the verb's flags (``scripts/80_evaluate_sft.py``: the SFT evaluation config), shown as such in ``--help``."""
     argv = normalize_flag_spelling(sys.argv[1:] if argv is None else argv)
     parser = build_parser(prog)
     sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     verb = next((t for t in argv if not t.startswith("-")), None)
     if verb in VERBS:
         importlib.import_module(VERBS[verb][0]).configure_parser(sub_action.choices[verb])
+        sub_action.choices[verb].set_defaults(**(defaults or {}))
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     return run_guarded(importlib.import_module(args._module).run, args)

@@ -2,7 +2,7 @@
 
 The architecture lives in ``config/architectures/<name>.json`` (``micro``, ``tiny``, ``small``, ``base``). The model
 is the stock transformers class, so every checkpoint is a ``save_pretrained`` directory that ``AutoModelForCausalLM``
-loads with no code of ours; the special-token ids come from ``lumi.special_tokens`` and are written into both the
+loads with no code of ours; the special-token ids come from ``lumi.core.special_tokens`` and are written into both the
 model config and the generation config so ``generate`` stops at EOS and pads with PAD out of the box.
 """
 
@@ -13,9 +13,9 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from lumi.config import CONFIG_DIR, ConfigModel, load_config
-from lumi.errors import LumiError
-from lumi.special_tokens import BOS_ID, EOS_ID, PAD_ID, SPECIAL_IDS
+from lumi.core.config import CONFIG_DIR, ConfigModel, load_config
+from lumi.core.errors import LumiError
+from lumi.core.special_tokens import BOS_ID, EOS_ID, PAD_ID, SPECIAL_IDS
 
 ARCHITECTURES_DIR = CONFIG_DIR / "architectures"
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")

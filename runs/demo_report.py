@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from lumi.packed import load_packed_split, unigram_entropy
+from lumi.formats.packed import load_packed_split, unigram_entropy
 
 
 def load(path: Path) -> dict | None:

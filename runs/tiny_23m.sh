@@ -30,7 +30,7 @@ stage() { printf '\n=== %s (%ss) ===\n' "$1" "$(( $(date +%s) - start ))"; }
 
 stage "10 corpus: the tokenizer-training mix (50M tokens from all five sources)"
 [ -f "$DATA/corpus_tokenizer/manifest.json" ] ||
-    lumi corpus --config config/pretrain/corpus/tokenizer.json --output-dir "$DATA/corpus_tokenizer"
+    lumi corpus --config config/pretrain/corpus/tokenizer_training_mix_50m.json --output-dir "$DATA/corpus_tokenizer"
 
 stage "10 corpus: the pretraining mix (500M tokens)"
 [ -f "$DATA/corpus/manifest.json" ] ||

@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lumi.eval.evaluate import PRETRAIN_CONFIG, script_main  # noqa: E402
+from lumi.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(script_main(PRETRAIN_CONFIG, "out/evaluation/pretrain", Path(__file__).name, __doc__))
+    sys.exit(main(["evaluate", *sys.argv[1:]], prog=Path(__file__).name))

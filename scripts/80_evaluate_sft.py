@@ -7,7 +7,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lumi.eval.evaluate import SFT_CONFIG, script_main  # noqa: E402
+from lumi.cli import main  # noqa: E402
+from lumi.stages.evaluate import SFT_CONFIG  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(script_main(SFT_CONFIG, "out/evaluation/sft", Path(__file__).name, __doc__))
+    sys.exit(main(["evaluate", *sys.argv[1:]], prog=Path(__file__).name,
+                  defaults={"config": SFT_CONFIG, "output_dir": Path("out/evaluation/sft")}))

@@ -12,10 +12,10 @@ import torch
 from helpers import make_corpus_dir
 from packed_helpers import nano_architecture
 
-from lumi.corpus.synthetic import SyntheticWorld
-from lumi.files import atomic_write_jsonl
+from lumi.core.files import atomic_write_jsonl
+from lumi.data.synthetic import SyntheticWorld
 from lumi.model import ArchitectureConfig, build_model
-from lumi.tokenizer import TokenizerConfig, train_tokenizer
+from lumi.stages.tokenizer import TokenizerConfig, train_tokenizer
 
 TINY_VOCAB = 512
 

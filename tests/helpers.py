@@ -12,8 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-from lumi.corpus.store import CORPUS_FORMAT, MANIFEST, ShardWriter
-from lumi.files import atomic_write_json
+from lumi.core.files import atomic_write_json
+from lumi.formats.corpus import CORPUS_FORMAT, MANIFEST, ShardWriter
 
 
 def make_corpus_dir(path: Path, texts: Iterable[str], source: str = "test",

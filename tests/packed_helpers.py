@@ -1,6 +1,6 @@
 """Packed data directories built from token ids, for training tests.
 
-They are written in stage 30's format (``lumi/packed.py``) from token-id documents the test chooses, so a test
+They are written in stage 30's format (``lumi/formats/packed.py``) from token-id documents the test chooses, so a test
 controls exactly what the model sees (e.g. sequences where each token is a fixed function of the previous one).
 Also the nano architecture, the environment of training subprocesses and a run's logged training losses.
 """
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lumi.files import atomic_write_json
-from lumi.packed import MANIFEST, PACKED_FORMAT, token_dtype
-from lumi.special_tokens import BOS_ID, EOS_ID, SPECIAL_IDS
-from lumi.tokenizer import tokenizer_sha256
-from lumi.train.metrics import read_metrics
+from lumi.core.files import atomic_write_json
+from lumi.core.special_tokens import BOS_ID, EOS_ID, SPECIAL_IDS
+from lumi.formats.metrics import read_metrics
+from lumi.formats.packed import MANIFEST, PACKED_FORMAT, token_dtype
+from lumi.formats.tokenizer import tokenizer_sha256
 
 FIRST_TEXT_ID = max(SPECIAL_IDS.values()) + 1  # ids below are special tokens
 
@@ -40,7 +40,7 @@ def train_losses(run_dir: Path) -> list[tuple[int, float]]:
 
 def write_packed_dir(directory: Path, tokenizer_dir: Path, train_docs: list[list[int]], val_docs: list[list[int]],
                      seq_len: int, vocab_size: int, bytes_per_token: int = 4) -> Path:
-    """Pack token-id documents (each given without BOS/EOS) into the ``lumi/packed.py`` format: ``BOS doc EOS``
+    """Pack token-id documents (each given without BOS/EOS) into the ``lumi/formats/packed.py`` format: ``BOS doc EOS``
     concatenated, cut into rows, the tail that does not fill a row dropped (as stage 30 does)."""
     directory.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(vocab_size)

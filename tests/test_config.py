@@ -9,8 +9,8 @@ import pytest
 from pydantic import Field
 
 from lumi.cli import main, normalize_flag_spelling
-from lumi.config import ConfigModel, load_config
-from lumi.errors import LumiError
+from lumi.core.config import ConfigModel, load_config
+from lumi.core.errors import LumiError
 
 
 class Inner(ConfigModel):

@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from lumi.cli import main
+from lumi.core.errors import LumiError
+from lumi.core.files import sha256_file
 from lumi.corpus.clean import clean_text
 from lumi.corpus.readers import read_file
-from lumi.corpus.store import iter_text_batches, read_manifest
-from lumi.errors import LumiError
-from lumi.files import sha256_file
+from lumi.formats.corpus import iter_text_batches, read_manifest
 
 
 def corpus_texts(path):

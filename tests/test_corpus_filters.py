@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from lumi.config import validate_config
+from lumi.core.config import validate_config
 from lumi.corpus.clean import clean_text
 from lumi.corpus.config import CorpusConfig, NearDedupConfig
 from lumi.corpus.filters import DocumentFilter, c4_apply, gopher_reason

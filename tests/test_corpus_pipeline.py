@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from lumi.cli import main
-from lumi.config import load_config, validate_config
+from lumi.core.config import load_config, validate_config
+from lumi.core.files import sha256_file
 from lumi.corpus.config import CorpusConfig, HubSourceConfig
-from lumi.corpus.pipeline import build_corpus
 from lumi.corpus.steps import WriteShards
-from lumi.corpus.store import iter_text_batches, read_manifest
-from lumi.files import sha256_file
+from lumi.formats.corpus import iter_text_batches, read_manifest
+from lumi.stages.corpus import build_corpus
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from bench_corpus_data import (make_document, planted_sources, sentence_pool,  # noqa: E402
@@ -209,7 +209,7 @@ def test_pretrain_mixes_name_real_hub_datasets():
                 "openwebtext": ("Skylion007/openwebtext", None), "gutenberg": ("manu/project_gutenberg", None),
                 "fineweb_edu": ("HuggingFaceFW/fineweb-edu", "sample-10BT")}
     root = Path(__file__).resolve().parent.parent / "config" / "pretrain" / "corpus"
-    for mix in ("tokenizer.json", "tiny_23m_chinchilla.json"):
+    for mix in ("tokenizer_training_mix_50m.json", "tiny_23m_chinchilla.json"):
         config = load_config(CorpusConfig, root / mix)
         assert {s.name: (s.dataset, s.subset) for s in config.sources} == expected
         assert all(isinstance(s, HubSourceConfig) for s in config.sources)

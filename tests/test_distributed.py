@@ -17,10 +17,10 @@ from transformers import AutoModelForCausalLM
 from eval_helpers import write_tokenizer
 from lumi.cli import main
 from lumi.eval.perplexity import evaluate_packed_split
-from lumi.packed import load_packed_split
-from lumi.tokenizer import load_tokenizer_meta
-from lumi.train.checkpoint import checkpoint_step
-from lumi.train.metrics import read_metrics
+from lumi.formats.checkpoint import checkpoint_step
+from lumi.formats.metrics import read_metrics
+from lumi.formats.packed import load_packed_split
+from lumi.formats.tokenizer import load_tokenizer_meta
 from packed_helpers import function_documents, nano_architecture, subprocess_env, train_losses, write_packed_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -30,13 +30,13 @@ MICRO = 2
 
 SIGNAL_RANK_1 = """
 import os, signal, sys
-from lumi.train import pretrain
-original = pretrain.Pretrainer.train_step
+from lumi.train import trainer
+original = trainer.Trainer.train_step
 def train_step(self, batches):
     if self.rank == 1 and self.step == int(os.environ["SIGNAL_AT"]):
         os.kill(os.getpid(), signal.SIGTERM)  # only rank 1 is told to stop
     return original(self, batches)
-pretrain.Pretrainer.train_step = train_step
+trainer.Trainer.train_step = train_step
 from lumi.cli import main
 sys.exit(main(["pretrain", *sys.argv[1:]]))
 """

@@ -15,13 +15,13 @@ from eval_helpers import make_tiny_model_dir, training_text, write_tokenizer
 from helpers import make_corpus_dir
 
 from lumi.cli import main
-from lumi.config import load_config
+from lumi.core.config import load_config
+from lumi.core.special_tokens import EOS_ID, IM_END_ID, IM_START_TOKEN
 from lumi.eval.config import EvaluationConfig
-from lumi.eval.evaluate import RESULTS_FILE, RESULTS_SCHEMA
 from lumi.eval.generation import format_prompt, load_prompts, repeated_ngram_rate, run_generation, stop_token_ids
-from lumi.eval.model_io import load_for_evaluation
-from lumi.packing import PackingConfig, pack_corpus
-from lumi.special_tokens import EOS_ID, IM_END_ID, IM_START_TOKEN
+from lumi.formats.model_io import load_for_evaluation
+from lumi.stages.evaluate import RESULTS_FILE, RESULTS_SCHEMA
+from lumi.stages.pack import PackingConfig, pack_corpus
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -23,9 +23,9 @@ import pytest
 from eval_helpers import head_lines, make_tiny_model_dir, write_tokenizer
 
 from lumi.eval.harness import write_lm_eval_task
-from lumi.eval.model_io import load_for_evaluation
 from lumi.eval.scoring import score_items
 from lumi.eval.tasks import TaskSource, get_task
+from lumi.formats.model_io import load_for_evaluation
 
 pytest.importorskip("lm_eval")
 

@@ -14,17 +14,17 @@ import torch.nn.functional as F
 from eval_helpers import make_tiny_model_dir, training_text, write_jsonl, write_tokenizer
 from helpers import make_corpus_dir
 
-from lumi.errors import LumiError
+from lumi.core.errors import LumiError
+from lumi.core.files import read_text
+from lumi.core.special_tokens import BOS_ID, PAD_ID
 from lumi.eval.loglikelihood import encode_pair, score_continuations
-from lumi.eval.model_io import load_for_evaluation
 from lumi.eval.perplexity import evaluate_packed_split, read_dataset_text, sliding_windows, text_perplexity
 from lumi.eval.scoring import score_items
 from lumi.eval.tasks import Task, TaskSource
 from lumi.eval.tasks.base import choice_item
-from lumi.files import read_text
-from lumi.packed import load_packed_split
-from lumi.packing import PackingConfig, pack_corpus
-from lumi.special_tokens import BOS_ID, PAD_ID
+from lumi.formats.model_io import load_for_evaluation
+from lumi.formats.packed import load_packed_split
+from lumi.stages.pack import PackingConfig, pack_corpus
 
 CONTEXT = 64  # the tiny model's context window, small so truncation is easy to reach
 

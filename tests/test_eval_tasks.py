@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from eval_helpers import head_lines, write_jsonl
 
-from lumi.config import CONFIG_DIR, load_config, validate_config
-from lumi.errors import LumiError
+from lumi.core.config import CONFIG_DIR, load_config, validate_config
+from lumi.core.errors import LumiError
 from lumi.eval.config import EvaluationConfig
 from lumi.eval.tasks import TASKS, TaskSource, get_task, subsample
 
@@ -174,6 +174,19 @@ def test_unknown_task_and_unreachable_dataset(tmp_path):
 def test_every_task_has_a_hub_default():
     for task in TASKS.values():
         assert (task.default_source.dataset is not None) != (task.name == "synthetic_cloze")
+
+
+def test_the_world_is_named_by_the_corpus_config_it_was_trained_on(tmp_path):
+    corpus = tmp_path / "corpus.json"
+    corpus.write_text(json.dumps({"sources": [{"type": "local", "name": "web", "paths": ["x.txt"]},
+                                              {"type": "synthetic", "name": "world", "seed": 5, "people": 30}]}))
+    world = TaskSource(world={"from": str(corpus), "places": 6}).world
+    assert (world.seed, world.people, world.places) == (5, 30, 6)
+    shipped = TaskSource(world={"from": "demo/corpus.json"}).world
+    assert shipped.seed == json.loads((CONFIG_DIR / "demo" / "corpus.json").read_text())["sources"][0]["seed"]
+    corpus.write_text(json.dumps({"sources": [{"type": "local", "name": "web", "paths": ["x.txt"]}]}))
+    with pytest.raises(LumiError, match="exactly one synthetic source"):
+        TaskSource(world={"from": str(corpus)})
 
 
 # ----- the shipped defaults: the hub sets lm-eval scores, read by the same code on local copies -------------------

@@ -26,17 +26,17 @@ from helpers import make_corpus_dir
 from packed_helpers import nano_architecture, subprocess_env
 
 from lumi.cli import main
-from lumi.config import load_config
+from lumi.core.config import load_config
+from lumi.core.errors import LumiError
+from lumi.core.files import output_lock, sha256_file, staged_output_dir, text_lines
 from lumi.corpus.engine import datatrove_console_to
 from lumi.corpus.readers import read_file
-from lumi.corpus.store import MANIFEST as CORPUS_MANIFEST, iter_text_batches
-from lumi.errors import LumiError
 from lumi.eval.tasks.base import TaskSource, read_records
-from lumi.files import output_lock, sha256_file, staged_output_dir, text_lines
-from lumi.packed import MANIFEST as PACKED_MANIFEST, load_packed_split
-from lumi.packing import PackingConfig, pack_corpus
-from lumi.tokenizer import load_tokenizer_meta
-from lumi.train.config import PretrainConfig
+from lumi.formats.corpus import MANIFEST as CORPUS_MANIFEST, iter_text_batches
+from lumi.formats.packed import MANIFEST as PACKED_MANIFEST, load_packed_split
+from lumi.formats.tokenizer import load_tokenizer_meta
+from lumi.stages.pack import PackingConfig, pack_corpus
+from lumi.train.objectives.pretrain import PretrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEQ_LEN = 32
@@ -313,7 +313,7 @@ def test_set_aside_output_of_a_process_killed_between_renames_is_restored(tmp_pa
 
 SIGTERM_WHILE_PACKING = """
 import os, signal, sys
-from lumi import packing
+from lumi.stages import pack as packing
 original = packing.PackedSplitWriter.write
 def write(self, documents, text_bytes):
     os.kill(os.getpid(), signal.SIGTERM)

@@ -17,12 +17,12 @@ from fault_helpers import dead_pid, flip_byte, one_error_line, truncate
 from packed_helpers import nano_architecture, random_documents, train_losses, write_packed_dir
 
 from lumi.cli import main
-from lumi.errors import LumiError
-from lumi.files import output_lock
+from lumi.core.errors import LumiError
+from lumi.core.files import output_lock
+from lumi.formats.checkpoint import CHECKSUMS_FILE, SUMMARY_FILE, check_finite_weights, rotate_checkpoints
+from lumi.formats.metrics import read_metrics
+from lumi.formats.tokenizer import load_tokenizer_meta
 from lumi.model import ArchitectureConfig, build_model
-from lumi.tokenizer import load_tokenizer_meta
-from lumi.train.checkpoint import CHECKSUMS_FILE, SUMMARY_FILE, rotate_checkpoints, save_checkpoint
-from lumi.train.metrics import read_metrics
 
 SEQ_LEN = 32
 STEPS = 6
@@ -128,10 +128,11 @@ def test_non_finite_weights_are_never_saved(workspace, tmp_path):
     model = build_model(arch)
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight[0, 0] = float("inf")
+    shutil.copytree(workspace["reference"] / "step_2", tmp_path / "step_2")
     with pytest.raises(LumiError, match=r"step 7: non-finite weights after the update \(model.layers.1.mlp.down_proj"
-                                        r".*not saved, no checkpoint was saved yet"):
-        save_checkpoint(tmp_path / "step_7", model, workspace["tokenizer"], {"step": 7}, {})
-    assert list(tmp_path.iterdir()) == []
+                                        r".*not saved, the last good checkpoint is .*step_2"):
+        check_finite_weights(model.state_dict(), 7, tmp_path)
+    check_finite_weights(build_model(arch).state_dict(), 7, tmp_path)  # finite weights pass
 
 
 def test_a_second_run_on_the_same_run_dir_is_refused_naming_the_first(workspace, tmp_path, capsys):

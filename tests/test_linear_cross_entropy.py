@@ -1,11 +1,11 @@
 """The chunked output projection + cross-entropy whose gradients are computed in the forward pass
-(``lumi.train.linear_cross_entropy``): value and gradients equal autograd through the full logits."""
+(``lumi.lm.linear_cross_entropy``): value and gradients equal autograd through the full logits."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lumi.train.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
+from lumi.lm.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 
 VOCAB, WIDTH = 97, 16
 

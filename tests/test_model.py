@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 
-from lumi.errors import LumiError
+from lumi.core.errors import LumiError
+from lumi.core.special_tokens import BOS_ID, EOS_ID, PAD_ID
+from lumi.lm.loss import causal_lm_loss, count_scored_tokens, position_ids_from_bos
 from lumi.model import ArchitectureConfig, build_model, flops_per_token, load_architecture, parameter_counts
-from lumi.special_tokens import BOS_ID, EOS_ID, PAD_ID
 from lumi.train.distributed import wrap_for_training
-from lumi.train.loss import causal_lm_loss, count_scored_tokens, position_ids_from_bos
+from lumi.train.objectives.pretrain import PackedLMLoss
 
 VOCAB = 97
 
@@ -155,7 +156,7 @@ def test_rows_laid_end_to_end_give_the_same_loss(monkeypatch):
     ids = torch.cat([document(n, generator) for n in (20, 9, 14, 21)])[:64].reshape(2, 32)
     with torch.no_grad():
         batched = causal_lm_loss(model, ids, reduction="sum")
-        monkeypatch.setattr("lumi.train.loss.packs_only_single_rows", lambda model: True)
+        monkeypatch.setattr("lumi.lm.loss.packs_only_single_rows", lambda model: True)
         one_row = causal_lm_loss(model, ids, reduction="sum")
     assert one_row[1] == batched[1]
     torch.testing.assert_close(one_row[0], batched[0], atol=1e-4, rtol=0)
@@ -173,7 +174,7 @@ def test_document_masking_and_gradients_hold_when_backbone_and_loss_are_compiled
         alone = sum(causal_lm_loss(model, d.unsqueeze(0), reduction="sum")[0] for d in docs)
     eager_sum, _ = causal_lm_loss(model, row, reduction="sum")
     eager_grads = torch.autograd.grad(eager_sum, list(model.parameters()))
-    compiled = wrap_for_training(model, "ddp", compile_model=True)
+    compiled = wrap_for_training(PackedLMLoss(model, compile_chunks=True), "ddp", compile_model=True)
     compiled_sum = compiled(row, True)
     compiled_grads = torch.autograd.grad(compiled_sum, list(model.parameters()))
     torch.testing.assert_close(compiled_sum, alone, atol=1e-4, rtol=0)

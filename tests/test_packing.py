@@ -13,16 +13,15 @@ import pytest
 import sentencepiece as spm
 from helpers import make_corpus_dir
 
-from lumi import special_tokens
 from lumi.cli import main
-from lumi.config import load_config
-from lumi.corpus.store import MANIFEST as CORPUS_MANIFEST
-from lumi.errors import LumiError
-from lumi.files import sha256_file
-from lumi.packed import MANIFEST, load_packed_split, read_packed_manifest, token_dtype
-from lumi.packing import (DocumentSplitter, split_tail, PackedSplitWriter, PackingConfig, check_packed_tokenizer,
-                          pack_corpus)
-from lumi.tokenizer import TokenizerConfig, train_tokenizer
+from lumi.core import special_tokens
+from lumi.core.config import load_config
+from lumi.core.errors import LumiError
+from lumi.core.files import sha256_file
+from lumi.formats.corpus import MANIFEST as CORPUS_MANIFEST
+from lumi.formats.packed import MANIFEST, check_packed_tokenizer, load_packed_split, read_packed_manifest, token_dtype
+from lumi.stages.pack import DocumentSplitter, PackedSplitWriter, PackingConfig, pack_corpus, split_tail
+from lumi.stages.tokenizer import TokenizerConfig, train_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEQ_LEN = 64

@@ -18,22 +18,22 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lumi.cli import main
+from lumi.core.special_tokens import BOS_ID, EOS_ID, PAD_ID
+from lumi.data.packed_stream import BatchStream, MixedRowSampler
 from lumi.eval.perplexity import evaluate_packed_split
+from lumi.formats.checkpoint import checkpoint_step
+from lumi.formats.metrics import read_metrics
+from lumi.formats.packed import load_packed_split, unigram_entropy
 from lumi.model import load_architecture, parameter_counts
-from lumi.packed import load_packed_split, unigram_entropy
-from lumi.packing import PackingConfig, pack_corpus
-from lumi.special_tokens import BOS_ID, EOS_ID, PAD_ID
-from lumi.train.checkpoint import checkpoint_step
-from lumi.train.config import PretrainConfig
-from lumi.train.data import BatchStream, MixedRowSampler
-from lumi.train.metrics import read_metrics
+from lumi.stages.pack import PackingConfig, pack_corpus
+from lumi.train.objectives.pretrain import PretrainConfig
 from lumi.train.optim import lr_at, parameter_groups
-from lumi.train.pretrain import Pretrainer
 from lumi.train.step import TrainStep
+from lumi.train.trainer import Trainer
 from eval_helpers import training_text, write_tokenizer
 from helpers import make_corpus_dir
-from lumi.config import load_config
-from lumi.tokenizer import load_hf_tokenizer, load_tokenizer_meta
+from lumi.core.config import load_config
+from lumi.formats.tokenizer import load_hf_tokenizer, load_tokenizer_meta
 from packed_helpers import (function_documents, nano_architecture, random_documents, subprocess_env, train_losses,
                             write_packed_dir)
 
@@ -207,13 +207,13 @@ def run_cli(*args: str, env_extra: dict | None = None, code: str | None = None) 
 
 KILL_AT_STEP = """
 import os, signal, sys
-from lumi.train import pretrain
-original = pretrain.Pretrainer.train_step
+from lumi.train import trainer
+original = trainer.Trainer.train_step
 def train_step(self, batches):
     if self.step == int(os.environ["KILL_AT"]):
         os.kill(os.getpid(), signal.SIGKILL)
     return original(self, batches)
-pretrain.Pretrainer.train_step = train_step
+trainer.Trainer.train_step = train_step
 from lumi.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -262,14 +262,14 @@ def test_sigterm_saves_a_checkpoint_and_exits(workspace, tmp_path):
 
 
 def test_sigint_finishes_the_step_and_saves(workspace, tmp_path, monkeypatch, capsys):
-    original = Pretrainer.train_step
+    original = Trainer.train_step
 
     def interrupted_step(self, batches):
         if self.step == 2:
             signal.raise_signal(signal.SIGINT)  # arrives mid-step, as Ctrl-C would
         return original(self, batches)
 
-    monkeypatch.setattr(Pretrainer, "train_step", interrupted_step)
+    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
     config = write_config(workspace, tmp_path)
     assert main(["pretrain", "--config", str(config), "--output-dir", str(tmp_path / "out")]) == 128 + signal.SIGINT
     run_dir = tmp_path / "out" / "nano"
@@ -281,7 +281,7 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(w
                                                                                monkeypatch):
     # Config validation refuses an lr that would overflow (lr <= 1, finite), so the fault is injected: the weights
     # turn non-finite before step 4 (as an overflowing update would leave them).
-    original = Pretrainer.train_step
+    original = Trainer.train_step
 
     def poisoned_step(self, micro_batches):
         if self.step == 3:
@@ -289,7 +289,7 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(w
                 next(self.model.parameters()).fill_(float("nan"))
         return original(self, micro_batches)
 
-    monkeypatch.setattr(Pretrainer, "train_step", poisoned_step)
+    monkeypatch.setattr(Trainer, "train_step", poisoned_step)
     config = write_config(workspace, tmp_path, warmup_steps=0, save_interval=1, keep_last_k=1)
     assert main(["pretrain", "--config", str(config), "--output-dir", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err

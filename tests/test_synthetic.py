@@ -13,11 +13,11 @@ from collections import Counter
 
 import pytest
 
-from lumi.config import validate_config
+from lumi.core.config import validate_config
+from lumi.core.errors import LumiError
 from lumi.corpus.clean import clean_text
-from lumi.corpus.synthetic import (FOODS, JOBS, OBJECTS, RELATIONS, UNHELPFUL, Fact, SyntheticSourceConfig,
-                                   SyntheticWorld)
-from lumi.errors import LumiError
+from lumi.data.synthetic import (FOODS, JOBS, OBJECTS, RELATIONS, UNHELPFUL, Fact, SyntheticSourceConfig,
+                                 SyntheticWorld)
 
 SMALL = {"seed": 7, "num_people": 60, "num_places": 10}
 SMALL_DOCUMENTS = 1500
@@ -56,7 +56,7 @@ def test_same_seed_gives_identical_output_and_another_seed_differs(world):
 
 
 def test_output_does_not_depend_on_the_string_hash_seed(world):
-    code = ("from lumi.corpus.synthetic import SyntheticWorld; from tests.test_synthetic import SMALL, digest; "
+    code = ("from lumi.data.synthetic import SyntheticWorld; from tests.test_synthetic import SMALL, digest; "
             "print(digest(SyntheticWorld.generate(**SMALL), 200))")
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,

@@ -14,14 +14,14 @@ from eval_helpers import head_lines
 from helpers import load_sample_documents, make_corpus_dir
 
 from lumi.cli import main
-from lumi.config import CONFIG_DIR, load_config
-from lumi.corpus.store import read_manifest as read_corpus_manifest
-from lumi.errors import LumiError
-from lumi.files import sha256_file
-from lumi.special_tokens import BOS_ID, CHAT_MARKERS, EOS_ID, IM_END_ID, IM_START_ID, SPECIAL_IDS, UNK_ID
-from lumi.tokenizer import (HF_TOKENIZER, META, REPORT, SPM_MODEL, UNIGRAM_EXACT_CHARS, CorpusSample, TokenizerConfig,
-                            check_tokenizer_integrity, chunk_document, load_hf_tokenizer, load_sentencepiece,
-                            load_tokenizer_meta, tokenizer_sha256, train_tokenizer)
+from lumi.core.config import CONFIG_DIR, load_config
+from lumi.core.errors import LumiError
+from lumi.core.files import sha256_file
+from lumi.core.special_tokens import BOS_ID, CHAT_MARKERS, EOS_ID, IM_END_ID, IM_START_ID, SPECIAL_IDS, UNK_ID
+from lumi.formats.corpus import read_manifest as read_corpus_manifest
+from lumi.formats.tokenizer import (HF_TOKENIZER, META, REPORT, SPM_MODEL, check_tokenizer_integrity, load_hf_tokenizer,
+                                    load_sentencepiece, load_tokenizer_meta, tokenizer_sha256)
+from lumi.stages.tokenizer import UNIGRAM_EXACT_CHARS, CorpusSample, TokenizerConfig, chunk_document, train_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VOCAB_SIZE = 800

@@ -1,1 +1,1 @@
-"""Stage 10: turn raw sources into a clean, deduplicated corpus directory (parquet shards + manifest)."""
+"""Stage 10 machinery: sources, readers, filters, dedup and the build engine (its command: lumi.stages.corpus)."""

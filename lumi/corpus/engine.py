@@ -24,14 +24,14 @@ from typing import Iterator, TextIO
 
 from tqdm import tqdm
 
+from lumi.core.errors import LumiError
+from lumi.core.files import atomic_write_json, check_output_dir, output_path, read_json
 from lumi.corpus.config import CorpusConfig, LocalSourceConfig
 from lumi.corpus.report import config_sha256
 from lumi.corpus.sources import local_paths
 from lumi.corpus.steps import (CorpusStep, FinalizeCorpus, PlanCorpus, ScanSources, WriteShards, read_scan_stats,
                                work_path)
-from lumi.corpus.store import MANIFEST
-from lumi.errors import LumiError
-from lumi.files import atomic_write_json, check_output_dir, output_path, read_json
+from lumi.formats.corpus import MANIFEST
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from lumi.config import config_to_dict
+from lumi.core.config import config_to_dict
 from lumi.corpus.config import CorpusConfig
-from lumi.corpus.store import CORPUS_FORMAT
+from lumi.formats.corpus import CORPUS_FORMAT
 
 
 def config_sha256(config: CorpusConfig) -> str:

@@ -18,9 +18,9 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
+from lumi.core.errors import LumiError
 from lumi.corpus.config import HubSourceConfig, LocalSourceConfig, SourceConfig, SyntheticSource
 from lumi.corpus.readers import read_file
-from lumi.errors import LumiError
 
 Document = tuple[str, "str | None"]  # (id, text); text None: undecodable, skipped and counted
 

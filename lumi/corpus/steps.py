@@ -31,13 +31,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datatrove.pipeline.base import PipelineStep
 
+from lumi.core.errors import LumiError
+from lumi.core.files import atomic_write_json, atomic_write_text, read_json
 from lumi.corpus.config import CorpusConfig
 from lumi.corpus.filters import DocumentFilter
 from lumi.corpus.minhash import MinHasher, near_duplicate_of
 from lumi.corpus.sources import iter_source
-from lumi.corpus.store import MANIFEST, ShardWriter
-from lumi.errors import LumiError
-from lumi.files import atomic_write_json, atomic_write_text, read_json
+from lumi.formats.corpus import MANIFEST, ShardWriter
 
 WORK = "_work"
 CANDIDATE_SCHEMA = pa.schema([("text", pa.string()), ("source", pa.string()), ("id", pa.string()),

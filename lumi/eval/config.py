@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lumi.config import CONFIG_DIR, ConfigModel
+from lumi.core.config import CONFIG_DIR, ConfigModel
 from lumi.eval.tasks import TASKS
 from lumi.eval.tasks.base import TaskSource
 

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lumi.config import strip_comments
-from lumi.errors import LumiError
+from lumi.core.config import strip_comments
+from lumi.core.errors import LumiError
+from lumi.core.files import read_json
+from lumi.core.special_tokens import IM_END_TOKEN, IM_START_TOKEN
 from lumi.eval.loglikelihood import encode
-from lumi.eval.model_io import context_length, model_device
-from lumi.files import read_json
-from lumi.special_tokens import IM_END_TOKEN, IM_START_TOKEN
+from lumi.formats.model_io import context_length, model_device
 
 PromptFormat = Literal["plain", "chat"]
 
@@ -43,7 +43,7 @@ def repeated_ngram_rate(tokens: list[int], n: int) -> float:
 
 def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, prompt_format: PromptFormat) -> str:
     """Plain prompts go in as they are; chat prompts become one user turn and an open assistant turn, through the
-    tokenizer's chat template when it has one, else the project's ChatML layout (``lumi.special_tokens``)."""
+    tokenizer's chat template when it has one, else the project's ChatML layout (``lumi.core.special_tokens``)."""
     if prompt_format == "plain":
         return prompt
     if tokenizer.chat_template:

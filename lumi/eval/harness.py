@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lumi.errors import LumiError
+from lumi.core.errors import LumiError
+from lumi.core.files import atomic_write_jsonl
 from lumi.eval.tasks import TaskSource, get_task
-from lumi.files import atomic_write_jsonl
 
 TASK_PREFIX = "lumi_local_"
 ARC_LABELS = "(question.choices|map(attribute='label')|list)"

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lumi.eval.model_io import model_device
-from lumi.special_tokens import PAD_ID
+from lumi.core.special_tokens import PAD_ID
+from lumi.formats.model_io import model_device
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Perplexity and bits per byte: on a packed split (the trainer's validation loss) and on raw text.
 
-Packed split: every row goes through ``lumi.train.loss.summed_nats`` (document masking, labels shifted once), the very
-function training minimises, in the loop the trainer's validation uses too (``score_packed_split``), so the trainer's
-val loss and this evaluator agree exactly.
+Packed split: every row goes through ``lumi.lm.loss.summed_nats`` (document masking, labels shifted once), the very
+function training minimises, in the loop the trainer's validation uses too (``lumi.lm.scoring.score_packed_split``),
+so the trainer's val loss and this evaluator agree exactly.
 
 Raw text (a local file, or a ``datasets`` dataset whose text field is joined with ``"\\n\\n"`` as in the transformers
 perplexity guide): the whole text is tokenized once (with the tokenizer's special tokens: BOS first when the evaluator
@@ -12,61 +12,23 @@ using the tokens before them as context (the standard HF recipe). With ``stride 
 is scored exactly once (so with BOS, every token of the text).
 
 Bits per byte = sum of nats / (ln 2 * UTF-8 bytes of the text scored), which compares models with different
-tokenizers. For a packed split the byte count comes from the pack manifest; when only the first ``max_rows`` rows are
-evaluated it is prorated, ``split.bytes * rows_evaluated / split.num_rows`` (rows hold equal token counts, so this
-assumes bytes per token is uniform across rows -- exact for the whole split, an estimate for a prefix).
+tokenizers (``lumi.lm.scoring``, which also says how a packed split's bytes are prorated).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, NamedTuple
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lumi.errors import LumiError
+from lumi.core.errors import LumiError
 from lumi.eval.loglikelihood import padding_id, right_padded
-from lumi.eval.model_io import model_device
-from lumi.packed import PackedSplit
-from lumi.train.loss import count_scored_tokens, summed_nats
-
-
-def summarize(sum_nats: float, tokens: int, num_bytes: float) -> dict[str, float]:
-    if tokens == 0:
-        raise LumiError("perplexity: nothing to score (no tokens)")
-    loss = sum_nats / tokens
-    return {"loss": loss, "perplexity": math.exp(loss), "bits_per_byte": sum_nats / (math.log(2) * num_bytes),
-            "tokens": tokens, "bytes": num_bytes}
-
-
-class PackedScore(NamedTuple):
-    """Summed nats and scored tokens over the first ``rows`` rows of a packed split, and the bytes of text they hold
-    (prorated, see the module docstring)."""
-
-    nats: float
-    tokens: int
-    bytes: float
-    rows: int
-
-
-def score_packed_split(split: PackedSplit, summed_nats: Callable[[torch.LongTensor], torch.Tensor], batch_size: int,
-                       max_rows: int | None = None) -> PackedScore:
-    """Score the first ``max_rows`` rows (all by default) in batches of ``batch_size`` CPU rows with ``summed_nats``
-    (summed nats over a batch's scored targets). One loop for the evaluator, which scores the bare model, and the
-    trainer, which scores through its DDP/FSDP2-wrapped module: same rows, same batches, so their numbers agree."""
-    rows = split.num_rows if max_rows is None else min(max_rows, split.num_rows)
-    if rows == 0:
-        raise LumiError(f"packed split '{split.name}' has no rows to evaluate")
-    sum_nats, tokens = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, rows, batch_size):
-            batch = torch.from_numpy(np.asarray(split.rows[start:min(start + batch_size, rows)], dtype=np.int64))
-            sum_nats += float(summed_nats(batch))
-            tokens += count_scored_tokens(batch)
-    return PackedScore(sum_nats, tokens, split.bytes * rows / split.num_rows, rows)
+from lumi.formats.model_io import model_device
+from lumi.formats.packed import PackedSplit
+from lumi.lm.loss import summed_nats
+from lumi.lm.scoring import score_packed_split, summarize
 
 
 def evaluate_packed_split(model: PreTrainedModel, split: PackedSplit, batch_size: int = 8, max_rows: int | None = None,

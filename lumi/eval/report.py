@@ -9,9 +9,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lumi.errors import LumiError
-from lumi.files import atomic_write_text, read_json, text_lines
-from lumi.train.metrics import METRICS_FILE  # written by the trainer: one JSON object per line
+from lumi.core.errors import LumiError
+from lumi.core.files import atomic_write_text, read_json, text_lines
+from lumi.formats.metrics import METRICS_FILE
 
 RESULTS_FILE = "evaluation_results.json"
 # Curve -> the keys it is read from, first present wins (lumi.train writes "train/loss" and "val/loss" on eval steps).

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lumi.files import read_json
-from lumi.train.checkpoint import CONFIG_FILE
+from lumi.core.files import read_json
+from lumi.formats.checkpoint import PRETRAIN_CONFIG_FILE
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class TrainingRecord:
 
 def training_record(model_path: str | Path) -> TrainingRecord | None:
     """The record of a checkpoint written by ``lumi pretrain``; None for any other model directory."""
-    path = Path(model_path) / CONFIG_FILE
+    path = Path(model_path) / PRETRAIN_CONFIG_FILE
     if not path.is_file():
         return None
     saved = read_json(path, what="checkpoint config")

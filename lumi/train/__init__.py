@@ -1,1 +1,1 @@
-"""Stage 40: pretraining (loss, data mixing, optimizer, checkpoints and the training loop)."""
+"""The training loop shared by every trainer (Trainer), its config part, optimizer, distributed runtime, metrics."""

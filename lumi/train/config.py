@@ -1,4 +1,6 @@
-"""The pretraining config (``config/pretrain/training/*.json``, ``config/demo/pretrain.json``)."""
+"""The config part every trainer shares (``TrainerConfig``): batch, optimizer, schedule, precision, distributed,
+intervals and logging. A stage's config subclasses it with its own fields (``lumi.train.objectives.pretrain.
+PretrainConfig``), keeping the keys flat so a config file is one JSON object."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lumi.config import ConfigModel
+from lumi.core.config import ConfigModel
 from lumi.model import ATTENTION_IMPLEMENTATIONS
 
 # Fields that may change when a run is resumed: they only change what is logged or kept, never the numbers.
@@ -14,17 +16,11 @@ RESUMABLE_CHANGES = frozenset({"eval_interval", "save_interval", "log_interval",
                                "wandb_project"})
 
 
-class PretrainConfig(ConfigModel):
-    model: str = Field(min_length=1, description="architecture name (config/architectures/<name>.json) or JSON path")
+class TrainerConfig(ConfigModel):
     name: str | None = Field(None, min_length=1, description="run name: checkpoints go to <output-dir>/<name>/ "
-                                                             "(default: the architecture's name)")
-    data_dirs: list[str] = Field(default_factory=list, description="packed data directories (stage 30)")
-    data_weights: list[float] | None = Field(None, description="mixing weights, one per data dir (default: equal)")
-    tokenizer_dir: str = Field("data/tokenizer", description="stage 20 output; its files are copied into checkpoints")
-
-    # Budget: max_steps wins when both are set; max_tokens is rounded down to whole optimizer steps.
-    max_steps: int | None = Field(None, gt=0, description="optimizer steps (wins over max_tokens)")
-    max_tokens: int | None = Field(None, gt=0, description="token budget, rounded down to whole steps")
+                                                             "(default: the objective's, e.g. the architecture's name)")
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps (wins over a stage's own budget, such as "
+                                                          "max_tokens)")
     micro_batch_size: int = Field(gt=0, description="rows per forward pass per process")
     grad_accumulation: int = Field(1, gt=0, description="micro-batches per optimizer step")
 
@@ -37,7 +33,7 @@ class PretrainConfig(ConfigModel):
     adam_beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2")
     adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
     weight_decay: float = Field(0.1, ge=0, description="decoupled decay of linear weights (never norms or "
-                                                              "embeddings)")
+                                                       "embeddings)")
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 disables clipping")
 
     seed: int = Field(1234, description="seeds the init, the data order and every RNG")
@@ -49,27 +45,16 @@ class PretrainConfig(ConfigModel):
     distributed: Literal["ddp", "fsdp2"] = Field(
         "ddp", description="under torchrun: ddp replicates the model on every process; fsdp2 shards parameters, "
                            "gradients and optimizer state (for models whose training state does not fit one device)")
-    document_masking: bool = Field(True, description="packed documents never attend to each other (false only "
-                                                     "for ablations)")
 
     log_interval: int = Field(10, gt=0, description="steps between train-metric records")
     eval_interval: int = Field(200, gt=0, description="steps between val loss / bits-per-byte evaluations")
-    eval_max_rows: int = Field(256, gt=0, description="val rows evaluated per data dir")
     save_interval: int = Field(1000, gt=0, description="steps between step_<N>/ checkpoints")
     keep_last_k: int = Field(3, gt=0, description="step checkpoints kept (final/ is always kept)")
     tensorboard: bool = Field(True, description="also log to <run>/tensorboard/")
     wandb_project: str | None = Field(None, description="log to Weights & Biases (must be installed)")
 
     @model_validator(mode="after")
-    def _check(self) -> "PretrainConfig":
-        if self.max_steps is None and self.max_tokens is None:
-            raise ValueError("set max_steps or max_tokens")
+    def _check_lr(self) -> "TrainerConfig":
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) exceeds lr ({self.lr})")
-        if self.data_weights is not None:
-            if len(self.data_weights) != len(self.data_dirs):
-                raise ValueError(f"{len(self.data_weights)} data_weights for {len(self.data_dirs)} data_dirs")
-            if any(w < 0 for w in self.data_weights) or sum(self.data_weights) <= 0:
-                raise ValueError("data_weights must be >= 0 with a positive sum")
         return self
-

@@ -3,8 +3,8 @@ the few collectives the trainer needs.
 
 ``torchrun --nproc_per_node N scripts/40_pretrain.py ...`` starts N copies of the trainer with ``RANK``,
 ``WORLD_SIZE`` and ``LOCAL_RANK`` set; each joins the process group (NCCL on CUDA, one GPU per local rank; gloo on
-CPU), reads its own slice of every global batch (``lumi.train.data.BatchStream``) and keeps its gradients in step
-with the others:
+CPU), reads its own slice of every global batch (``lumi.data.packed_stream.BatchStream`` for pretraining) and keeps
+its gradients in step with the others:
 
 - **DDP** (default) keeps a full replica of the model and optimizer on every process and all-reduces gradients.
   Fastest whenever the weights, gradients and AdamW state (16 bytes per parameter in fp32) plus activations fit on
@@ -13,11 +13,11 @@ with the others:
   optimizer state across processes and all-gathers each decoder layer just in time: for models whose training state
   does not fit one device. It costs extra communication per layer, so it is slower where DDP fits.
 
-The loss (``lumi.train.loss.summed_nats``) calls the backbone and reads the output-embedding weight directly
+The loss (e.g. ``lumi.lm.loss.summed_nats``) calls the backbone and reads the output-embedding weight directly
 rather than through ``LlamaForCausalLM.forward``, and both wrappers only act on a module's own ``forward``: DDP
 prepares its gradient all-reduce there, FSDP2 all-gathers the parameters its root owns (embeddings, final norm,
-output head) there. So what gets wrapped is ``LossModule``, whose ``forward`` is the whole loss, and evaluation goes
-through it as well (FSDP2 requires the first forward to run through its root).
+output head) there. So what gets wrapped is the objective's loss module, whose ``forward`` is the whole loss, and
+evaluation goes through it as well (FSDP2 requires the first forward to run through its root).
 """
 
 from __future__ import annotations
@@ -35,10 +35,8 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
-from transformers import LlamaForCausalLM
 
-from lumi.errors import LumiError
-from lumi.train.loss import summed_nats
+from lumi.core.errors import LumiError
 
 T = TypeVar("T")
 
@@ -126,38 +124,29 @@ def decide_on_main(decide: Callable[[], T]) -> T:
     return outcome[0]
 
 
-class LossModule(nn.Module):
-    """The module DDP/FSDP2 wrap: its forward is the whole training loss (summed nats over the scored tokens)."""
+def wrap_for_training(module: nn.Module, strategy: str, compile_model: bool) -> nn.Module:  # ddp | fsdp2
+    """An objective's loss module (its ``forward`` is the whole loss, its ``model`` the causal LM), compiled as asked
+    and wrapped for the process group when there is one.
 
-    def __init__(self, model: LlamaForCausalLM, compile_chunks: bool = False):
-        super().__init__()
-        self.model, self.compile_chunks = model, compile_chunks
-
-    def forward(self, input_ids: torch.LongTensor, document_masking: bool) -> torch.Tensor:
-        return summed_nats(self.model, input_ids, document_masking=document_masking,
-                           compile_chunks=self.compile_chunks)
-
-
-def wrap_for_training(model: LlamaForCausalLM, strategy: str, compile_model: bool) -> nn.Module:  # ddp | fsdp2
-    """``LossModule(model)``, compiled as asked and wrapped for the process group when there is one.
-
-    Single process and DDP compile the whole backbone (and the loss's per-chunk math); FSDP2 compiles each decoder layer before sharding it (its
-    hooks sit between layers), then shards the root last so embeddings, final norm and head form one group. FSDP2
-    gathers the fp32 weights and leaves bf16 to autocast, as DDP does: a bf16 ``MixedPrecisionPolicy`` would halve
-    the all-gather traffic but also make the residual stream bf16 (the embedding output would be bf16): in a 20-step
-    CPU test run it ended 0.18 nats above DDP's loss. Same numerics for every strategy was chosen over that saving.
+    Single process and DDP compile the whole backbone (and the loss's per-chunk math); FSDP2 compiles each decoder
+    layer before sharding it (its hooks sit between layers), then shards the root last so embeddings, final norm
+    and head form one group. FSDP2 gathers the fp32 weights and leaves bf16 to autocast, as DDP does: a bf16
+    ``MixedPrecisionPolicy`` would halve the all-gather traffic but also make the residual stream bf16 (the
+    embedding output would be bf16): in a 20-step CPU test run it ended 0.18 nats above DDP's loss. Same numerics
+    for every strategy was chosen over that saving.
     """
-    module = LossModule(model, compile_chunks=compile_model)
+    model = module.model
+    decoder = model.get_decoder()  # the backbone: LlamaModel for LlamaForCausalLM (also through a peft wrapper)
     if not is_distributed() or strategy == "ddp":
         if compile_model:
-            model.model.compile()
+            decoder.compile()
         if not is_distributed():
             return module
         device = next(model.parameters()).device
         # Buffers (the RoPE frequencies) are constants: no need to broadcast them before every forward.
         return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
                                        broadcast_buffers=False, gradient_as_bucket_view=True)
-    for layer in model.model.layers:
+    for layer in decoder.layers:
         if compile_model:
             layer.compile()
         fully_shard(layer)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import logging
 import math
 import time
 from pathlib import Path
@@ -19,12 +18,9 @@ from typing import Any, Iterator
 
 import torch
 
-from lumi.errors import LumiError
-from lumi.files import atomic_write_jsonl, text_lines
-
-log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.jsonl"
+from lumi.core.errors import LumiError
+from lumi.core.files import atomic_write_jsonl
+from lumi.formats.metrics import METRICS_FILE, read_metrics
 
 # Dense bf16 tensor-core peaks (vendor datasheets, SXM parts) for MFU; other devices report no MFU.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
@@ -35,28 +31,6 @@ def peak_flops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of ``metrics.jsonl``. A torn last line (the run was killed mid-write) is dropped with a
-    warning; a bad line elsewhere is damage no kill explains and is refused, naming the line."""
-    if not path.is_file():
-        return []
-    lines = [(number, line) for number, line in enumerate(text_lines(path.read_text(encoding="utf-8")), start=1)
-             if line.strip()]
-    records = []
-    for index, (number, line) in enumerate(lines):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                raise ValueError("not a record with an integer step")
-        except ValueError as exc:
-            if index == len(lines) - 1:
-                log.warning("%s:%d: dropped a torn last record (the run was stopped while writing it)", path, number)
-                break
-            raise LumiError(f"{path}:{number}: not a metrics record ({exc})") from None
-        records.append(record)
-    return records
 
 
 class MetricsLog:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from lumi.train.config import PretrainConfig
+from lumi.train.config import TrainerConfig
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -27,14 +27,14 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, config: PretrainConfig) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, config: TrainerConfig) -> torch.optim.AdamW:
     on_cuda = next(model.parameters()).is_cuda
     return torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
                              betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps,
                              fused=on_cuda or None)
 
 
-def lr_at(step: int, config: PretrainConfig, total_steps: int) -> float:
+def lr_at(step: int, config: TrainerConfig, total_steps: int) -> float:
     """Learning rate for optimizer step ``step`` (0-based) of ``total_steps``.
 
     Linear warmup from lr/warmup to lr over ``warmup_steps``, then
@@ -58,7 +58,7 @@ def lr_at(step: int, config: PretrainConfig, total_steps: int) -> float:
     return config.lr + (config.min_lr - config.lr) * progress
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: PretrainConfig, total_steps: int) -> LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainerConfig, total_steps: int) -> LambdaLR:
     """A LambdaLR over ``lr_at`` (its step count is saved in checkpoints; the schedule itself is rebuilt from the
     config on resume)."""
     return LambdaLR(optimizer, lambda step: lr_at(step, config, total_steps) / config.lr)

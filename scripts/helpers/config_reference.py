@@ -14,15 +14,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from lumi.config import config_reference  # noqa: E402
+from lumi.core.config import config_reference  # noqa: E402
 
 # (title, "module:Class", example config files)
 CONFIGS = [
     ("Stage 10 — corpus", "lumi.corpus.config:CorpusConfig", "config/demo/corpus.json, config/pretrain/corpus/*.json"),
-    ("Stage 20 — tokenizer", "lumi.tokenizer:TokenizerConfig", "config/pretrain/tokenizer/spm32k.json"),
-    ("Stage 30 — packing", "lumi.packing:PackingConfig", "config/pretrain/packing/default.json"),
+    ("Stage 20 — tokenizer", "lumi.stages.tokenizer:TokenizerConfig", "config/pretrain/tokenizer/spm32k.json"),
+    ("Stage 30 — packing", "lumi.stages.pack:PackingConfig", "config/pretrain/packing/default.json"),
     ("Model architecture", "lumi.model:ArchitectureConfig", "config/architectures/*.json"),
-    ("Stage 40 — pretraining", "lumi.train.config:PretrainConfig", "config/pretrain/training/*.json"),
+    ("Stage 40 — pretraining", "lumi.train.objectives.pretrain:PretrainConfig", "config/pretrain/training/*.json"),
     ("Stages 50/80 — evaluation", "lumi.eval.config:EvaluationConfig", "config/evaluation/*.json"),
 ]
 OUTPUT = ROOT / "docs" / "CONFIG.md"

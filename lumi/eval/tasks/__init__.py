@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lumi.errors import LumiError
+from lumi.core.errors import LumiError
 from lumi.eval.tasks import arc, boolq, hellaswag, lambada, piqa, synthetic_cloze, winogrande
 from lumi.eval.tasks.base import Task, TaskItem, TaskSource, subsample
 

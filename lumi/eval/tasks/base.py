@@ -6,18 +6,18 @@ dataset) into ``TaskItem``s: one ``(context, continuation)`` request per choice,
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from lumi.config import ConfigModel
-from lumi.corpus.synthetic import SyntheticSourceConfig
-from lumi.errors import LumiError
-from lumi.files import read_text, text_lines
+from lumi.core.config import ConfigModel
+from lumi.core.errors import LumiError
+from lumi.core.files import parse_json, parse_json_lines, read_text
+from lumi.corpus.config import synthetic_source_of
+from lumi.data.synthetic import SyntheticSourceConfig
 
 TaskKind = Literal["multiple_choice", "greedy_continuation"]
 RECORD_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError)
@@ -27,7 +27,8 @@ class TaskSource(ConfigModel):
     """Exactly one of: ``path`` (a local file in the original format; PIQA also ``labels_path``), ``dataset``
     (``datasets.load_dataset(dataset, dataset_config, split=split, data_files=data_files)`` -- a hub name such as
     ``google/boolq``, or a packaged builder such as ``json`` for local files), or ``world`` (the synthetic world of
-    ``synthetic_cloze``; copy the corpus config's synthetic source so it is the same world)."""
+    ``synthetic_cloze``: ``{"from": CORPUS_CONFIG}`` takes the synthetic source of the corpus config the model was
+trained on, so the world is defined once)."""
 
     path: str | None = Field(None, description="local file in the original release layout (.jsonl or .json)")
     labels_path: str | None = Field(None, description="PIQA: the separate labels .lst file")
@@ -35,8 +36,16 @@ class TaskSource(ConfigModel):
     dataset_config: str | None = Field(None, description="its config name")
     data_files: str | list[str] | None = Field(None, description="data_files for load_dataset")
     split: str | None = Field(None, description="dataset split; synthetic_cloze: heldout (default) or train")
-    world: SyntheticSourceConfig | None = Field(None, description="synthetic_cloze: the corpus config's synthetic "
-                                                                  "source (same world)")
+    world: SyntheticSourceConfig | None = Field(None, description="synthetic_cloze: {\"from\": corpus config} (its "
+                                                                  "synthetic source, the same world), or the world's "
+                                                                  "settings themselves")
+
+    @field_validator("world", mode="before")
+    @classmethod
+    def _world_from_corpus_config(cls, world: Any) -> Any:
+        if not (isinstance(world, dict) and "from" in world):
+            return world
+        return {**synthetic_source_of(world["from"]), **{k: v for k, v in world.items() if k != "from"}}
 
     @model_validator(mode="after")
     def _one_origin(self) -> "TaskSource":
@@ -107,21 +116,11 @@ def read_local_records(path: str | Path) -> list[Record]:
         raise SourceUnreadable(f"{path}: benchmark file not found")
     text = read_text(path, "benchmark file")
     if path.suffix == ".json":
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise LumiError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        records = parse_json(text, path)
         if not isinstance(records, list):
             raise LumiError(f"{path}: expected a JSON array of examples")
     else:
-        records = []
-        for number, line in enumerate(text_lines(text), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise LumiError(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        records = [record for _, record in parse_json_lines(text, path)]
     for number, record in enumerate(records, start=1):
         if not isinstance(record, dict):
             raise LumiError(f"{path}: example {number} is {type(record).__name__}, expected a JSON object")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lumi.errors import LumiError
+from lumi.core.errors import LumiError
 from lumi.eval.tasks.base import Record, SourceUnreadable, Task, TaskItem, TaskSource, choice_item, read_records
-from lumi.files import text_lines
+from lumi.core.files import text_lines
 
 
 def read_labels(path: str | Path) -> list[int]:

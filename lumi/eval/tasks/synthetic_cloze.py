@@ -1,4 +1,4 @@
-"""Cloze accuracy on the synthetic world's facts (``lumi.corpus.synthetic``): does the model complete the canonical
+"""Cloze accuracy on the synthetic world's facts (``lumi.data.synthetic``): does the model complete the canonical
 statement of a held-out fact with the right object rather than a same-category distractor?
 
 The source is the world the corpus was generated from (``world``: the corpus config's synthetic source block);
@@ -8,8 +8,8 @@ down by relation.
 
 from __future__ import annotations
 
-from lumi.corpus.synthetic import SyntheticSourceConfig
-from lumi.errors import LumiError
+from lumi.core.errors import LumiError
+from lumi.data.synthetic import SyntheticSourceConfig
 from lumi.eval.tasks.base import Record, Task, TaskItem, TaskSource, choice_item
 
 SPLITS = ("heldout", "train")

@@ -27,39 +27,33 @@ import argparse
 import hashlib
 import io
 import logging
-import os
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 import sentencepiece as spm
 from pydantic import Field
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
-from lumi.config import CONFIG_DIR, ConfigModel, config_to_dict
-from lumi.corpus.store import MANIFEST, iter_text_batches, read_manifest
-from lumi.errors import LumiError
-from lumi.files import (atomic_write_bytes, atomic_write_json, atomic_write_text, read_manifest_file, sha256_file,
-                        staged_output_dir)
-from lumi.special_tokens import (BOS_ID, BOS_TOKEN, CHAT_MARKERS, EOS_ID, EOS_TOKEN, PAD_ID, PAD_TOKEN, SPECIAL_IDS,
-                                 UNK_ID, UNK_TOKEN)
-from lumi.stage import add_common_arguments, stage_config
+from lumi.core.config import CONFIG_DIR, ConfigModel, config_to_dict
+from lumi.core.errors import LumiError
+from lumi.core.files import (atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file,
+                             staged_output_dir)
+from lumi.core.special_tokens import (BOS_ID, BOS_TOKEN, CHAT_MARKERS, EOS_ID, EOS_TOKEN, PAD_ID, PAD_TOKEN,
+                                      SPECIAL_IDS, UNK_ID, UNK_TOKEN)
+from lumi.core.stage_args import add_common_arguments, available_cores, stage_config
+from lumi.formats.corpus import MANIFEST, iter_text_batches, read_manifest
+from lumi.formats.tokenizer import (HASHED_FILES, META, REPORT, SPM_MODEL, SPM_VOCAB, TOKENIZER_FORMAT,
+                                    load_hf_tokenizer, load_sentencepiece, verify_special_ids)
 
 # tokenizers/transformers are imported inside the functions that need them: transformers takes seconds to import, and
 # the stages that only load the SentencePiece model (packing, training) should not pay for it.
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
-TOKENIZER_FORMAT = "lumi-tokenizer/1"
-SPM_MODEL, SPM_VOCAB = "spm.model", "spm.vocab"
-HF_TOKENIZER, HF_CONFIG = "tokenizer.json", "tokenizer_config.json"
-META, REPORT = "tokenizer_meta.json", "validation_report.json"
-REQUIRED_FILES = (SPM_MODEL, META, HF_TOKENIZER)
-HASHED_FILES = (SPM_MODEL, HF_TOKENIZER, HF_CONFIG)
 
 MIN_VOCAB_SIZE = 384  # 256 byte pieces + 6 special ids + ~96 forced characters, with room for a few merges
 # Every printable ASCII character, tab and newline is a piece of its own, whatever the corpus: English and code never
@@ -84,19 +78,24 @@ Piece = model_pb2.ModelProto.SentencePiece
 class TokenizerConfig(ConfigModel):
     """Training settings for stage 20 (``config/pretrain/tokenizer/*.json``)."""
 
-    vocab_size: int = Field(32000, ge=MIN_VOCAB_SIZE, le=1 << 20)
-    model_type: Literal["unigram", "bpe"] = "unigram"
-    character_coverage: float = Field(0.9995, gt=0, le=1)
-    byte_fallback: bool = True
-    split_digits: bool = True
+    vocab_size: int = Field(32000, ge=MIN_VOCAB_SIZE, le=1 << 20,
+                            description="pieces in the vocabulary, special and byte pieces included")
+    model_type: Literal["unigram", "bpe"] = Field("unigram", description="SentencePiece algorithm")
+    character_coverage: float = Field(0.9995, gt=0, le=1,
+                                      description=("share of the sample's characters covered by pieces; the rest fall "
+                                                   "back to bytes"))
+    byte_fallback: bool = Field(True,
+                                description=("encode characters outside the vocabulary as UTF-8 byte pieces (never "
+                                             "<unk>)"))
+    split_digits: bool = Field(True, description="one token per digit")
     input_sentence_size: int = Field(1_000_000, ge=1, description="most training chunks given to SentencePiece")
     max_training_bytes: int = Field(250_000_000, ge=1, description="most UTF-8 bytes given to SentencePiece")
     max_sentence_length: int = Field(4096, ge=256, le=1 << 20, description="bytes per training chunk")
     holdout_fraction: float = Field(0.01, gt=0, le=0.5, description="share of the text kept out of training for "
                                                                     "validation (documents, or blocks of long ones)")
     max_validation_bytes: int = Field(8_000_000, ge=1, description="held-out bytes used for validation")
-    seed: int = Field(1234, ge=0, lt=1 << 64)
-    num_threads: int = Field(0, ge=0, description="0 = all available cores")
+    seed: int = Field(1234, ge=0, lt=1 << 64, description="seeds the held-out split and the training sample")
+    num_threads: int = Field(0, ge=0, description="0 = every core this process may use")
 
 
 # --- the training sample
@@ -309,13 +308,6 @@ def vocab_listing(sp: spm.SentencePieceProcessor) -> str:
     return "".join(f"{sp.id_to_piece(i).translate(escapes)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size()))
 
 
-def verify_special_ids(piece_at: Callable[[int], str], source: str) -> None:
-    for token, token_id in SPECIAL_IDS.items():
-        found = piece_at(token_id)
-        if found != token:
-            raise LumiError(f"{source}: id {token_id} is {found!r}, expected {token!r} (lumi/special_tokens.py)")
-
-
 # --- transformers export
 
 def _hf_backend(proto: model_pb2.ModelProto) -> Tokenizer:
@@ -413,10 +405,6 @@ def validate_tokenizer(directory: Path, heldout: list[str], model_type: str, num
 
 # --- the stage
 
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def train_tokenizer(corpus_dir: Path, output_dir: Path, config: TokenizerConfig, force: bool = False) -> dict[str, Any]:
     """Train, export, validate and write the tokenizer directory; returns the validation report."""
     import tokenizers
@@ -466,58 +454,6 @@ def train_tokenizer(corpus_dir: Path, output_dir: Path, config: TokenizerConfig,
         report = validate_tokenizer(staging, sample.heldout, config.model_type, num_threads)
         atomic_write_json(staging / REPORT, report)
     return report
-
-
-# --- loading (used by every later stage)
-
-def load_tokenizer_meta(directory: str | Path) -> dict[str, Any]:
-    directory = Path(directory)
-    for name in REQUIRED_FILES if directory.is_dir() else ():
-        if not (directory / name).is_file():
-            raise LumiError(f"{directory}: not a tokenizer directory ({name} is missing)")
-    return read_manifest_file(directory, META, TOKENIZER_FORMAT, "tokenizer")
-
-
-def tokenizer_sha256(directory: str | Path) -> str:
-    """The recorded sha256 of ``spm.model``: the tokenizer's identity, recorded by every stage that uses it."""
-    return load_tokenizer_meta(directory)["sha256"]
-
-
-def check_tokenizer_integrity(directory: str | Path) -> dict[str, Any]:
-    """Recompute the hashes of the model files and refuse any that differs from the metadata; returns the metadata."""
-    directory = Path(directory)
-    meta = load_tokenizer_meta(directory)
-    for name, digest in meta["files"].items():  # spm.model among them; "sha256" repeats its digest
-        if sha256_file(directory / name) != digest:
-            raise LumiError(f"{directory / name}: sha256 differs from {META} (file modified after training?)")
-    return meta
-
-
-def load_sentencepiece(directory: str | Path, check_integrity: bool = True) -> spm.SentencePieceProcessor:
-    """The SentencePiece model of a stage-20 directory, its special ids checked against the layout.
-    ``check_integrity=False`` skips the hash check against ``tokenizer_meta.json`` (then only ``spm.model`` is
-    needed: ``lumi pack --skip-tokenizer-check``)."""
-    directory = Path(directory)
-    if check_integrity:
-        check_tokenizer_integrity(directory)
-    model = directory / SPM_MODEL
-    try:
-        sp = spm.SentencePieceProcessor(model_file=str(model))
-    except (OSError, RuntimeError) as exc:
-        raise LumiError(f"{model}: not a readable SentencePiece model ({exc})") from None
-    verify_special_ids(sp.id_to_piece, str(model))
-    return sp
-
-
-def load_hf_tokenizer(directory: str | Path) -> PreTrainedTokenizerBase:
-    """The transformers tokenizer (``AutoTokenizer``); same ids as :func:`load_sentencepiece`."""
-    from transformers import AutoTokenizer
-
-    directory = Path(directory)
-    check_tokenizer_integrity(directory)
-    hf = AutoTokenizer.from_pretrained(str(directory))
-    verify_special_ids(hf.convert_ids_to_tokens, str(directory / HF_TOKENIZER))
-    return hf
 
 
 # --- CLI

@@ -1,4 +1,4 @@
-"""Stage 30: tokenize a corpus directory and pack it into fixed-length rows (format: ``lumi/packed.py``).
+"""Stage 30: tokenize a corpus directory and pack it into fixed-length rows (format: ``lumi/formats/packed.py``).
 
 Every document becomes ``BOS tokens... EOS``; documents go to ``train`` or ``val`` whole (a seeded hash of the
 document index decides), each split's documents are concatenated in corpus order and written as a flat token stream,
@@ -39,30 +39,32 @@ import sentencepiece as spm
 from pydantic import Field
 from tqdm import tqdm
 
-from lumi import special_tokens
-from lumi.config import CONFIG_DIR, ConfigModel, config_to_dict
-from lumi.corpus.store import MANIFEST as CORPUS_MANIFEST
-from lumi.corpus.store import iter_text_batches, read_manifest
-from lumi.errors import LumiError
-from lumi.files import atomic_write_json, sha256_file, staged_output_dir
-from lumi.packed import MANIFEST, PACKED_FORMAT, SPLITS, read_packed_manifest, token_dtype
-from lumi.stage import add_common_arguments, stage_config
-from lumi.tokenizer import META as TOKENIZER_META
-from lumi.tokenizer import SPM_MODEL as TOKENIZER_MODEL
-from lumi.tokenizer import available_cores, load_sentencepiece
+from lumi.core import special_tokens
+from lumi.core.config import CONFIG_DIR, ConfigModel, config_to_dict
+from lumi.core.errors import LumiError
+from lumi.core.files import atomic_write_json, sha256_file, staged_output_dir
+from lumi.core.stage_args import add_common_arguments, available_cores, stage_config
+from lumi.formats.corpus import MANIFEST as CORPUS_MANIFEST
+from lumi.formats.corpus import iter_text_batches, read_manifest
+from lumi.formats.packed import MANIFEST, PACKED_FORMAT, SPLITS, spm_model_sha256, token_dtype
+from lumi.formats.tokenizer import META as TOKENIZER_META
+from lumi.formats.tokenizer import SPM_MODEL as TOKENIZER_MODEL
+from lumi.formats.tokenizer import load_sentencepiece
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = CONFIG_DIR / "pretrain" / "packing" / "default.json"
 LABELS = ("unshifted: each row is both input_ids and labels; the model shifts them by one position when it computes "
           "the loss (exactly once)")
-SPECIAL_IDS = {"pad": special_tokens.PAD_ID, "unk": special_tokens.UNK_ID,
-               "bos": special_tokens.BOS_ID, "eos": special_tokens.EOS_ID}
 
 
 class PackingConfig(ConfigModel):
     seq_len: int = Field(1024, ge=8, le=1 << 20, description="tokens per training row")
-    val_fraction: float = Field(0.005, ge=0.0, le=0.5, description="share of the corpus held out for validation")
+    val_fraction: float = Field(0.005, ge=0.0, le=0.5,
+                                description=("share of the corpus held out for validation and bits-per-byte: whole "
+                                             "documents chosen by a seeded hash; a document longer than a quarter of "
+                                             "the corpus or 1/32 of the val split (and 64 KiB) gives its last share "
+                                             "of bytes instead"))
     min_val_tokens: int = Field(131072, ge=0, description="floor on the val split: val_fraction is raised to reach "
                                                           "this many tokens, up to 10% of the corpus (0: no floor)")
     seed: int = Field(1234, description="seeds the document-level train/val split")
@@ -72,19 +74,11 @@ class PackingConfig(ConfigModel):
 
 # --- tokenizer -------------------------------------------------------------------------------------------------
 
-def spm_model_sha256(tokenizer_dir: Path) -> str:
-    """sha256 of the file ``spm.model`` itself: the tokenizer identity recorded in, and checked against, packed data."""
-    model = tokenizer_dir / TOKENIZER_MODEL
-    if not model.is_file():
-        raise LumiError(f"{tokenizer_dir}: tokenizer model {TOKENIZER_MODEL} not found")
-    return sha256_file(model)
-
-
-def load_tokenizer(tokenizer_dir: Path, verify: bool = True) -> tuple[spm.SentencePieceProcessor, str]:
+def load_packing_tokenizer(tokenizer_dir: Path, verify: bool = True) -> tuple[spm.SentencePieceProcessor, str]:
     """The SentencePiece model of a stage-20 directory and its sha256, its special-token ids checked against
-    ``lumi/special_tokens.py``. ``verify`` adds stage 20's integrity check (every model file must match the hashes in
-    ``tokenizer_meta.json``), so a model swapped or edited after training is refused instead of silently producing
-    other ids; without it only ``spm.model`` is needed."""
+    ``lumi/core/special_tokens.py``. ``verify`` adds stage 20's integrity check (every model file must match the
+    hashes in ``tokenizer_meta.json``), so a model swapped or edited after training is refused instead of silently
+    producing other ids; without it only ``spm.model`` is needed."""
     try:
         processor = load_sentencepiece(tokenizer_dir, check_integrity=verify)
     except LumiError as exc:
@@ -94,17 +88,8 @@ def load_tokenizer(tokenizer_dir: Path, verify: bool = True) -> tuple[spm.Senten
     # Packing adds BOS/EOS through SentencePiece's own control ids: they must be the layout's, not just the pieces.
     if (processor.bos_id(), processor.eos_id()) != (special_tokens.BOS_ID, special_tokens.EOS_ID):
         raise LumiError(f"{tokenizer_dir / TOKENIZER_MODEL}: bos/eos ids {processor.bos_id()}/{processor.eos_id()}, "
-                        f"expected {special_tokens.BOS_ID}/{special_tokens.EOS_ID} (lumi/special_tokens.py)")
+                        f"expected {special_tokens.BOS_ID}/{special_tokens.EOS_ID} (lumi/core/special_tokens.py)")
     return processor, spm_model_sha256(tokenizer_dir)
-
-
-def check_packed_tokenizer(packed_dir: str | Path, tokenizer_dir: str | Path) -> None:
-    """Refuse a tokenizer other than the one the packed data was made with (training and evaluation call this)."""
-    recorded = read_packed_manifest(packed_dir)["tokenizer_sha256"]
-    actual = spm_model_sha256(Path(tokenizer_dir))
-    if recorded != actual:
-        raise LumiError(f"{packed_dir}: packed with tokenizer sha256 {recorded}, but {tokenizer_dir} has sha256 "
-                        f"{actual}; use the tokenizer the data was packed with, or re-pack")
 
 
 # --- train/val split -------------------------------------------------------------------------------------------
@@ -301,7 +286,7 @@ def pack_corpus(corpus_dir: str | Path, tokenizer_dir: str | Path, output_dir: s
     """Tokenize ``corpus_dir`` with the tokenizer in ``tokenizer_dir`` and write a packed directory; returns its
     manifest."""
     corpus_dir, tokenizer_dir = Path(corpus_dir), Path(tokenizer_dir)
-    processor, tokenizer_hash = load_tokenizer(tokenizer_dir, verify=verify_tokenizer)
+    processor, tokenizer_hash = load_packing_tokenizer(tokenizer_dir, verify=verify_tokenizer)
     corpus = read_manifest(corpus_dir)
     total = sum(int(shard["documents"]) for shard in corpus["shards"])
     if total == 0:
@@ -309,7 +294,7 @@ def pack_corpus(corpus_dir: str | Path, tokenizer_dir: str | Path, output_dir: s
     dtype = token_dtype(processor.vocab_size())
     total_bytes = sum(int(shard["bytes"]) for shard in corpus["shards"])
     # sentencepiece's batch encode is multi-threaded C++ that releases the GIL and returns int32 buffers
-    # (out_type="numpy"): no Python int per token, and BOS/EOS are added in C++ (ids checked in load_tokenizer).
+    # (out_type="numpy"): no Python int per token, and BOS/EOS are added in C++ (ids checked in load_packing_tokenizer).
     # Measured on 63 MB, 2 cores (CPU seconds, 3 runs): this 3.7-4.5; Python-int lists + np.fromiter 5.3-5.9;
     # multiprocessing.Pool(2) of single-threaded encoders 4.3-6.4 (pickling texts and tokens). It also beats raw
     # `sp.encode(texts)` to Python lists, the benchmark's baseline (benchmarks/bench_packing.py).
@@ -356,7 +341,7 @@ def pack_corpus(corpus_dir: str | Path, tokenizer_dir: str | Path, output_dir: s
             "seq_len": config.seq_len,
             "dtype": dtype.name,
             "vocab_size": processor.vocab_size(),
-            "special_ids": SPECIAL_IDS,
+            "special_ids": special_tokens.CONTROL_IDS_BY_ROLE,
             "tokenizer_sha256": tokenizer_hash,
             "tokenizer_dir": str(tokenizer_dir.resolve()),
             "labels": LABELS,

@@ -1,5 +1,5 @@
 """Stage 10 (`lumi corpus`): read sources, clean, filter, deduplicate (exact + MinHash, across sources), apply
-per-source token budgets, and write a corpus directory (see ``lumi.corpus.store``).
+per-source token budgets, and write a corpus directory (see ``lumi.formats.corpus``).
 
 The work runs on datatrove executors (``lumi.corpus.engine``): locally by default, on Slurm or Ray by setting
 ``executor.type`` in the config; docs/CORPUS.md describes the design and the cluster invocation. The config-free
@@ -12,15 +12,15 @@ import argparse
 import shutil
 from pathlib import Path
 
-from lumi.config import CONFIG_DIR
+from lumi.core.config import CONFIG_DIR
+from lumi.core.errors import LumiError
+from lumi.core.files import output_lock, remove_stale_leftovers, replace_dir, storage_error
+from lumi.core.stage_args import add_common_arguments, stage_config
 from lumi.corpus.analyze import analyze, format_analysis
 from lumi.corpus.config import CorpusConfig, LocalSourceConfig
 from lumi.corpus.engine import prepare_build_dir, run_build
 from lumi.corpus.sources import check_source
-from lumi.corpus.store import read_manifest
-from lumi.errors import LumiError
-from lumi.files import output_lock, remove_stale_leftovers, replace_dir, storage_error
-from lumi.stage import add_common_arguments, stage_config
+from lumi.formats.corpus import read_manifest
 
 
 def absolute_paths(config: CorpusConfig) -> CorpusConfig:

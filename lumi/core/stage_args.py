@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from lumi.config import C, load_config
+from lumi.core.config import C, load_config
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, default_config: Path | None,
                          default_output: str) -> None:
     parser.add_argument("--config", type=Path, default=default_config,
-                        help=f"JSON config file (default: {default_config})")
+                        help="JSON config file (default: %(default)s)")
     parser.add_argument("--output-dir", type=Path, default=Path(default_output),
-                        help=f"where to write the result (default: {default_output})")
+                        help="where to write the result (default: %(default)s)")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing output directory (the old one is removed only after success)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -33,3 +34,8 @@ def stage_config(args: argparse.Namespace, cls: type[C], flags: Mapping[str, Any
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask, not the machine's count): the default worker-thread count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -13,7 +13,7 @@ they, and the last position of each row, get ``IGNORE_INDEX``.
 
 The loss is computed from the backbone's hidden states rather than ``model(..., labels=...)``: transformers upcasts the
 full (batch, seq, vocab) logits to fp32, while here the output projection and cross-entropy run over chunks of
-``chunk_tokens`` positions (``lumi.train.linear_cross_entropy``), so at most one chunk of logits is alive at a
+``chunk_tokens`` positions (``lumi.lm.linear_cross_entropy``), so at most one chunk of logits is alive at a
 time and the projection runs no more often than in a plain forward + backward. The two agree (a test checks it).
 """
 
@@ -24,8 +24,8 @@ from typing import Literal
 import torch
 from transformers import LlamaForCausalLM
 
-from lumi.special_tokens import BOS_ID, PAD_ID
-from lumi.train.linear_cross_entropy import DEFAULT_CHUNK_TOKENS, IGNORE_INDEX, linear_cross_entropy
+from lumi.core.special_tokens import BOS_ID, PAD_ID
+from lumi.lm.linear_cross_entropy import DEFAULT_CHUNK_TOKENS, IGNORE_INDEX, linear_cross_entropy
 
 UNSCORED_TARGETS = (PAD_ID, BOS_ID)
 

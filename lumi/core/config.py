@@ -16,10 +16,10 @@ from typing import Any, Iterable, Mapping, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from lumi.errors import LumiError
-from lumi.files import read_json
+from lumi.core.errors import LumiError
+from lumi.core.files import read_json
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 CONFIG_DIR = REPO_ROOT / "config"
 
 

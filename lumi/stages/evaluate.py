@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import platform
-import sys
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -21,21 +20,20 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lumi import __version__
-from lumi.config import CONFIG_DIR, config_to_dict
-from lumi.errors import LumiError
+from lumi.core.config import CONFIG_DIR, config_to_dict
+from lumi.core.errors import LumiError
+from lumi.core.files import atomic_write_json, atomic_write_jsonl, read_text, sha256_file, staged_output_dir
+from lumi.core.stage_args import add_common_arguments, stage_config
 from lumi.eval.config import DEFAULT_PROMPTS, EvaluationConfig, PerplexityConfig, TaskConfig
 from lumi.eval.generation import load_prompts, run_generation
-from lumi.eval.model_io import context_length, load_for_evaluation, tokenizer_fingerprint
 from lumi.eval.perplexity import evaluate_packed_split, read_dataset_text, text_perplexity
 from lumi.eval.report import RESULTS_FILE, compare_results, console_summary, load_previous_results, write_report
 from lumi.eval.scoring import score_items
 from lumi.eval.tasks import get_task, subsample
 from lumi.eval.training_record import TrainingRecord, training_record
-from lumi.files import atomic_write_json, atomic_write_jsonl, read_text, sha256_file, staged_output_dir
-from lumi.packed import load_packed_split, read_packed_manifest
-from lumi.packing import check_packed_tokenizer
-from lumi.stage import add_common_arguments, setup_logging, stage_config
-from lumi.tokenizer import SPM_MODEL
+from lumi.formats.model_io import context_length, load_for_evaluation, tokenizer_fingerprint
+from lumi.formats.packed import check_packed_tokenizer, load_packed_split, read_packed_manifest
+from lumi.formats.tokenizer import SPM_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +202,8 @@ def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path)
     return results
 
 
-def configure_parser(parser: argparse.ArgumentParser, default_config: Path = PRETRAIN_CONFIG,
-                     default_output: str = "out/evaluation/pretrain") -> None:
-    add_common_arguments(parser, default_config=default_config, default_output=default_output)
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser, default_config=PRETRAIN_CONFIG, default_output="out/evaluation/pretrain")
     parser.add_argument("--model-path", type=Path, required=True,
                         help="checkpoint directory (save_pretrained model + tokenizer files)")
     parser.add_argument("--compare", type=Path, metavar="PREVIOUS_RESULTS",
@@ -232,16 +229,3 @@ def run(args: argparse.Namespace) -> int:
     print(console_summary(results))
     print(f"evaluation -> {args.output_dir}/{RESULTS_FILE}, {args.output_dir}/report.md")
     return 0
-
-
-def script_main(default_config: Path, default_output: str, prog: str, description: str,
-                argv: list[str] | None = None) -> int:
-    """The numbered scripts (50, 80): ``lumi evaluate`` with their own defaults, shown as such in ``--help``."""
-    from lumi.cli import normalize_flag_spelling, run_guarded  # here: lumi.cli imports the verb modules lazily
-
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    configure_parser(parser, default_config, default_output)
-    args = parser.parse_args(normalize_flag_spelling(sys.argv[1:] if argv is None else argv))
-    setup_logging(args.verbose)
-    return run_guarded(run, args)

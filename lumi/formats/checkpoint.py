@@ -2,9 +2,10 @@
 
 A checkpoint is a plain ``save_pretrained`` directory (config, safetensors weights, generation config) plus the
 tokenizer files, so ``AutoModelForCausalLM`` / ``AutoTokenizer`` load it with no code of ours, plus what exact resume
-needs: ``trainer_state.pt`` (optimizer, scheduler, RNG states, data position, step, tokens seen) and
-``pretrain_config.json`` (the resolved config). The directory is assembled under a temporary name and renamed into
-place (``lumi.files.staged_output_dir``), so a run killed while saving never leaves a checkpoint that looks complete.
+needs: ``trainer_state.pt`` (optimizer, scheduler, RNG states, data position, step, tokens seen) and the resolved
+settings under the name the objective gives (``pretrain_config.json`` for pretraining). The directory is assembled
+under a temporary name and renamed into place (``lumi.core.files.staged_output_dir``), so a run killed while saving
+never leaves a checkpoint that looks complete.
 
 ``checksums.json`` (size and sha256 of every other file) is written last, and weights are checked finite before
 anything is written: a checkpoint is *intact* when every file matches it. Resume verifies that before trusting a
@@ -20,25 +21,25 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from lumi.errors import LumiError
-from lumi.files import atomic_write_json, discard_dir, read_json, sha256_file, staged_output_dir
+from lumi.core.errors import LumiError
+from lumi.core.files import atomic_write_json, discard_dir, read_json, sha256_file, staged_output_dir
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
-CONFIG_FILE = "pretrain_config.json"
+PRETRAIN_CONFIG_FILE = "pretrain_config.json"  # a pretraining run's resolved settings (the objective's config_file)
 SUMMARY_FILE = "trainer_state.json"
 CHECKSUMS_FILE = "checksums.json"
 FINAL = "final"
 _STEP_DIR = re.compile(r"step_(\d+)")
 # What a checkpoint without checksums (an older version's) must hold to be trusted at all.
-_REQUIRED = ("config.json", "model.safetensors", STATE_FILE, SUMMARY_FILE, CONFIG_FILE)
+_REQUIRED = ("config.json", "model.safetensors", STATE_FILE, SUMMARY_FILE)
 
 
 def step_dir_name(step: int) -> str:
@@ -64,20 +65,15 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(directory: Path, model: PreTrainedModel, tokenizer_dir: Path, trainer_state: dict[str, Any],
-                    config: dict[str, Any], overwrite: bool = False,
-                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write one checkpoint directory atomically; ``overwrite`` replaces an existing one (``final/``).
-    ``state_dict`` supplies whole weights when the model's own are sharded (FSDP2)."""
-    check_finite_weights(model.state_dict() if state_dict is None else state_dict, trainer_state.get("step"),
-                         directory.parent)
+def save_checkpoint(directory: Path, write_model: Callable[[Path], None], trainer_state: dict[str, Any],
+                    config_file: str, config: dict[str, Any], overwrite: bool = False) -> Path:
+    """Write one checkpoint directory atomically: ``write_model(staging_dir)`` puts the loadable model there (the
+    objective's ``save_model``), then the trainer state and the resolved settings (``config_file``) go beside it.
+    ``overwrite`` replaces an existing one (``final/``)."""
     with staged_output_dir(directory, force=overwrite) as staging:
-        model.save_pretrained(staging, state_dict=state_dict)
-        for item in sorted(Path(tokenizer_dir).iterdir()):
-            if item.is_file():
-                shutil.copy2(item, staging / item.name)
+        write_model(staging)
         torch.save(trainer_state, staging / STATE_FILE)
-        atomic_write_json(staging / CONFIG_FILE, config)
+        atomic_write_json(staging / config_file, config)
         summary = {k: v for k, v in trainer_state.items() if isinstance(v, (int, float, str))}
         atomic_write_json(staging / SUMMARY_FILE, summary)
         # Last: its presence says every file above was written whole.
@@ -158,8 +154,18 @@ def newest_intact_checkpoint(candidates: list[Path]) -> Path | None:
     return None
 
 
-def load_trainer_state(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(trainer state, resolved config) of a checkpoint."""
+def save_pretrained_with_tokenizer(directory: Path, model: PreTrainedModel, tokenizer_dir: Path,
+                                   state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """``save_pretrained`` plus every file of the tokenizer directory: what transformers needs to load the checkpoint.
+    ``state_dict`` supplies whole weights when the model's own are sharded (FSDP2)."""
+    model.save_pretrained(directory, state_dict=state_dict)
+    for item in sorted(Path(tokenizer_dir).iterdir()):
+        if item.is_file():
+            shutil.copy2(item, directory / item.name)
+
+
+def load_trainer_state(directory: Path, config_file: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(trainer state, resolved settings saved as ``config_file``) of a checkpoint."""
     path = directory / STATE_FILE
     if not path.is_file():
         raise LumiError(f"{directory}: not a training checkpoint ({STATE_FILE} missing)")
@@ -168,7 +174,7 @@ def load_trainer_state(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]
     except (RuntimeError, EOFError, OSError, ValueError) as exc:  # cut short or damaged (no checksums to tell)
         raise LumiError(f"{path}: not a readable trainer state ({type(exc).__name__}: "
                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'})") from None
-    return state, read_json(directory / CONFIG_FILE, what="checkpoint config")
+    return state, read_json(directory / config_file, what="checkpoint config")
 
 
 def checkpoint_step(directory: Path) -> int:

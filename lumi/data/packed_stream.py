@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from lumi.errors import LumiError
-from lumi.packed import PackedSplit, load_packed_split, read_packed_manifest
-from lumi.packing import check_packed_tokenizer
+from lumi.core.errors import LumiError
+from lumi.formats.packed import PackedSplit, load_packed_split, read_packed_manifest
+from lumi.formats.packed import check_packed_tokenizer
 
 
 @dataclass

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from lumi.errors import LumiError
+from lumi.core.errors import LumiError
 
 log = logging.getLogger(__name__)
 
@@ -107,15 +107,31 @@ def text_lines(text: str) -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
-def read_json(path: str | os.PathLike, what: str = "file") -> Any:
-    """Read a JSON file, turning a missing file or a syntax error into a LumiError naming the file."""
-    text = read_text(path, what)
+def parse_json(text: str, source: str | os.PathLike) -> Any:
+    """One JSON document; a syntax error (or nesting too deep to parse) becomes a LumiError naming ``source``."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise LumiError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        raise LumiError(f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:
-        raise LumiError(f"{path}: JSON nested too deeply to read") from None
+        raise LumiError(f"{source}: JSON nested too deeply to read") from None
+
+
+def parse_json_lines(text: str, source: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of every non-blank line of JSON-lines text (split on ``\\n`` only: ``text_lines``);
+    a bad line names ``source`` and its number."""
+    for number, line in enumerate(text_lines(text), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LumiError(f"{source}:{number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Read a JSON file, turning a missing file or a syntax error into a LumiError naming the file."""
+    return parse_json(read_text(path, what), path)
 
 
 def read_manifest_file(directory: str | os.PathLike, filename: str, expected_format: str, what: str) -> dict:
@@ -348,11 +364,16 @@ def staged_output_dir(path: str | os.PathLike, force: bool) -> Iterator[Path]:
             raise storage_error(exc, final) or exc
 
 
+def aside_path(path: Path) -> Path:
+    """Where an output being replaced waits, beside it, until its replacement is complete (then it is deleted)."""
+    return path.with_name(f".{path.name}.old-{os.getpid()}")
+
+
 def replace_dir(new: Path, final: Path) -> None:
     """Replace ``final`` (if it exists) by ``new``; the old one is removed only after the swap."""
     old = None
     if final.exists():
-        old = final.parent / _staging_name(final.name, "old")
+        old = aside_path(final)
         os.replace(final, old)
     os.replace(new, final)
     if old is not None:

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from lumi.errors import LumiError
-from lumi.files import read_manifest_file, verify_file
+from lumi.core.errors import LumiError
+from lumi.core.files import read_manifest_file, sha256_file, verify_file
+from lumi.formats.tokenizer import SPM_MODEL
 
 PACKED_FORMAT = "lumi-packed/1"
 MANIFEST = "final_manifest.json"
@@ -96,3 +97,20 @@ def unigram_entropy(split: PackedSplit, chunk_rows: int = 4096) -> float:
         counts[:len(chunk)] += chunk
     probabilities = counts[counts > 0] / counts.sum()
     return float(-(probabilities * np.log(probabilities)).sum())
+
+
+def spm_model_sha256(tokenizer_dir: str | Path) -> str:
+    """sha256 of the file ``spm.model`` itself: the tokenizer identity recorded in, and checked against, packed data."""
+    model = Path(tokenizer_dir) / SPM_MODEL
+    if not model.is_file():
+        raise LumiError(f"{tokenizer_dir}: tokenizer model {SPM_MODEL} not found")
+    return sha256_file(model)
+
+
+def check_packed_tokenizer(packed_dir: str | Path, tokenizer_dir: str | Path) -> None:
+    """Refuse a tokenizer other than the one the packed data was made with (training and evaluation call this)."""
+    recorded = read_packed_manifest(packed_dir)["tokenizer_sha256"]
+    actual = spm_model_sha256(Path(tokenizer_dir))
+    if recorded != actual:
+        raise LumiError(f"{packed_dir}: packed with tokenizer sha256 {recorded}, but {tokenizer_dir} has sha256 "
+                        f"{actual}; use the tokenizer the data was packed with, or re-pack")

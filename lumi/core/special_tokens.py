@@ -23,3 +23,6 @@ SPECIAL_IDS = {
     IM_START_TOKEN: IM_START_ID,
     IM_END_TOKEN: IM_END_ID,
 }
+
+# The control ids by role, as the packed manifest records them (the chat markers are ordinary pieces there).
+CONTROL_IDS_BY_ROLE = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}

@@ -1,8 +1,4 @@
-"""Stage 40: pretrain a LLaMA-style model on packed data (``lumi pretrain``).
-
-One optimizer step consumes ``micro_batch_size x grad_accumulation x world_size`` rows (the global batch); the loss
-of a step is the exact mean over every scored token of the global batch (each micro-batch's summed loss is divided
-by the step's token count before backward), so changing the accumulation split does not change the objective.
+"""The training loop every trainer shares; what differs per stage is its objective (``lumi.train.objectives``).
 
 Checkpoints go to ``<output-dir>/<name>/step_<N>/`` every ``save_interval`` steps (the last ``keep_last_k`` kept)
 and ``final/`` at the end. ``--resume auto`` continues from the newest one and, on CPU, reproduces the uninterrupted
@@ -23,7 +19,6 @@ others wait for it at barriers. A signal received by any process stops all of th
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import math
@@ -38,92 +33,48 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import LlamaForCausalLM
 from transformers.utils import logging as hf_logging
 
-from lumi.config import CONFIG_DIR, config_to_dict
-from lumi.errors import LumiError
-from lumi.eval.model_io import resolve_device
-from lumi.files import output_lock, output_path, remove_stale_leftovers
-from lumi.eval.perplexity import score_packed_split, summarize
-from lumi.model import ArchitectureConfig, build_model, describe, flops_per_token, load_architecture, parameter_counts
-from lumi.packed import read_packed_manifest
-from lumi.stage import add_common_arguments, stage_config
-from lumi.tokenizer import load_sentencepiece
-from lumi.train.checkpoint import (FINAL, STATE_FILE, load_trainer_state, newest_intact_checkpoint, restore_rng_state,
-                                   rng_state, rotate_checkpoints, save_checkpoint, step_checkpoints, step_dir_name,
-                                   verified_checkpoint)
-from lumi.train.config import RESUMABLE_CHANGES, PretrainConfig
-from lumi.train.data import BatchStream, MixedRowSampler, PackedSource, open_sources
-from lumi.train.distributed import (barrier, close_process_group, decide_on_main, full_model_state_dict,
-                                    init_process_group_from_env, load_optimizer_state_dict, max_over_processes,
-                                    optimizer_state_dict)
+from lumi.core.errors import LumiError
+from lumi.core.files import aside_path, output_lock, output_path, remove_stale_leftovers
+from lumi.formats.checkpoint import (FINAL, STATE_FILE, check_finite_weights, load_trainer_state,
+                                     newest_intact_checkpoint, restore_rng_state, rng_state, rotate_checkpoints,
+                                     save_checkpoint, step_checkpoints, step_dir_name, verified_checkpoint)
+from lumi.formats.model_io import resolve_device
+from lumi.train.config import RESUMABLE_CHANGES, TrainerConfig
+from lumi.train.distributed import (barrier, decide_on_main, full_model_state_dict, load_optimizer_state_dict,
+                                    max_over_processes, optimizer_state_dict)
 from lumi.train.metrics import IntervalMeter, MetricsLog, peak_flops
+from lumi.train.objectives.base import Batch, Objective
 from lumi.train.step import StepResult, TrainStep
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-DEFAULT_CONFIG = CONFIG_DIR / "pretrain" / "training" / "chinchilla_tiny_500m.json"
-CHINCHILLA_TOKENS_PER_PARAM = 20
 
 
-def tokenizer_vocab_size(tokenizer_dir: Path) -> int:
-    """The model's vocabulary is exactly the tokenizer's (integrity and special ids checked on load)."""
-    return load_sentencepiece(tokenizer_dir).get_piece_size()
+class Trainer:
+    """Owns one training run of one objective. The DDP/benchmark hooks are ``train_step`` (one optimizer step on this
+    rank's micro-batches), ``evaluate``, ``save`` and the ``rank``/``world_size``/``device`` constructor arguments;
+    the process group itself is set up by the stage (``lumi.train.distributed.init_process_group_from_env``)."""
 
-
-def total_steps(config: PretrainConfig, tokens_per_step: int) -> int:
-    if config.max_steps is not None:
-        return config.max_steps
-    steps = config.max_tokens // tokens_per_step
-    if steps == 0:
-        raise LumiError(f"max_tokens={config.max_tokens} is less than one step ({tokens_per_step} tokens)")
-    return steps
-
-
-def budget_summary(arch: ArchitectureConfig, steps: int, tokens_per_step: int) -> str:
-    params = parameter_counts(arch)["total"]
-    tokens = steps * tokens_per_step
-    return (f"budget: {steps:,} steps x {tokens_per_step:,} tokens = {tokens:,} tokens "
-            f"({tokens / params:.1f} tokens/param; Chinchilla-optimal {CHINCHILLA_TOKENS_PER_PARAM} tokens/param "
-            f"= {CHINCHILLA_TOKENS_PER_PARAM * params:,} tokens)")
-
-
-def run_dir_of(config: PretrainConfig, output_dir: Path) -> Path:
-    """``<output-dir>/<name>``, the run's name defaulting to the architecture's; a symlinked run dir is followed,
-    so ``--force`` sets aside what the link points to and the link stays."""
-    return output_path(Path(output_dir) / (config.name or load_architecture(config.model).name))
-
-
-class Pretrainer:
-    """Owns one training run. The DDP/benchmark hooks are ``train_step`` (one optimizer step on this rank's
-    micro-batches), ``evaluate``, ``save`` and the ``rank``/``world_size``/``device`` constructor arguments; the
-    process group itself is set up by ``run`` (``lumi.train.distributed.init_process_group_from_env``)."""
-
-    def __init__(self, config: PretrainConfig, output_dir: Path, resume: str | None = None, force: bool = False,
-                 rank: int = 0, world_size: int = 1, device: torch.device | None = None):
-        self.config, self.rank, self.world_size = config, rank, world_size
+    def __init__(self, config: TrainerConfig, objective: Objective, output_dir: Path, resume: str | None = None,
+                 force: bool = False, rank: int = 0, world_size: int = 1, device: torch.device | None = None):
+        self.config, self.objective, self.rank, self.world_size = config, objective, rank, world_size
         hf_logging.disable_progress_bar()  # save_pretrained's per-checkpoint shard bars would break up the step bar
         self.is_main = rank == 0
         self.device = device or resolve_device("auto")
-        self.tokenizer_dir = Path(config.tokenizer_dir)
-        self.sources: list[PackedSource] = open_sources(config.data_dirs, self.tokenizer_dir)
-        self.seq_len = self.sources[0].train.seq_len
-        self.arch = load_architecture(config.model, vocab_size=tokenizer_vocab_size(self.tokenizer_dir))
-        if self.seq_len > self.arch.max_seq_len:
-            raise LumiError(f"{self.sources[0].path}: rows of {self.seq_len} tokens exceed the model's max_seq_len "
-                            f"{self.arch.max_seq_len} ({config.model}); re-pack with a shorter seq_len")
-        weights = config.data_weights or [1.0] * len(self.sources)
-        self.sampler = MixedRowSampler([s.train.num_rows for s in self.sources], weights, config.seed)
-        self.stream = BatchStream(self.sources, self.sampler, config.micro_batch_size, config.grad_accumulation,
-                                  rank, world_size)
-        self.tokens_per_step = self.stream.global_batch_rows * self.seq_len
-        self.total_steps = total_steps(config, self.tokens_per_step)
-        self.run_dir = run_dir_of(config, output_dir)
-        self.resolved = {"config": config_to_dict(config), "architecture": self.arch.model_dump(mode="json"),
-                         "seq_len": self.seq_len, "world_size": world_size,
-                         "global_batch_rows": self.stream.global_batch_rows, "total_steps": self.total_steps}
+        self.total_steps = objective.total_steps
+        # A symlinked run dir is followed: --force sets aside what the link points to and the link stays.
+        self.run_dir = output_path(Path(output_dir) / (config.name or objective.run_name))
+        self.resolved = objective.resolved
+        # Rank 0 holds the run dir until fit() ends: a second run on it is refused, naming this one. Then the
+        # leftovers of killed runs go: an old run a killed --force set aside, checkpoints being staged or deleted.
+        self._run_dir_lock = contextlib.ExitStack()
+        if self.is_main:
+            self._run_dir_lock.enter_context(output_lock(self.run_dir))
+            remove_stale_leftovers(self.run_dir.parent, self.run_dir.name)
+            remove_stale_leftovers(self.run_dir)
         checkpoint, self._replaced_run_dir = decide_on_main(lambda: self._checkpoint_to_resume(resume, force))
 
         if self.device.type == "cpu" and config.attn_implementation == "flex_attention":
@@ -134,19 +85,16 @@ class Pretrainer:
         random.seed(config.seed)
         np.random.seed(config.seed)
         torch.manual_seed(config.seed)
-        if checkpoint is None:
-            self.model = build_model(self.arch, config.attn_implementation)
-        else:
-            self.model = LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32,
-                                                          attn_implementation=config.attn_implementation)
+        self.model = objective.build_model(checkpoint)
         self.model.to(self.device).train()
-        self.stepper = TrainStep(self.model, config, self.total_steps, self.device, world_size)
+        self.stepper = TrainStep(objective.loss_module(self.model, config.compile), objective.count, config,
+                                 self.total_steps, self.device, world_size)
         self.step, self.tokens_seen = 0, 0
         self.resumed_from = checkpoint
         if checkpoint is not None:
             self._load_state(checkpoint)
         self._stop_signal: int | None = None
-        self._pending: tuple[int, StepResult] | None = None  # a step queued on the device, numbers not read yet
+        self._pending: tuple[int, StepResult, int] | None = None  # a step queued on the device, numbers not read yet
 
     # --- run directory and resume -------------------------------------------------------------------------------
 
@@ -159,7 +107,7 @@ class Pretrainer:
                 raise LumiError(f"{self.run_dir}: holds checkpoints of an earlier run; pass --resume auto to "
                                 "continue it or --force to start over")
             if self.run_dir.exists() and force:
-                return None, self.run_dir.with_name(f".{self.run_dir.name}.old-{os.getpid()}")
+                return None, aside_path(self.run_dir)
             return None, None
         if resume != "auto":
             if not (Path(resume) / STATE_FILE).is_file():
@@ -172,7 +120,7 @@ class Pretrainer:
         return newest_intact_checkpoint([path for _, path in existing]), None
 
     def _load_state(self, checkpoint: Path) -> None:
-        state, saved = load_trainer_state(checkpoint)
+        state, saved = load_trainer_state(checkpoint, self.objective.config_file)
         changed = sorted(key for key in set(saved) | set(self.resolved) if key != "config"
                          and saved.get(key) != self.resolved.get(key))
         changed += sorted(key for key in set(saved["config"]) | set(self.resolved["config"])
@@ -183,14 +131,14 @@ class Pretrainer:
                             "restore them, or start a new run with --force or another name")
         load_optimizer_state_dict(self.stepper.module, self.stepper.optimizer, state["optimizer"])
         self.stepper.scheduler.load_state_dict(state["scheduler"])
-        self.sampler.load_state_dict(state["data"])
+        self.objective.load_state_dict(state["data"])
         restore_rng_state(state["rng"])
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
         log.info("resumed from %s at step %d (%d tokens seen)", checkpoint, self.step, self.tokens_seen)
 
     # --- the hooks ----------------------------------------------------------------------------------------------
 
-    def train_step(self, micro_batches: list[torch.Tensor]) -> StepResult:
+    def train_step(self, micro_batches: list[Batch]) -> StepResult:
         """Forward/backward over this rank's micro-batches and one optimizer step. Returns at once with the step's
         (loss, grad norm) on their way to the host, both global over the processes, so every process takes the same
         decisions from them; ``fit`` reads them a step later and stops at a non-finite one."""
@@ -210,48 +158,27 @@ class Pretrainer:
     def _settle(self, meter: IntervalMeter) -> None:
         """Wait for the pending step, check it and count it into ``meter``."""
         if self._pending is not None:
-            step, result = self._pending
+            step, result, tokens = self._pending
             self._pending = None
             loss, grad_norm = self._checked(step, result)
-            meter.add(loss, grad_norm, self.tokens_per_step)
+            meter.add(loss, grad_norm, tokens)
 
     def evaluate(self) -> dict[str, float]:
-        """Val loss and bits per byte per data dir and pooled over all of them (always with document masking, the
-        metric the evaluation stage reports; see ``lumi.eval.perplexity`` for how bytes are prorated).
-
-        Scored through the wrapped module with ``lumi.eval.perplexity.score_packed_split``, the loop with which
-        ``evaluate_packed_split`` scores the bare model (same rows, same batches, same loss): under FSDP2 only the
-        wrapper holds whole weights. Every process runs it; rank 0 logs it.
-        """
-        metrics: dict[str, float] = {}
-        nats = tokens = text_bytes = 0.0
+        """The objective's evaluation, scored through the wrapped module (under FSDP2 only the wrapper holds whole
+        weights). Every process runs it; rank 0 logs it."""
         self.model.eval()
         try:
-            for source in self.sources:
-                if min(self.config.eval_max_rows, source.val.num_rows) == 0:
-                    continue
-                score = score_packed_split(
-                    source.val, lambda batch: self.stepper.summed_nats(self.stepper.to_device(batch), True),
-                    self.config.micro_batch_size, self.config.eval_max_rows)
-                if len(self.sources) > 1:
-                    result = summarize(score.nats, score.tokens, score.bytes)
-                    metrics.update({f"val/{source.name}/loss": result["loss"],
-                                    f"val/{source.name}/bpb": result["bits_per_byte"]})
-                nats += score.nats
-                tokens += score.tokens
-                text_bytes += score.bytes
+            with torch.no_grad():
+                return self.objective.evaluate(lambda batch: self.stepper.forward(self.stepper.to_device(batch),
+                                                                                  False))
         finally:
             self.model.train()
-        if tokens:
-            metrics.update({"val/loss": nats / tokens, "val/perplexity": math.exp(min(nats / tokens, 50.0)),
-                            "val/bpb": nats / (math.log(2) * text_bytes)})
-        return metrics
 
     def trainer_state(self) -> dict[str, Any]:
         """What exact resume needs (every process must call it: under FSDP2 the optimizer state is gathered)."""
         return {"step": self.step, "tokens_seen": self.tokens_seen,
                 "optimizer": optimizer_state_dict(self.stepper.module, self.stepper.optimizer),
-                "scheduler": self.stepper.scheduler.state_dict(), "data": self.sampler.state_dict(),
+                "scheduler": self.stepper.scheduler.state_dict(), "data": self.objective.state_dict(),
                 "rng": rng_state()}
 
     def save(self, name: str) -> Path:
@@ -259,8 +186,9 @@ class Pretrainer:
         weights, state = full_model_state_dict(self.stepper.module), self.trainer_state()
         directory = self.run_dir / name
         if self.is_main:
-            save_checkpoint(directory, self.model, self.tokenizer_dir, state, self.resolved,
-                            overwrite=name == FINAL, state_dict=weights)
+            check_finite_weights(self.model.state_dict() if weights is None else weights, self.step, self.run_dir)
+            save_checkpoint(directory, lambda staging: self.objective.save_model(staging, self.model, weights), state,
+                            self.objective.config_file, self.resolved, overwrite=name == FINAL)
             for removed in rotate_checkpoints(self.run_dir, self.config.keep_last_k):
                 log.debug("removed old checkpoint %s", removed)
         barrier()
@@ -279,7 +207,8 @@ class Pretrainer:
         metrics = None
         if self.is_main:
             if self._replaced_run_dir is not None:
-                # --force: the old run is set aside and deleted only once this one has finished (as lumi.files does).
+                # --force: the old run is set aside and deleted only once this one has finished, as
+                # lumi.core.files.replace_dir does for stage outputs (a run writes into its dir as it goes).
                 os.replace(self.run_dir, self._replaced_run_dir)
                 log.info("--force: the previous run is kept in %s until this one finishes", self._replaced_run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -291,17 +220,15 @@ class Pretrainer:
 
     def fit(self) -> int:
         """Train to the step budget; returns the process exit status (0, or 128 + signal when stopped by one)."""
-        config = self.config
+        config, objective = self.config, self.objective
         metrics = self._open_run_dir()
-        log.info("%s", describe(self.arch, self.seq_len))
-        log.info("%s", budget_summary(self.arch, self.total_steps, self.tokens_per_step))
-        log.info("data: %s", ", ".join(f"{s.path} ({s.train.num_rows} rows, weight {w:.3f})"
-                                       for s, w in zip(self.sources, self.sampler.weights)))
+        for line in objective.describe():
+            log.info("%s", line)
         if self.world_size > 1:
             log.info("%d processes (%s), %d rows per process per step", self.world_size, config.distributed,
                      config.micro_batch_size * config.grad_accumulation)
-        flops = flops_per_token(self.arch, self.seq_len)
-        peak = peak_flops(self.device)
+        flops = objective.flops_per_token()
+        peak = peak_flops(self.device) if flops else None
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         start_time = time.perf_counter()
         first_step = self.step
@@ -309,19 +236,20 @@ class Pretrainer:
             if self.step == 0:
                 self._log(metrics, 0, self._guarded(self.evaluate))
             meter = IntervalMeter()
-            with tqdm(total=self.total_steps, initial=self.step, desc=f"pretrain {self.run_dir.name}",
+            with tqdm(total=self.total_steps, initial=self.step, desc=f"{objective.name} {self.run_dir.name}",
                       unit="step", disable=not self.is_main or None, dynamic_ncols=True) as bar:
                 while self.step < self.total_steps:
-                    micro_batches = self.stream.next_step()
+                    micro_batches = objective.next_step()
+                    step_tokens = objective.step_tokens(micro_batches)
                     lr = self.stepper.scheduler.get_last_lr()[0]
                     result = self._guarded(self.train_step, micro_batches)
                     self.step += 1
-                    self.tokens_seen += self.tokens_per_step
+                    self.tokens_seen += step_tokens
                     bar.update(1)
                     # The previous step's numbers are read only now, with this step queued behind it, so the
                     # device never waits for the host; a step whose numbers are read is checked before any save.
                     self._settle(meter)
-                    self._pending = (self.step, result)
+                    self._pending = (self.step, result, step_tokens)
                     last = self.step == self.total_steps
                     log_now = self.step % config.log_interval == 0 or last
                     eval_now = self.step % config.eval_interval == 0 or last
@@ -348,10 +276,8 @@ class Pretrainer:
                                      " ".join(f"{k} {v}" for k, v in status.items()), eta)
                         meter.reset()
                     if eval_now:
-                        mix = {f"data/{s.name}/share": share for s, share in zip(self.sources,
-                                                                                 self.sampler.realized_mix())}
                         with meter.paused():
-                            self._log(metrics, self.step, {**self._guarded(self.evaluate), **mix})
+                            self._log(metrics, self.step, self._guarded(self.evaluate))
                     if stop_signal and not last:
                         saved = self.save(step_dir_name(self.step))
                         if self.is_main:
@@ -363,13 +289,13 @@ class Pretrainer:
                             self.save(step_dir_name(self.step))
             final = self.save(FINAL)
             if self.is_main:
-                epochs = ", ".join(f"{s.name}: {share:.3f} of rows, {epochs:.2f} epochs" for s, share, epochs in
-                                   zip(self.sources, self.sampler.realized_mix(), self.sampler.epochs()))
-                print(f"trained {self.step} steps ({self.tokens_seen:,} tokens; {epochs}); final model in {final}")
+                print(f"trained {self.step} steps ({self.tokens_seen:,} tokens; {objective.summary()}); "
+                      f"final model in {final}")
                 if self._replaced_run_dir is not None:
                     shutil.rmtree(self._replaced_run_dir, ignore_errors=True)
             return 0
         finally:
+            self._run_dir_lock.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             if metrics is not None:
@@ -386,77 +312,7 @@ class Pretrainer:
             return work(*args)
         except torch.OutOfMemoryError:
             raise LumiError(
-                f"step {self.step + 1}: {self.device.type.upper()} out of memory with micro_batch_size="
-                f"{self.config.micro_batch_size} x seq_len={self.seq_len} ({self.config.model}); lower "
-                "micro_batch_size (raise grad_accumulation to keep the global batch), set "
+                f"step {self.step + 1}: {self.device.type.upper()} out of memory with {self.objective.batch_shape()}; "
+                "lower micro_batch_size (raise grad_accumulation to keep the global batch), set "
                 "activation_checkpointing=true, re-pack the data with a shorter seq_len, use distributed=fsdp2 "
                 "across several GPUs, or pick a smaller model") from None
-
-
-# --- command line ------------------------------------------------------------------------------------------------
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dirs", nargs="+", type=Path, metavar="DIR",
-                        help="packed data directories from stage 30 (overrides the config's data_dirs)")
-    parser.add_argument("--data-weights", nargs="+", type=float, metavar="W",
-                        help="mixing weight per data dir, in the same order (default: equal)")
-    parser.add_argument("--tokenizer-dir", type=Path, help="tokenizer directory from stage 20 (overrides the config)")
-    parser.add_argument("--resume", metavar="auto|PATH",
-                        help="continue from the newest checkpoint of this run (auto) or from a checkpoint dir")
-    parser.add_argument("--max-steps", type=int, help="optimizer steps (overrides max_steps/max_tokens)")
-    parser.add_argument("--describe", action="store_true",
-                        help="print the architecture, exact parameter counts, FLOPs/token and the token budget, "
-                             "then exit without training")
-    add_common_arguments(parser, DEFAULT_CONFIG, default_output="checkpoints/pretrain")
-
-
-def describe_run(config: PretrainConfig) -> str:
-    """What ``--describe`` prints: the tokenizer's vocab and the data's row length when they exist, else the
-    architecture file's vocab and max_seq_len (said so)."""
-    tokenizer_dir = Path(config.tokenizer_dir)
-    vocab = tokenizer_vocab_size(tokenizer_dir) if tokenizer_dir.is_dir() else None
-    arch = load_architecture(config.model, vocab_size=vocab)
-    packed = next((Path(d) for d in config.data_dirs if Path(d).is_dir()), None)
-    seq_len = int(read_packed_manifest(packed)["seq_len"]) if packed else arch.max_seq_len
-    tokens_per_step = config.micro_batch_size * config.grad_accumulation * seq_len
-    lines = [describe(arch, seq_len), budget_summary(arch, total_steps(config, tokens_per_step), tokens_per_step)]
-    if vocab is None:
-        lines.append(f"(no tokenizer at {tokenizer_dir}: vocab_size from the architecture file)")
-    if packed is None:
-        lines.append(f"(no packed data yet: rows assumed to be max_seq_len = {seq_len} tokens)")
-    return "\n".join(lines)
-
-
-def run(args: argparse.Namespace) -> int:
-    flags = {"data_dirs": [str(p) for p in args.data_dirs] if args.data_dirs else None,
-             "data_weights": args.data_weights,
-             "tokenizer_dir": str(args.tokenizer_dir) if args.tokenizer_dir else None,
-             "max_steps": args.max_steps}
-    config = stage_config(args, PretrainConfig, flags)
-    if args.describe:
-        print(describe_run(config))
-        return 0
-    process = init_process_group_from_env()  # torchrun's RANK/WORLD_SIZE/LOCAL_RANK; one process without them
-    run_dir = run_dir_of(config, args.output_dir)
-    # Rank 0 holds the run dir for the whole run: a second run on it is refused, naming this one.
-    with output_lock(run_dir) if process.is_main else contextlib.nullcontext():
-        if process.is_main:
-            remove_stale_leftovers(run_dir.parent, run_dir.name)  # an old run a killed --force set aside
-            remove_stale_leftovers(run_dir)  # checkpoints a killed save was staging or a rotation deleting
-        return _train(config, args, process)
-
-
-def _train(config: PretrainConfig, args: argparse.Namespace, process: Any) -> int:
-    try:
-        if not process.is_main:
-            logging.getLogger().setLevel(logging.WARNING)  # one copy of the run's log, from rank 0
-        trainer = Pretrainer(config, args.output_dir, resume=args.resume, force=args.force, rank=process.rank,
-                             world_size=process.world_size, device=process.device)
-        if trainer.step >= trainer.total_steps:
-            if process.is_main:
-                print(f"{trainer.run_dir}: already trained {trainer.step} of {trainer.total_steps} steps; "
-                      "nothing to do")
-            return 0
-        return trainer.fit()
-    finally:
-        close_process_group()

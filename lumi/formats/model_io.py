@@ -9,8 +9,8 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from lumi.errors import LumiError
-from lumi.tokenizer import META as TOKENIZER_META, check_tokenizer_integrity
+from lumi.core.errors import LumiError
+from lumi.formats.tokenizer import META as TOKENIZER_META, check_tokenizer_integrity
 
 # Any one of these makes a directory loadable by AutoTokenizer; we hash all that are present.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",

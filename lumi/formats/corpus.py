@@ -16,8 +16,8 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lumi.errors import LumiError
-from lumi.files import read_manifest_file, sha256_file, verify_file
+from lumi.core.errors import LumiError
+from lumi.core.files import read_manifest_file, sha256_file, verify_file
 
 CORPUS_FORMAT = "lumi-corpus/1"
 MANIFEST = "manifest.json"

@@ -1,0 +1,1 @@
+"""What lies on disk between stages: corpus store, tokenizer dir, packed rows, checkpoints, metrics log."""

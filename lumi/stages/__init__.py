@@ -1,0 +1,1 @@
+"""One module per stage: its flags and its run(); no stage module imports another (docs/ARCHITECTURE.md)."""
