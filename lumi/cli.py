@@ -26,6 +26,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "pretrain": ("lumi.stages.pretrain", "40: pretrain the LLaMA-style model on packed data (checkpoints, resume)"),
     "evaluate": ("lumi.stages.evaluate",
                  "50/80: evaluate a checkpoint (perplexity, zero-shot tasks, generation checks)"),
+    "chat": ("lumi.stages.chat", "100: chat with a checkpoint in the terminal (raw completion for a base model)"),
+    "serve": ("lumi.stages.serve", "100: serve a checkpoint: OpenAI-compatible API and web chat page (uvicorn)"),
 }
 
 

@@ -27,7 +27,8 @@ from lumi.core.stage_args import add_common_arguments, stage_config
 from lumi.eval.config import DEFAULT_PROMPTS, EvaluationConfig, PerplexityConfig, TaskConfig
 from lumi.eval.generation import load_prompts, run_generation
 from lumi.eval.perplexity import evaluate_packed_split, read_dataset_text, text_perplexity
-from lumi.eval.report import RESULTS_FILE, compare_results, console_summary, load_previous_results, write_report
+from lumi.eval.report import (RESULTS_FILE, TOKENIZER_KEY, compare_results, console_summary, load_previous_results,
+                              write_report)
 from lumi.eval.scoring import score_items
 from lumi.eval.tasks import get_task, subsample
 from lumi.eval.training_record import TrainingRecord, training_record
@@ -37,7 +38,7 @@ from lumi.formats.tokenizer import SPM_MODEL
 
 log = logging.getLogger(__name__)
 
-RESULTS_SCHEMA = "lumi-evaluation/1"
+RESULTS_SCHEMA = "lumi-evaluation/2"
 PRETRAIN_CONFIG = CONFIG_DIR / "evaluation" / "pretrain.json"
 SFT_CONFIG = CONFIG_DIR / "evaluation" / "sft.json"
 LIBRARIES = ("torch", "transformers", "tokenizers", "sentencepiece", "datasets", "numpy")
@@ -161,7 +162,7 @@ def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path)
                   "context_length": model_context, "vocab_size": model.config.vocab_size,
                   "dtype": str(model.dtype).removeprefix("torch."), "device": str(next(model.parameters()).device),
                   "weights_sha256": file_digests(*sorted(str(p) for p in model_path.glob("*.safetensors")))},
-        "tokenizer_sha256": tokenizer_fingerprint(model_path),
+        TOKENIZER_KEY: tokenizer_fingerprint(model_path),
         "scoring_max_length": max_length,
         "config": config_to_dict(config),
         "versions": library_versions(),
