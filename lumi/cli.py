@@ -26,6 +26,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "sft-corpus": ("lumi.stages.sft_corpus",
                    "60: instruction/chat datasets -> filtered, tokenized, packed SFT rows with assistant-only masks"),
     "sft": ("lumi.stages.sft", "70: supervised fine-tuning (LoRA or full) with the assistant-only loss"),
+    "dpo-corpus": ("lumi.stages.dpo_corpus",
+                   "85: preference datasets -> filtered, tokenized chosen/rejected pairs with answer-only masks"),
+    "dpo": ("lumi.stages.dpo", "90: preference tuning (DPO sigmoid, IPO, hinge; LoRA or full) from an SFT model"),
     "merge-lora": ("lumi.stages.merge_lora", "fold a LoRA adapter into its base model (a plain save_pretrained dir)"),
 }
 
