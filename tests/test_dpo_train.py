@@ -5,8 +5,10 @@ resume after SIGKILL, and bad input one line, exit 2."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +26,7 @@ from lumi.data.preference import load_pairs
 from lumi.formats.metrics import read_metrics
 from lumi.lm.preference import answer_logps, pair_logps, preference_losses
 from lumi.lora import wrap_lora
-from lumi.train.objectives.dpo import pairs_batch
+from lumi.data.preference import pairs_batch
 
 SEQ_LEN = 128
 
@@ -183,6 +185,32 @@ def test_loss_at_step_0_is_ln2_and_rewards_are_logged(lora_run):
         assert all(f"train/{key}" in r for r in metrics if "train/loss" in r)
         assert len([r for r in metrics if f"val/{key}" in r]) == 3  # steps 0, 3, 6
     assert (lora_run / "final" / "adapter_config.json").is_file()
+
+
+def test_evaluate_dpo_matches_the_trainer_and_compares_with_sft(workspace, lora_run, tmp_path):
+    """Stage 95: the held-out rewards of the final adapter (reference: the SFT base it records) equal the trainer's
+    last val metrics (same pairs, same math); answers are generated for held-out prompts; --compare takes the SFT
+    model's results."""
+    qa = {"world": {"type": "synthetic", "people": 8, "places": 4}, "max_items": 3, "max_new_tokens": 4}
+    sft_config, dpo_config = tmp_path / "sft_eval.json", tmp_path / "dpo_eval.json"
+    atomic_write_json(sft_config, {"batch_size": 4, "synthetic_qa": qa})
+    atomic_write_json(dpo_config, {"batch_size": 4, "synthetic_qa": qa, "preference": [{
+        "name": "val", "dpo_dir": str(workspace["data"]), "beta": 0.1, "max_pairs": 8, "generate": 2,
+        "max_new_tokens": 4}]})
+    assert main(["evaluate", "--config", str(sft_config), "--model-path", str(workspace["sft"]), "--output-dir",
+                 str(tmp_path / "sft")]) == 0
+    assert main(["evaluate", "--config", str(dpo_config), "--model-path", str(lora_run / "final"), "--output-dir",
+                 str(tmp_path / "dpo"), "--compare", str(tmp_path / "sft")]) == 0
+    results = json.loads((tmp_path / "dpo" / "evaluation_results.json").read_text())
+    ours = results["preference"]["val"]
+    trainer = [r for r in read_metrics(lora_run / "metrics.jsonl") if "val/loss" in r][-1]
+    assert ours["pairs"] == 8 and Path(ours["reference"]).resolve() == workspace["sft"].resolve()
+    assert abs(ours["reward_accuracy"] - trainer["val/rewards/accuracy"]) <= 1e-6
+    assert abs(ours["reward_margin"] - trainer["val/rewards/margins"]) <= 1e-5
+    assert any(row["section"] == "synthetic_qa" for row in results["comparison"]["rows"])
+    samples = [json.loads(l) for l in (tmp_path / "dpo" / "samples" / "preference_val.jsonl").read_text().splitlines()]
+    assert len(samples) == 8 and sum("generated" in s for s in samples) == 2
+    assert "Preference pairs" in (tmp_path / "dpo" / "report.md").read_text()
 
 
 def test_precomputed_reference_equals_frozen_copy(workspace, tmp_path):

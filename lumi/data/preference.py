@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 
 import numpy as np
+import torch
 from pydantic import Field, model_validator
 
 from lumi.core.config import ConfigModel, config_to_dict
@@ -247,6 +248,18 @@ def load_pairs(directory: str | Path, split: str) -> dict[str, np.ndarray]:
     """The tokenized pairs of a split of a DPO data dir."""
     with np.load(Path(directory) / f"{split}_pairs.npz") as archive:
         return {name: archive[name] for name in ARRAYS}
+
+
+def pairs_batch(arrays: dict[str, np.ndarray], rows: list[int] | range,
+                reference: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The pairs ``rows`` as tensors, cut to the batch's longest sequence (the rest is PAD)."""
+    index = np.asarray(list(rows), dtype=np.int64)
+    width = max(1, int(max((arrays[f"{side}_ids"][index] != PAD_ID).sum(axis=1).max() for side in
+                           ("chosen", "rejected"))))
+    batch = {name: torch.from_numpy(arrays[name][index, :width].astype(np.int64)) for name in ARRAYS}
+    if reference is not None:
+        batch.update({name: values[torch.from_numpy(index)] for name, values in reference.items()})
+    return batch
 
 
 def read_dpo_manifest(directory: str | Path) -> dict:

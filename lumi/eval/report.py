@@ -80,7 +80,8 @@ def task_rows(results: dict[str, Any]) -> list[str]:
 
 
 def sft_sections(results: dict[str, Any]) -> list[str]:
-    """Report sections of the SFT measurements (assistant-token loss, synthetic-world exact match)."""
+    """Report sections of the SFT and DPO measurements (assistant-token loss, synthetic-world exact match,
+    preference pairs)."""
     lines = []
     if results.get("sft_loss"):
         lines += ["## SFT loss (assistant tokens only)", "", "| data | loss | perplexity | target tokens | rows |",
@@ -101,6 +102,15 @@ def sft_sections(results: dict[str, Any]) -> list[str]:
         lines += ["", "| relation | exact match | stderr |", "|---|---:|---:|"]
         lines += [f"| {name} | {_fmt(v['value'], 3)} | {_fmt(v['stderr'], 3)} |"
                   for name, v in qa["exact_match_by_relation"].items()]
+        lines.append("")
+    if results.get("preference"):
+        lines += ["## Preference pairs (policy against its reference)", "",
+                  "| data | pairs | reward accuracy | margin | chosen reward | rejected reward | chosen log-prob win "
+                  "rate | policy / reference prefer chosen |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {name} | {r['pairs']} | {r['reward_accuracy']:.3f} | {r['reward_margin']:.4f} | "
+                  f"{r['chosen_reward']:.4f} | {r['rejected_reward']:.4f} | {r['chosen_logp_win_rate']:.3f} | "
+                  f"{r['policy_prefers_chosen']:.3f} / {r['reference_prefers_chosen']:.3f} |"
+                  for name, r in results["preference"].items()]
         lines.append("")
     return lines
 
@@ -123,6 +133,9 @@ def console_summary(results: dict[str, Any]) -> str:
         lines.append(f"synthetic_qa: exact match {qa['exact_match']['value']:.4f} n={qa['num_items']}"
                      + (f"  known facts answered {known['share_answered']:.4f} ({known['facts_known']} facts)"
                         if known.get("share_answered") is not None else ""))
+    for name, r in results.get("preference", {}).items():
+        lines.append(f"preference {name}: reward accuracy {r['reward_accuracy']:.4f} margin {r['reward_margin']:.4f} "
+                     f"chosen log-prob win rate {r['chosen_logp_win_rate']:.4f} n={r['pairs']}")
     for mode, stats in results.get("generation", {}).get("modes", {}).items():
         s = stats["all"]
         lines.append(f"generation {mode}: {s['outputs']} outputs, stopped at EOS {s['stop_rate']:.0%}, "

@@ -30,7 +30,7 @@ from lumi.core.files import sha256_file
 from lumi.core.special_tokens import PAD_ID
 from lumi.data.chat import save_chat_model
 from lumi.data.packed_stream import MixedRowSampler
-from lumi.data.preference import MANIFEST, load_pairs, read_dpo_manifest
+from lumi.data.preference import MANIFEST, load_pairs, pairs_batch, read_dpo_manifest
 from lumi.data.sft_corpus import TOKENIZER_SUBDIR
 from lumi.lm.preference import LOSS_TYPES, pair_logps, preference_losses
 from lumi.lora import base_fingerprint, is_adapter_dir, save_adapter, wrap_lora
@@ -38,7 +38,6 @@ from lumi.train.config import TrainerConfig
 from lumi.train.objectives.sft import LoraSettings
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
-PAIR_ARRAYS = ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
 
 
 class DPOConfig(TrainerConfig):
@@ -80,18 +79,6 @@ def check_policy(model_path: str | Path, manifest: dict, data_tokenizer: Path) -
         raise LumiError(f"{path}: its tokenizer (spm.model) is not the one the DPO data was built with; rebuild the "
                         f"data with --tokenizer-dir {path}")
     return path
-
-
-def pairs_batch(arrays: dict[str, np.ndarray], rows: list[int] | range,
-                reference: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """The pairs ``rows`` as tensors, cut to the batch's longest sequence (the rest is PAD)."""
-    index = np.asarray(list(rows), dtype=np.int64)
-    width = max(1, int(max((arrays[f"{side}_ids"][index] != PAD_ID).sum(axis=1).max() for side in
-                           ("chosen", "rejected"))))
-    batch = {name: torch.from_numpy(arrays[name][index, :width].astype(np.int64)) for name in PAIR_ARRAYS}
-    if reference is not None:
-        batch.update({name: values[torch.from_numpy(index)] for name, values in reference.items()})
-    return batch
 
 
 class PreferenceMeter:
