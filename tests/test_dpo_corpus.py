@@ -179,3 +179,34 @@ def test_unusable_input_is_one_line_exit_2(tokenizer_dir, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "bad").exists()
+
+
+def test_shipped_dpo_configs_validate_and_point_at_the_hub():
+    from lumi.core.config import CONFIG_DIR, load_config
+    from lumi.eval.config import EvaluationConfig
+    from lumi.train.objectives.dpo import DPOConfig
+
+    datasets = sorted((CONFIG_DIR / "dpo" / "datasets").glob("*.json"))
+    assert {p.stem for p in datasets} >= {"hh_rlhf", "orca_dpo_pairs", "ultrafeedback_binarized",
+                                          "stack_exchange_paired", "demo"}
+    for path in datasets:
+        config = load_config(PreferenceCorpusConfig, path)
+        for source in config.sources:
+            assert source.type in ("hub", "synthetic") and "/" in getattr(source, "dataset", "a/b")
+            assert source.type == "synthetic" or source.format in PREFERENCE_READERS  # stated, not detected
+    training = sorted((CONFIG_DIR / "dpo" / "training").glob("*.json"))
+    assert {p.stem for p in training} >= {"lora_tiny", "full_tiny", "demo"}
+    for path in training:
+        load_config(DPOConfig, path)
+    for name in ("dpo.json", "dpo_demo.json"):
+        load_config(EvaluationConfig, CONFIG_DIR / "evaluation" / name)
+
+
+def test_synthetic_pairs_keep_heldout_facts_out():
+    from lumi.data.preference import SyntheticPreferenceSource, preference_records
+
+    source = SyntheticPreferenceSource(type="synthetic", people=20, places=4)
+    pairs = list(preference_records(source))
+    heldout = {pair["prompt"] for pair in source.world().preference_pairs("heldout")}
+    assert pairs and not {pair["prompt"] for pair in pairs} & heldout
+    assert all(pair["chosen"] != pair["rejected"] for pair in pairs)
