@@ -1,7 +1,8 @@
 """Benchmark the loss path alone: output projection + cross-entropy, forward and backward, time and peak memory.
 
-The logits are the largest tensor of a small model's step (issue 4: with a 32k vocab "the loss path must not dominate
-memory ... measure which is fastest"). On the same hidden states, output weight and targets, in the same run:
+The logits are the largest tensor of a small model's step: with a 32k vocab the loss path must not dominate memory,
+so which implementation is fastest is measured rather than assumed. On the same hidden states, output weight and
+targets, in the same run:
 
 - ``full``: ``F.linear`` then ``F.cross_entropy(logits.float())`` over all the logits, what ``LlamaForCausalLM(labels=)``
   does (transformers upcasts the whole logits tensor to fp32);

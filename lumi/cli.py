@@ -22,7 +22,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "tokenizer": ("lumi.stages.tokenizer", "20: train the SentencePiece tokenizer and export it for transformers"),
     "pack": ("lumi.stages.pack", "30: tokenize and pack a corpus into fixed-length training rows"),
     "pretrain": ("lumi.stages.pretrain", "40: pretrain the LLaMA-style model on packed data (checkpoints, resume)"),
-    "evaluate": ("lumi.stages.evaluate", "50/80: evaluate a checkpoint (perplexity, zero-shot tasks, generation checks)"),
+    "evaluate": ("lumi.stages.evaluate",
+                 "50/80: evaluate a checkpoint (perplexity, zero-shot tasks, generation checks)"),
     "sft-corpus": ("lumi.stages.sft_corpus",
                    "60: instruction/chat datasets -> filtered, tokenized, packed SFT rows with assistant-only masks"),
     "sft": ("lumi.stages.sft", "70: supervised fine-tuning (LoRA or full) with the assistant-only loss"),
@@ -60,7 +61,7 @@ def build_parser(prog: str = "lumi") -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, prog: str = "lumi", defaults: Mapping[str, Any] | None = None) -> int:
     """Run one verb. A numbered script passes ``prog`` (its own name in ``--help``) and may pass ``defaults`` for
-    the verb's flags (``scripts/80_evaluate_sft.py``: the SFT evaluation config), shown as the defaults in ``--help``."""
+    the verb's flags (``scripts/80_evaluate_sft.py``: the SFT evaluation config), shown as such in ``--help``."""
     argv = normalize_flag_spelling(sys.argv[1:] if argv is None else argv)
     parser = build_parser(prog)
     sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

@@ -25,7 +25,7 @@ lumi pretrain --config config/demo/pretrain.json --tokenizer-dir "$OUT/tokenizer
 
 stage "50 evaluate: val bits per byte, held-out fact cloze, generation checks"
 lumi evaluate --config config/evaluation/demo.json --model-path "$OUT/checkpoints/demo/final" \
-    --set perplexity.0.packed_dir="$OUT/packed" --output-dir "$OUT/evaluation" --force
+    --output-dir "$OUT/evaluation" --force
 
 stage "60 SFT corpus: the world's question/answer pairs for its train facts"
 lumi sft-corpus --config config/sft/datasets/demo.json --tokenizer-dir "$OUT/checkpoints/demo/final" \

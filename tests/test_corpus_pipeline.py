@@ -209,7 +209,7 @@ def test_pretrain_mixes_name_real_hub_datasets():
                 "openwebtext": ("Skylion007/openwebtext", None), "gutenberg": ("manu/project_gutenberg", None),
                 "fineweb_edu": ("HuggingFaceFW/fineweb-edu", "sample-10BT")}
     root = Path(__file__).resolve().parent.parent / "config" / "pretrain" / "corpus"
-    for mix in ("tokenizer.json", "tiny_23m_chinchilla.json"):
+    for mix in ("tokenizer_training_mix_50m.json", "tiny_23m_chinchilla.json"):
         config = load_config(CorpusConfig, root / mix)
         assert {s.name: (s.dataset, s.subset) for s in config.sources} == expected
         assert all(isinstance(s, HubSourceConfig) for s in config.sources)

@@ -232,3 +232,68 @@ def test_shipped_configs_and_prompts_are_valid():
         else:
             config = load_config(EvaluationConfig, path)
             assert config.tasks and config.generation is not None
+
+
+# --- defaults from the checkpoint's own training record, and the shipped configs offline ---------------------------
+
+def test_default_perplexity_is_the_checkpoints_own_val_data_at_its_trained_length(workspace, tmp_path, samples_dir,
+                                                                                  caplog):
+    """A checkpoint records its data dirs and seq_len (pretrain_config.json): `training_data` scores the val split
+    of that data, said in the log, the results and the report, and the text window is the trained seq_len (64),
+    not the model's 128 positions."""
+    model = make_tiny_model_dir(tmp_path / "ckpt", workspace["tokenizer"], max_seq_len=128)
+    (model / "pretrain_config.json").write_text(json.dumps({"config": {"data_dirs": [str(workspace["packed"])]},
+                                                            "seq_len": 64}))
+    config = tmp_path / "eval.json"
+    config.write_text(json.dumps({"device": "cpu", "perplexity": [
+        {"name": "val", "training_data": True, "max_rows": 4},
+        {"name": "alice", "text_file": str(samples_dir / "gutenberg_pg11.txt"), "max_chars": 2000}]}))
+    output = tmp_path / "out"
+    with caplog.at_level("INFO"):
+        assert main(["evaluate", "--model-path", str(model), "--config", str(config), "--output-dir",
+                     str(output)]) == 0
+    results = json.loads((output / RESULTS_FILE).read_text())
+    val = results["perplexity"]["val"]
+    assert val["data"]["packed_dir"] == str(workspace["packed"]) and val["data"]["split"] == "val"
+    assert "the data the checkpoint was trained on" in val["data"]["chosen"]
+    assert f"val = the val split of {workspace['packed']}" in caplog.text
+    assert results["perplexity"]["alice"]["window"] == 64 and results["model"]["context_length"] == 128
+    report = (output / "report.md").read_text()
+    assert "- val: the val split of" in report and "- alice: sliding window of 64 tokens" in report
+
+
+def test_training_data_of_a_model_that_records_none_is_a_clear_error(workspace, tmp_path, capsys):
+    config = tmp_path / "eval.json"
+    config.write_text(json.dumps({"device": "cpu", "perplexity": [{"name": "val", "training_data": True}]}))
+    assert main(["evaluate", "--model-path", str(workspace["models"][0]), "--config", str(config),
+                 "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' loading bar
+    assert err.startswith("error: perplexity 'val': ") and "records no training data" in err
+    assert """--set 'perplexity.0={"name": "val", "packed_dir": "DIR"}'""" in err
+
+
+def test_shipped_config_offline_names_the_task_its_hub_source_and_the_local_fix(workspace, tmp_path, capsys):
+    """config/evaluation/pretrain.json reads BoolQ from google/boolq; with no network and no cache that is one line
+    naming the task, the source and the --set that points it at a local file, and exit 2."""
+    assert main(["evaluate", "--model-path", str(workspace["models"][0]), "--output-dir", str(tmp_path / "out"),
+                 "--device", "cpu", "--set", "perplexity=[]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' loading bar
+    assert err.startswith("error: task boolq: dataset google/boolq split=validation could not be loaded")
+    assert """--set 'tasks.0.source={"path": "FILE"}'""" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_shipped_config_with_its_benchmarks_pointed_at_local_files(workspace, tmp_path, samples_dir):
+    """Following that advice works: the shipped config, its benchmarks set to the local original-layout files."""
+    sources = {0: {"path": str(samples_dir / "boolq_dev_first300.jsonl")},
+               1: {"path": str(samples_dir / "piqa_dev_first300.jsonl"),
+                   "labels_path": str(samples_dir / "piqa_dev-labels_first300.lst")},
+               2: {"path": str(samples_dir / "arc_easy_dev_first300.jsonl")}}
+    sets = [arg for index, source in sources.items() for arg in ("--set", f"tasks.{index}.source={json.dumps(source)}")]
+    output = tmp_path / "out"
+    assert main(["evaluate", "--model-path", str(workspace["models"][0]), "--output-dir", str(output),
+                 "--device", "cpu", "--max-samples", "4", "--set", "perplexity=[]", "--set", "generation=null",
+                 *sets]) == 0
+    results = json.loads((output / RESULTS_FILE).read_text())
+    assert {"boolq", "piqa", "arc_easy", "synthetic_cloze"} <= set(results["tasks"])
+    assert results["tasks"]["boolq"]["data"]["source"] == sources[0]["path"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from eval_helpers import head_lines, write_jsonl
 
-from lumi.core.config import validate_config
+from lumi.core.config import CONFIG_DIR, load_config, validate_config
 from lumi.core.errors import LumiError
 from lumi.eval.config import EvaluationConfig
 from lumi.eval.tasks import TASKS, TaskSource, get_task, subsample
@@ -174,3 +174,113 @@ def test_unknown_task_and_unreachable_dataset(tmp_path):
 def test_every_task_has_a_hub_default():
     for task in TASKS.values():
         assert (task.default_source.dataset is not None) != (task.name == "synthetic_cloze")
+
+
+def test_the_world_is_named_by_the_corpus_config_it_was_trained_on(tmp_path):
+    corpus = tmp_path / "corpus.json"
+    corpus.write_text(json.dumps({"sources": [{"type": "local", "name": "web", "paths": ["x.txt"]},
+                                              {"type": "synthetic", "name": "world", "seed": 5, "people": 30}]}))
+    world = TaskSource(world={"from": str(corpus), "places": 6}).world
+    assert (world.seed, world.people, world.places) == (5, 30, 6)
+    shipped = TaskSource(world={"from": "demo/corpus.json"}).world
+    assert shipped.seed == json.loads((CONFIG_DIR / "demo" / "corpus.json").read_text())["sources"][0]["seed"]
+    corpus.write_text(json.dumps({"sources": [{"type": "local", "name": "web", "paths": ["x.txt"]}]}))
+    with pytest.raises(LumiError, match="exactly one synthetic source"):
+        TaskSource(world={"from": str(corpus)})
+
+
+# ----- the shipped defaults: the hub sets lm-eval scores, read by the same code on local copies -------------------
+
+def write_hub_repo(directory: Path, config_name: str, split: str, rows: list[dict]) -> Path:
+    """A local directory laid out as the task's hub dataset repository is (a README with the ``configs`` block, one
+    parquet file per split), so ``datasets.load_dataset(directory, config_name, split=split)`` reads it exactly as
+    it reads the hub repository once downloaded: the same call as the default, with a path instead of the id."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (directory / config_name).mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), directory / config_name / f"{split}-00000-of-00001.parquet")
+    (directory / "README.md").write_text(
+        f"---\nconfigs:\n- config_name: {config_name}\n  data_files:\n  - split: {split}\n"
+        f"    path: {config_name}/{split}-*\n---\n")
+    return directory
+
+
+def hub_rows(task: str, samples_dir: Path) -> list[dict]:
+    """The sample files re-laid in each hub dataset's schema (google/boolq, baber/piqa, allenai/ai2_arc)."""
+    def records(name: str) -> list[dict]:
+        return [json.loads(line) for line in (samples_dir / name).read_text().splitlines()[:40]]
+
+    if task == "boolq":
+        return records("boolq_dev_first300.jsonl")  # google/boolq keeps the original columns
+    if task == "piqa":
+        labels = (samples_dir / "piqa_dev-labels_first300.lst").read_text().split()
+        return [{"goal": r["goal"], "sol1": r["sol1"], "sol2": r["sol2"], "label": int(label)}
+                for r, label in zip(records("piqa_dev_first300.jsonl"), labels)]
+    return [{"id": r["id"], "question": r["question"]["stem"], "answerKey": r["answerKey"],
+             "choices": {"text": [c["text"] for c in r["question"]["choices"]],
+                         "label": [c["label"] for c in r["question"]["choices"]]}}
+            for r in records("arc_easy_dev_first300.jsonl")]
+
+
+ORIGINAL_LAYOUT = {"boolq": {"path": "boolq_dev_first300.jsonl"},
+                   "piqa": {"path": "piqa_dev_first300.jsonl", "labels_path": "piqa_dev-labels_first300.lst"},
+                   "arc_easy": {"path": "arc_easy_dev_first300.jsonl"}}
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_LAYOUT))
+def test_hub_default_source_reads_the_hub_layout_like_the_original_release(name, samples_dir, tmp_path, monkeypatch):
+    """The shipped configs read BoolQ/PIQA/ARC from their hub ids (the full sets lm-eval scores: BoolQ and PIQA
+    validation, ARC test). That path runs here on a local copy of the repository layout -- only the id is swapped
+    for a path -- and gives the same items as the original release files."""
+    task = get_task(name)
+    default = task.default_source
+    assert default.dataset in ("google/boolq", "baber/piqa", "allenai/ai2_arc")
+    assert default.split == {"boolq": "validation", "piqa": "validation", "arc_easy": "test"}[name]
+    import datasets
+
+    # A fresh datasets cache: it keys a local repository by its name and file names, not by where it is.
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    repo = write_hub_repo(tmp_path / "repo", default.dataset_config or "default", default.split,
+                          hub_rows(name, samples_dir))
+    from_hub_layout = task.load(default.model_copy(update={"dataset": str(repo)}))
+    original = task.load(TaskSource(**{k: str(samples_dir / v) for k, v in ORIGINAL_LAYOUT[name].items()}))
+    assert len(from_hub_layout) == 40
+    assert [(i.requests, i.gold) for i in from_hub_layout] == [(i.requests, i.gold) for i in original[:40]]
+
+
+def test_shipped_evaluation_configs_load_benchmarks_from_the_hub():
+    for name in ("pretrain.json", "sft.json"):
+        config = load_config(EvaluationConfig, CONFIG_DIR / "evaluation" / name)
+        benchmarks = {t.task: t for t in config.tasks if t.task != "synthetic_cloze"}
+        assert set(benchmarks) >= {"boolq", "piqa", "arc_easy"}
+        assert all(t.source is None and t.max_samples is None for t in benchmarks.values())  # full hub sets
+
+
+def test_no_shipped_config_points_outside_the_project():
+    """Defaults work for a user outside this workplace: no shipped path reaches out of the repository."""
+    def strings(value):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not key.startswith("_"):
+                    yield from strings(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from strings(item)
+        elif isinstance(value, str):
+            yield value
+
+    for path in sorted(CONFIG_DIR.rglob("*.json")):
+        for value in strings(json.loads(path.read_text())):
+            assert not (value.startswith(("/", "~", "..")) or "shared/" in value), f"{path}: {value!r}"
+
+
+@pytest.mark.parametrize("name, fix", [("boolq", '{"path": "FILE"}'),
+                                       ("piqa", '{"path": "FILE", "labels_path": "FILE"}')])
+def test_unreadable_hub_source_names_task_source_and_the_local_fix(name, fix):
+    with pytest.raises(LumiError) as info:
+        get_task(name).load(config_key="tasks.3.source")  # offline: HF_HUB_OFFLINE=1, nothing cached
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"task {name}: dataset {get_task(name).default_source.dataset} ")
+    assert f"--set 'tasks.3.source={fix}'" in message

@@ -20,7 +20,7 @@ from lumi.core.errors import LumiError
 from lumi.core.files import sha256_file
 from lumi.formats.corpus import MANIFEST as CORPUS_MANIFEST
 from lumi.formats.packed import MANIFEST, check_packed_tokenizer, load_packed_split, read_packed_manifest, token_dtype
-from lumi.stages.pack import DocumentSplitter, PackedSplitWriter, PackingConfig, pack_corpus
+from lumi.stages.pack import DocumentSplitter, PackedSplitWriter, PackingConfig, pack_corpus, split_tail
 from lumi.stages.tokenizer import TokenizerConfig, train_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -77,31 +77,50 @@ def split_stream(packed_dir: Path, split: str) -> np.ndarray:
     return load_packed_split(packed_dir, split).rows.reshape(-1)
 
 
-def assign_documents(documents, processor, streams) -> dict[str, list[int]]:
-    """Walk the corpus in order: each document must be the next ``BOS ids EOS`` of one split's stream, except that
-    the last one in a stream may be cut and whole documents may follow it in the dropped tail (key "tail").
-    Returns document indices per split."""
-    positions = {name: 0 for name in streams}
-    assigned: dict[str, list[int]] = {name: [] for name in (*streams, "tail")}
+def pieces(documents: list[str], plan: dict) -> list[tuple[int, str, str | None]]:
+    """(document index, text, the split it must go to or None for either) in corpus order: a document longer than
+    the plan's limit is its head (train) then its tail (val), every other one whole."""
+    out = []
     for index, text in enumerate(documents):
+        if len(text.encode("utf-8")) > plan["split_documents_over_bytes"]:
+            head, tail = split_tail(text, plan["share"])
+            assert head + tail == text and head.endswith(("\n", " ")) and head and tail
+            out += [(index, head, "train"), (index, tail, "val")]
+        else:
+            out.append((index, text, None))
+    return out
+
+
+def assign_documents(documents, processor, streams, plan) -> dict[str, list[int]]:
+    """Walk the corpus in order: each document (or piece of one split by bytes) must be the next ``BOS ids EOS`` of
+    one split's stream, except that the last one in a stream may be cut and whole documents may follow it in the
+    dropped tail (key "tail"). Returns the texts per split."""
+    positions = {name: 0 for name in streams}
+    assigned: dict[str, list[str]] = {name: [] for name in (*streams, "tail")}
+    for index, text, required in pieces(documents, plan):
         expected = [special_tokens.BOS_ID, *processor.encode(text), special_tokens.EOS_ID]
         for name, stream in streams.items():
+            if required not in (None, name):
+                continue
             got = stream[positions[name]:positions[name] + len(expected)]
             if got.size and got.tolist() == expected[:got.size]:
                 positions[name] += got.size
-                assigned[name].append(index)
+                assigned[name].append(text)
                 break
         else:
             assert any(positions[name] == stream.size for name, stream in streams.items()), f"document {index}"
-            assigned["tail"].append(index)
+            assigned["tail"].append(text)
     assert positions == {name: stream.size for name, stream in streams.items()}
     return assigned
 
 
 def test_streams_decode_back_to_the_documents_with_bos_eos(packed, documents, processor):
     streams = {split: split_stream(packed, split) for split in ("train", "val")}
-    assigned = assign_documents(documents, processor, streams)
-    splits = read_packed_manifest(packed)["splits"]
+    manifest = read_packed_manifest(packed)
+    plan, splits = manifest["val_split"], manifest["splits"]
+    assigned = assign_documents(documents, processor, streams, plan)
+    texts = [text for _, text, _ in pieces(documents, plan)]
+    assert plan["documents_split_by_bytes"] == len(texts) - len(documents) >= 1  # the long Wikipedia articles
     for split, stream in streams.items():
         indices = assigned[split]
         # Every complete document decodes to its exact text between one BOS and one EOS.
@@ -109,24 +128,24 @@ def test_streams_decode_back_to_the_documents_with_bos_eos(packed, documents, pr
         eos = np.flatnonzero(stream == special_tokens.EOS_ID)
         assert bos[0] == 0 and len(bos) == len(indices) and len(eos) in (len(bos), len(bos) - 1)
         assert (eos[:len(bos) - 1] + 1 == bos[1:]).all()
-        for start, end, index in zip(bos, eos, indices):
-            assert processor.decode(stream[start + 1:end].tolist()) == documents[index]
+        for start, end, text in zip(bos, eos, indices):
+            assert processor.decode(stream[start + 1:end].tolist()) == text
         assert splits[split]["tokens"] == stream.size
         assert 0 <= splits[split]["dropped_tail_tokens"] < SEQ_LEN
         assert splits[split]["documents"] >= len(indices)
         # bytes: the text the rows hold, i.e. whole documents plus the decoded kept part of the one the tail cuts.
         cut = bos[-1] if len(eos) < len(bos) else stream.size
-        kept = sum(len(documents[i].encode("utf-8")) for i in indices[:len(eos)])
+        kept = sum(len(text.encode("utf-8")) for text in indices[:len(eos)])
         kept += len(processor.decode(stream[cut + 1:].tolist()).encode("utf-8"))
         assert splits[split]["bytes"] == kept
     assert set(assigned["train"]).isdisjoint(assigned["val"])
     assert len(assigned["val"]) >= 1 and len(assigned["train"]) > len(assigned["val"])
     # Documents, UTF-8 bytes and tokens (BOS + text + EOS) all add up across the splits and their dropped tails.
-    assert sum(info["documents"] for info in splits.values()) == len(documents)
+    assert sum(info["documents"] for info in splits.values()) == len(texts)
     assert sum(info["bytes"] + info["dropped_tail_bytes"] for info in splits.values()) == sum(
         len(text.encode("utf-8")) for text in documents)
     assert sum(info["tokens"] + info["dropped_tail_tokens"] for info in splits.values()) == sum(
-        len(processor.encode(text)) + 2 for text in documents)
+        len(processor.encode(text)) + 2 for text in texts)
 
 
 def test_rows_are_whole_and_manifest_matches_files(packed, documents, workspace):
@@ -146,7 +165,8 @@ def test_rows_are_whole_and_manifest_matches_files(packed, documents, workspace)
         assert loaded.rows.shape == (info["rows"], SEQ_LEN)
         assert np.array_equal(loaded.rows.reshape(-1), raw)  # rows concatenate back to the stream
         assert (loaded.documents, loaded.bytes) == (info["documents"], info["bytes"])
-    assert sum(manifest["splits"][s]["documents"] for s in ("train", "val")) == len(documents)
+    assert sum(manifest["splits"][s]["documents"] for s in ("train", "val")) == len(documents) + manifest[
+        "val_split"]["documents_split_by_bytes"]
 
 
 def test_split_is_deterministic_per_seed_and_batch_size(workspace, packed):
@@ -287,3 +307,48 @@ def test_script_wrapper_runs_the_pack_verb():
 def test_shipped_configs_validate(path, seq_len):
     config = load_config(PackingConfig, REPO_ROOT / "config" / path)
     assert config.seq_len == seq_len and 0 < config.val_fraction <= 0.5
+
+
+# --- a val split large enough to measure ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def three_books(samples_dir, tmp_path_factory) -> dict[str, Path]:
+    """Three whole books as a user makes them a corpus (`lumi corpus --input`: one document per file) + a tokenizer."""
+    root = tmp_path_factory.mktemp("books")
+    books = [samples_dir / name for name in ("tinyshakespeare_train90.txt", "gutenberg_pg11.txt", "gutenberg_pg84.txt")]
+    assert main(["corpus", "--input", *map(str, books), "--output-dir", str(root / "corpus")]) == 0
+    assert main(["tokenizer", "--corpus-dir", str(root / "corpus"), "--output-dir", str(root / "tokenizer"),
+                 "--vocab-size", "1000", "--set", "model_type=bpe", "--set", "max_training_bytes=300000"]) == 0
+    return {"root": root, "corpus": root / "corpus", "tokenizer": root / "tokenizer"}
+
+
+def test_three_books_get_a_val_split_large_enough_to_measure(three_books, caplog):
+    """The default config (val_fraction 0.005) held out 18 rows of 3,543 at seq 128, all from whichever book drew
+    val. Now the floor raises the share (up to 10%), and each book gives its last share of bytes to val."""
+    output = three_books["root"] / "packed"
+    with caplog.at_level("INFO"):
+        assert main(["pack", "--corpus-dir", str(three_books["corpus"]), "--tokenizer-dir",
+                     str(three_books["tokenizer"]), "--seq-len", "128", "--output-dir", str(output)]) == 0
+    manifest = read_packed_manifest(output)
+    plan, val, train = manifest["val_split"], manifest["splits"]["val"], manifest["splits"]["train"]
+    assert manifest["val_fraction"] == 0.005 and plan["share"] > 0.005 and "min_val_tokens" in plan["reason"]
+    assert plan["documents_split_by_bytes"] == 3 and val["documents"] == train["documents"] == 3
+    expected_tokens = min(manifest["config"]["min_val_tokens"], 0.1 * (val["tokens"] + train["tokens"]))
+    assert val["tokens"] >= 0.8 * expected_tokens and val["rows"] >= 100
+    assert abs(val["bytes"] / (val["bytes"] + train["bytes"]) - plan["share"]) < 0.01  # measured in bytes
+    assert "val split: " in caplog.text and "split by bytes" in caplog.text
+
+
+def test_a_single_document_is_split_not_all_trained(three_books, tmp_path, samples_dir):
+    corpus = make_corpus_dir(tmp_path / "corpus", [(samples_dir / "gutenberg_pg84.txt").read_text()])
+    manifest = pack_corpus(corpus, three_books["tokenizer"], tmp_path / "packed",
+                           PackingConfig(seq_len=128, val_fraction=0.05, min_val_tokens=0, num_threads=1))
+    assert manifest["val_split"]["share"] == 0.05 and manifest["val_split"]["documents_split_by_bytes"] == 1
+    assert manifest["splits"]["val"]["rows"] > 0 and manifest["splits"]["train"]["rows"] > 0
+
+
+def test_split_tail_cuts_at_a_line_end_near_the_share():
+    text = "".join(f"line {i:03d} of the text\n" for i in range(100))
+    head, tail = split_tail(text, 0.1)
+    assert head + tail == text and head.endswith("\n") and abs(len(tail) / len(text) - 0.1) < 0.02
+    assert split_tail("nospaces" * 10, 0.5) == ("nospaces" * 5, "nospaces" * 5)

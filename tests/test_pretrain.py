@@ -377,3 +377,76 @@ def test_shipped_configs_are_valid(path):
     config = load_config(PretrainConfig, path)
     arch = load_architecture(config.model)
     assert config.micro_batch_size * config.grad_accumulation * arch.max_seq_len > 0
+
+
+# --- the defaults a new user gets ---------------------------------------------------------------------------------
+
+FRESH_MACHINE = """
+import json, sys
+from importlib import metadata
+from importlib.machinery import PathFinder
+
+# A fresh machine lacks every installed package that pyproject.toml does not bring: here its modules are not found
+# and its distribution metadata is not listed, so availability probes (accelerate's of tensorboard, anyio's optional
+# sniffio) answer as they would there, and a hard import of one fails as it would there.
+declared = set(json.loads(sys.argv[1]))
+normal = lambda name: name.lower().replace("_", "-")
+missing = {module for module, dists in metadata.packages_distributions().items()
+           if not {normal(d) for d in dists} & declared and module != "lumi"}
+
+
+class FreshMachinePathFinder(PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        return None if name.partition(".")[0] in missing else super().find_spec(name, path, target)
+
+    @classmethod
+    def find_distributions(cls, *args, **kwargs):
+        return (d for d in super().find_distributions(*args, **kwargs) if normal(d.metadata["Name"]) in declared)
+
+
+sys.meta_path[:] = [FreshMachinePathFinder if finder is PathFinder else finder for finder in sys.meta_path]
+from lumi.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def declared_distributions() -> set[str]:
+    """Every distribution `make install` brings: pyproject's dependencies and its test extra, with their own."""
+    import tomllib
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    pending = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]]
+    found = {"lumi-lab"}
+    while pending:
+        requirement = pending.pop()
+        name = requirement.name.lower().replace("_", "-")
+        if name in found:
+            continue
+        found.add(name)
+        for text in metadata.requires(requirement.name) or []:
+            sub = Requirement(text)
+            if sub.marker is None or sub.marker.evaluate({"extra": ""}):
+                pending.append(sub)
+    return found
+
+
+def test_pretrain_with_default_settings_runs_with_only_declared_packages(workspace, tmp_path):
+    """Only what a config must give is given; every other setting (TensorBoard on among them) is the default. It runs
+    as a user runs it, through the CLI in a fresh process, where every installed package that pyproject.toml does not
+    declare is unimportable: an undeclared one (tensorboard once) breaks `make demo` on a fresh machine, while this
+    venv would hide it."""
+    required = {name for name, field in PretrainConfig.model_fields.items() if field.is_required()}
+    config = {"model": str(workspace["arch"]), "tokenizer_dir": str(workspace["tokenizer"]),
+              "data_dirs": [str(workspace["web"])], "max_steps": 3, "micro_batch_size": 2, "lr": 0.001}
+    assert required <= set(config) and PretrainConfig.model_fields["tensorboard"].default is True
+    path = tmp_path / "defaults.json"
+    path.write_text(json.dumps(config))
+    result = subprocess.run([sys.executable, "-c", FRESH_MACHINE, json.dumps(sorted(declared_distributions())),
+                             "pretrain", "--config", str(path), "--output-dir", str(tmp_path / "out")],
+                            capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list((tmp_path / "out" / "nano" / "tensorboard").glob("events.out.tfevents.*"))

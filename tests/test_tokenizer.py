@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from eval_helpers import head_lines
 from helpers import load_sample_documents, make_corpus_dir
 
 from lumi.cli import main
@@ -17,6 +18,7 @@ from lumi.core.config import CONFIG_DIR, load_config
 from lumi.core.errors import LumiError
 from lumi.core.files import sha256_file
 from lumi.core.special_tokens import BOS_ID, CHAT_MARKERS, EOS_ID, IM_END_ID, IM_START_ID, SPECIAL_IDS, UNK_ID
+from lumi.formats.corpus import read_manifest as read_corpus_manifest
 from lumi.formats.tokenizer import (HF_TOKENIZER, META, REPORT, SPM_MODEL, check_tokenizer_integrity, load_hf_tokenizer,
                                     load_sentencepiece, load_tokenizer_meta, tokenizer_sha256)
 from lumi.stages.tokenizer import UNIGRAM_EXACT_CHARS, CorpusSample, TokenizerConfig, chunk_document, train_tokenizer
@@ -195,10 +197,11 @@ def test_sample_holds_out_whole_documents_deterministically(tmp_path):
     corpus = make_corpus_dir(tmp_path / "corpus", texts)
     config = TokenizerConfig(vocab_size=512, holdout_fraction=0.3, max_sentence_length=256)
     sample = CorpusSample(corpus, config)
-    trained = "".join(sample)
+    chunks = list(sample)
+    trained = "".join(chunks)
     heldout = set(sample.heldout)
     training_docs = [t for t in texts if t not in heldout]
-    assert trained == "".join(training_docs)  # every training document whole, in order; no held-out text
+    assert sorted(chunks) == sorted(training_docs)  # every training document whole, once; no held-out text
     assert 0.15 < len(heldout) / 300 < 0.45
     assert sample.documents == len(training_docs) and sample.bytes == len(trained.encode("utf-8"))
     again = CorpusSample(corpus, config)
@@ -309,3 +312,60 @@ def test_script_is_the_cli_verb():
     result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "20_train_tokenizer.py"), "--help"],
                             capture_output=True, text=True, check=True)
     assert "--corpus-dir" in result.stdout and "--vocab-size" in result.stdout
+
+
+# --- small corpora: validation by bytes when documents are few or very unequal -------------------------------------
+
+def corpus_from_files(tmp_path: Path, *files: Path) -> Path:
+    """`lumi corpus --input FILE...`, as a user builds a corpus from a few books (each .txt file one document)."""
+    output = tmp_path / "corpus"
+    assert main(["corpus", "--input", *map(str, files), "--output-dir", str(output)]) == 0
+    return output
+
+
+SMALL_CORPORA = {
+    "1 book": lambda s, tmp: [s / "tinyshakespeare_train90.txt"],
+    "3 books": lambda s, tmp: [s / "tinyshakespeare_train90.txt", s / "gutenberg_pg11.txt", s / "gutenberg_pg84.txt"],
+    "120 web pages + 2 books": lambda s, tmp: [head_lines(s / "c4_demo_llamafactory_first150.jsonl",
+                                                          tmp / "c4_120.jsonl", 120),
+                                               s / "gutenberg_pg11.txt", s / "gutenberg_pg84.txt"],
+    "1 giant among 10 small": lambda s, tmp: [s / "tinyshakespeare_train90.txt", s / "c4_olmo_fixture_01.json.gz"],
+}
+DOCUMENTS = {"1 book": 1, "3 books": 3, "120 web pages + 2 books": 122, "1 giant among 10 small": 11}
+
+
+@pytest.mark.parametrize("case", sorted(SMALL_CORPORA))
+def test_tokenizer_validates_on_small_corpora_through_the_cli(case, samples_dir, tmp_path):
+    """Any corpus the trainer accepts validates with the default holdout_fraction (0.01): long documents are held
+    out block by block, so a few books or one giant document give held-out text near 1% of the bytes."""
+    corpus = corpus_from_files(tmp_path, *SMALL_CORPORA[case](samples_dir, tmp_path))
+    assert read_corpus_manifest(corpus)["documents"] == DOCUMENTS[case]
+    output = tmp_path / "tok"
+    assert main(["tokenizer", "--corpus-dir", str(corpus), "--output-dir", str(output), "--vocab-size", "512",
+                 "--set", "model_type=bpe", "--set", "max_training_bytes=400000"]) == 0
+    heldout = load_tokenizer_meta(output)["training"]["heldout"]
+    report = json.loads((output / REPORT).read_text())
+    assert report["documents"] == heldout["texts"] >= 5 and report["roundtrip_exact_fraction"] == 1.0
+    assert 0.004 < heldout["share_of_corpus_bytes"] < 0.025 and not heldout["forced"]
+
+    sample = CorpusSample(corpus, load_config(TokenizerConfig, CONFIG_DIR / "pretrain" / "tokenizer" / "spm32k.json"))
+    trained = "\n".join(sample)
+    assert sample.heldout and not any(text in trained for text in sample.heldout)  # never trained on
+    if case == "1 giant among 10 small":
+        giant = (samples_dir / "tinyshakespeare_train90.txt").read_text()
+        assert sum(text in giant for text in sample.heldout) >= 5  # the giant document is validated on too
+
+
+def test_tiny_corpus_holds_out_its_one_unit_with_the_lowest_draw(tmp_path):
+    """Where no unit is held out by chance (two short documents), the training one with the lowest draw validates."""
+    texts = ["a first short document\n", "and a second one\n"]
+    sample = CorpusSample(make_corpus_dir(tmp_path / "corpus", texts), TokenizerConfig(vocab_size=512))
+    trained = list(sample)
+    assert sample.forced_heldout and len(sample.heldout) == 1 and sorted(trained + sample.heldout) == sorted(texts)
+
+
+def test_corpus_too_small_to_train_and_validate_says_so(tmp_path, capsys):
+    corpus = make_corpus_dir(tmp_path / "corpus", ["one short line of text\n"])
+    assert main(["tokenizer", "--corpus-dir", str(corpus), "--output-dir", str(tmp_path / "tok"),
+                 "--vocab-size", "400", "--set", "model_type=bpe"]) == 2
+    assert "too little text (23 bytes) to train on and also hold some out" in capsys.readouterr().err

@@ -72,13 +72,28 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
         raise LumiError(f"{path}: {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def read_json(path: str | os.PathLike, what: str = "file") -> Any:
-    """Read a JSON file, turning a missing file or a syntax error into a LumiError naming the file."""
-    text = read_text(path, what)
+def parse_json(text: str, source: str | os.PathLike) -> Any:
+    """One JSON document; a syntax error becomes a LumiError naming ``source`` and the line."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise LumiError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        raise LumiError(f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+
+
+def parse_json_lines(text: str, source: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of every non-blank line of JSON-lines text; a bad line names ``source`` and its number."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LumiError(f"{source}:{number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Read a JSON file, turning a missing file or a syntax error into a LumiError naming the file."""
+    return parse_json(read_text(path, what), path)
 
 
 def read_manifest_file(directory: str | os.PathLike, filename: str, expected_format: str, what: str) -> dict:
@@ -121,11 +136,16 @@ def staged_output_dir(path: str | os.PathLike, force: bool) -> Iterator[Path]:
     replace_dir(staging, final)
 
 
+def aside_path(path: Path) -> Path:
+    """Where an output being replaced waits, beside it, until its replacement is complete (then it is deleted)."""
+    return path.with_name(f".{path.name}.old-{os.getpid()}")
+
+
 def replace_dir(new: Path, final: Path) -> None:
     """Replace ``final`` (if it exists) by ``new``; the old one is removed only after the swap."""
     old = None
     if final.exists():
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        old = aside_path(final)
         os.replace(final, old)
     os.replace(new, final)
     if old is not None:

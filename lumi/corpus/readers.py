@@ -17,6 +17,7 @@ from typing import Iterator, Literal
 import pyarrow.parquet as pq
 
 from lumi.core.errors import LumiError
+from lumi.core.files import parse_json
 
 TxtSplit = Literal["file", "line", "paragraph", "separator"]
 FileFormat = Literal["auto", "jsonl", "json", "parquet", "txt"]
@@ -62,10 +63,7 @@ def read_json_records(path: Path, text_column: str) -> Iterator[tuple[str, str |
     """JSON lines, or one JSON array of objects (told apart by the first non-blank character)."""
     content = _open_text(path)
     if content.lstrip()[:1] == "[":
-        try:
-            records = json.loads(content)
-        except json.JSONDecodeError as exc:
-            raise LumiError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        records = parse_json(content, path)
         for index, record in enumerate(records):
             yield f"{path.name}:{index}", _record_text(record, text_column, path, f"item {index}")
         return
@@ -74,7 +72,7 @@ def read_json_records(path: Path, text_column: str) -> Iterator[tuple[str, str |
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as exc:
+        except json.JSONDecodeError as exc:  # not parse_json_lines: a line broken by undecodable bytes is skipped
             if _SURROGATE.search(line):  # undecodable bytes broke the JSON syntax: skip the line, count it
                 yield f"{path.name}:{line_no}", None
                 continue

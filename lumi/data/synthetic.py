@@ -431,13 +431,15 @@ def _heldout_facts(seed: int, facts: list[Fact], fraction: float) -> frozenset[F
 class SyntheticSourceConfig(ConfigModel):
     """A corpus source that generates the synthetic world's documents instead of reading files."""
 
-    type: Literal["synthetic"]
-    name: str = "synthetic"
-    seed: int = 0
-    documents: int = Field(default=25000, ge=1)
-    people: int = Field(default=300, ge=8, le=100_000)
-    places: int = Field(default=40, ge=4, le=len(TOWN_NAMES))
-    heldout_fraction: float = Field(default=0.2, gt=0, lt=1)
+    type: Literal["synthetic"] = Field(description="synthetic: generate the world's documents")
+    name: str = Field("synthetic", description="source name in the manifest, reports and per-source stats")
+    seed: int = Field(0, description="the world's seed: people, towns, facts and wordings all follow from it")
+    documents: int = Field(default=25000, ge=1, description="documents generated")
+    people: int = Field(default=300, ge=8, le=100_000, description="invented people in the world")
+    places: int = Field(default=40, ge=4, le=len(TOWN_NAMES), description="towns in the world")
+    heldout_fraction: float = Field(default=0.2, gt=0, lt=1,
+                                    description=("share of facts held out from SFT/DPO training pairs (asked only in "
+                                                 "evaluation)"))
 
     def world_options(self) -> dict[str, int | float]:
         """Keyword arguments of ``SyntheticWorld.generate``: later stages rebuild the same world from them."""

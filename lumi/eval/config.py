@@ -18,9 +18,12 @@ DEFAULT_PROMPTS = CONFIG_DIR / "evaluation" / "smoke_test_prompts.json"
 
 
 class PerplexityConfig(ConfigModel):
-    """One text to score: exactly one of ``packed_dir``, ``text_file`` or ``dataset``."""
+    """One text to score: exactly one of ``training_data``, ``packed_dir``, ``text_file`` or ``dataset``."""
 
     name: str = Field(min_length=1, description="label in the results and report")
+    training_data: bool = Field(False, description="score packed_split of every packed dir the checkpoint was "
+                                                   "trained on (recorded in its pretrain_config.json); several "
+                                                   "dirs are scored as NAME/DIRNAME")
     packed_dir: str | None = Field(None, description="a stage-30 packed directory (scored with the training loss)")
     packed_split: str = Field("val", description="split of packed_dir")
     max_rows: int | None = Field(None, ge=1, description="first rows of the packed split (bytes prorated for bpb)")
@@ -31,14 +34,17 @@ class PerplexityConfig(ConfigModel):
     split: str = Field("test", description="dataset split")
     text_field: str = Field("text", description="dataset column; rows are joined with blank lines")
     max_chars: int | None = Field(None, ge=1, description="score only this prefix of the text (bytes stay exact)")
-    window: int | None = Field(None, ge=2, description="sliding-window length (default: the model's context)")
+    window: int | None = Field(None, ge=2, description="sliding-window length (default: the seq_len the checkpoint "
+                                                        "was trained at, else the model's context)")
     stride: int | None = Field(None, ge=1, description="sliding-window step (default: half the window)")
 
     @model_validator(mode="after")
     def _one_origin(self) -> "PerplexityConfig":
         origins = [name for name in ("packed_dir", "text_file", "dataset") if getattr(self, name) is not None]
+        origins += ["training_data"] if self.training_data else []
         if len(origins) != 1:
-            raise ValueError(f"give exactly one of packed_dir, text_file, dataset (got {origins or 'none'})")
+            raise ValueError("give exactly one of training_data (true), packed_dir, text_file, dataset "
+                             f"(got {origins or 'none'})")
         return self
 
 

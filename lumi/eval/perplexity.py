@@ -1,8 +1,8 @@
 """Perplexity and bits per byte: on a packed split (the trainer's validation loss) and on raw text.
 
 Packed split: every row goes through ``lumi.lm.loss.summed_nats`` (document masking, labels shifted once), the very
-function training minimises, in the loop the trainer's validation uses too (``score_packed_split``), so the trainer's
-val loss and this evaluator agree exactly.
+function training minimises, in the loop the trainer's validation uses too (``lumi.lm.scoring.score_packed_split``),
+so the trainer's val loss and this evaluator agree exactly.
 
 Raw text (a local file, or a ``datasets`` dataset whose text field is joined with ``"\\n\\n"`` as in the transformers
 perplexity guide): the whole text is tokenized once (with the tokenizer's special tokens: BOS first when the evaluator
@@ -12,9 +12,7 @@ using the tokens before them as context (the standard HF recipe). With ``stride 
 is scored exactly once (so with BOS, every token of the text).
 
 Bits per byte = sum of nats / (ln 2 * UTF-8 bytes of the text scored), which compares models with different
-tokenizers. For a packed split the byte count comes from the pack manifest; when only the first ``max_rows`` rows are
-evaluated it is prorated, ``split.bytes * rows_evaluated / split.num_rows`` (rows hold equal token counts, so this
-assumes bytes per token is uniform across rows -- exact for the whole split, an estimate for a prefix).
+tokenizers (``lumi.lm.scoring``, which also says how a packed split's bytes are prorated).
 """
 
 from __future__ import annotations

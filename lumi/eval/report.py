@@ -242,6 +242,11 @@ def render_report(results: dict[str, Any], plots: dict[str, str], notes: list[st
         lines += [f"| {name} | {r['loss']:.4f} | {r['perplexity']:.3f} | {r['bits_per_byte']:.4f} | "
                   f"{r['tokens']:,} | {r['seconds']} |" for name, r in results["perplexity"].items()]
         lines.append("")
+        notes_on_data = [f"- {name}: {r['data']['chosen']}" for name, r in results["perplexity"].items()
+                         if r.get("data", {}).get("chosen")]
+        notes_on_data += [f"- {name}: sliding window of {r['window']} tokens, stride {r['stride']}"
+                          for name, r in results["perplexity"].items() if "window" in r]
+        lines += [*notes_on_data, ""] if notes_on_data else []
     if results["tasks"]:
         lines += ["## Zero-shot tasks", "", "Log-likelihood scoring as lm-evaluation-harness (same prompts; acc_norm "
                   "divides by the choice's length in characters).", "",

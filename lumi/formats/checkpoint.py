@@ -3,8 +3,9 @@
 A checkpoint is a plain ``save_pretrained`` directory (config, safetensors weights, generation config) plus the
 tokenizer files, so ``AutoModelForCausalLM`` / ``AutoTokenizer`` load it with no code of ours, plus what exact resume
 needs: ``trainer_state.pt`` (optimizer, scheduler, RNG states, data position, step, tokens seen) and the resolved
-settings under the name the objective gives (``pretrain_config.json`` for pretraining). The directory is assembled under a temporary name and renamed into
-place (``lumi.core.files.staged_output_dir``), so a run killed while saving never leaves a checkpoint that looks complete.
+settings under the name the objective gives (``pretrain_config.json`` for pretraining). The directory is assembled
+under a temporary name and renamed into place (``lumi.core.files.staged_output_dir``), so a run killed while saving
+never leaves a checkpoint that looks complete.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lumi.core.errors import LumiError
 from lumi.core.files import atomic_write_json, read_json, staged_output_dir
 
 STATE_FILE = "trainer_state.pt"
+PRETRAIN_CONFIG_FILE = "pretrain_config.json"  # a pretraining run's resolved settings (the objective's config_file)
 SUMMARY_FILE = "trainer_state.json"
 FINAL = "final"
 _STEP_DIR = re.compile(r"step_(\d+)")

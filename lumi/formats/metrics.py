@@ -3,9 +3,10 @@ written by the trainer (``lumi.train.metrics.MetricsLog``) and read by the evalu
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from lumi.core.files import parse_json_lines, read_text
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -13,4 +14,4 @@ METRICS_FILE = "metrics.jsonl"
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [record for _, record in parse_json_lines(read_text(path, "metrics log"), path)]

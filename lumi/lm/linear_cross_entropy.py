@@ -8,7 +8,7 @@ logits once, turns them straight into the loss and into ``softmax - onehot``, an
 gradients of the hidden states and of the output weight; only those two gradients (no logits) are kept for the
 backward pass, which just scales them. So the FLOPs are the ones of a plain forward + backward and at most one chunk
 of logits is alive at a time. This is the "fused linear cross-entropy" of liger-kernel and of Apple's Cut Cross
-Entropy, written in plain torch: liger's kernels did not run under ``torch.compile`` (see issue 4), while this
+Entropy, written in plain torch: liger's Triton kernels did not run under ``torch.compile`` when tried, while this
 chunk function compiles (``compiled=True``) so the fp32 upcast, log-sum-exp and ``softmax - onehot`` fuse into a
 few kernels over the chunk.
 

@@ -33,9 +33,9 @@ from lumi.eval.scoring import score_items
 from lumi.eval.sft_loss import sft_split_loss
 from lumi.eval.synthetic_qa import evaluate_synthetic_qa, known_facts
 from lumi.eval.tasks import get_task, subsample
+from lumi.eval.training_record import TrainingRecord, training_record
 from lumi.formats.model_io import context_length, load_for_evaluation, tokenizer_fingerprint
-from lumi.formats.packed import load_packed_split, read_packed_manifest
-from lumi.formats.packed import check_packed_tokenizer
+from lumi.formats.packed import check_packed_tokenizer, load_packed_split, read_packed_manifest
 from lumi.formats.tokenizer import SPM_MODEL
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,33 @@ def file_digests(*paths: str | None) -> dict[str, str]:
     return {path: sha256_file(path) for path in paths if path is not None and Path(path).is_file()}
 
 
+def training_data_specs(spec: PerplexityConfig, record: TrainingRecord | None, model_path: Path,
+                        config_key: str) -> list[tuple[str, PerplexityConfig, str]]:
+    """(result name, concrete spec, what was chosen and why) per measurement ``spec`` stands for: itself, or with
+    ``training_data`` one packed-dir spec per data dir the checkpoint records; ``config_key`` is where ``spec`` is
+    in the config (e.g. ``perplexity.0``), for the messages."""
+    if not spec.training_data:
+        return [(spec.name, spec, "")]
+    if record is None or not record.data_dirs:
+        raise LumiError(f"perplexity {spec.name!r}: {model_path} records no training data (no pretrain_config.json "
+                        f"with data_dirs); name the data: --set '{config_key}={{\"name\": \"{spec.name}\", "
+                        '"packed_dir": "DIR"}\'')
+    specs = []
+    for data_dir in record.data_dirs:
+        if not Path(data_dir).is_dir():
+            raise LumiError(f"perplexity {spec.name!r}: {data_dir}, the data {model_path} was trained on (recorded in "
+                            f"{record.file}), is not found from {Path.cwd()}; run from where training ran, or "
+                            f"name the data: --set {config_key}.packed_dir=DIR --set {config_key}.training_data=false")
+        name = spec.name if len(record.data_dirs) == 1 else f"{spec.name}/{Path(data_dir).name}"
+        concrete = spec.model_copy(update={"training_data": False, "packed_dir": data_dir})
+        specs.append((name, concrete, f"the {spec.packed_split} split of {data_dir}, the data the checkpoint was "
+                                      f"trained on (recorded in {record.file})"))
+    return specs
+
+
 def measure_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: PerplexityConfig,
-                       model_path: Path, max_length: int, batch_size: int) -> dict[str, Any]:
+                       model_path: Path, max_length: int, batch_size: int,
+                       trained_seq_len: int | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     if spec.packed_dir is not None:
         manifest = read_packed_manifest(spec.packed_dir)
@@ -93,7 +118,8 @@ def measure_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         data["chars_total"] = len(text)
         text = text[:spec.max_chars] if spec.max_chars else text
         data["chars_scored"] = len(text)
-        window = min(spec.window or max_length, max_length)
+        # Default: the length the model was trained at; positions beyond it were never trained and score worse.
+        window = min(spec.window or trained_seq_len or max_length, max_length)
         result = text_perplexity(model, tokenizer, text, window, spec.stride or max(1, window // 2), batch_size)
         result["data"] = data
     result["seconds"] = round(time.perf_counter() - started, 3)
@@ -101,10 +127,10 @@ def measure_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
 
 
 def measure_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: TaskConfig, max_length: int,
-                 batch_size: int, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                 batch_size: int, seed: int, config_key: str = "source") -> tuple[dict[str, Any], list[dict[str, Any]]]:
     task = get_task(spec.task)
     source = spec.source or task.default_source
-    loaded = task.load(source)
+    loaded = task.load(source, config_key)
     items = subsample(loaded, spec.max_samples, seed)
     started = time.perf_counter()
     summary, records = score_items(model, tokenizer, task, items, max_length, batch_size)
@@ -141,14 +167,22 @@ def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path,
         "perplexity": {},
         "tasks": {},
     }
-    for spec in config.perplexity:
-        log.info("perplexity: %s", spec.name)
-        results["perplexity"][spec.name] = measure_perplexity(model, tokenizer, spec, model_path, max_length,
-                                                              config.batch_size)
+    record = training_record(model_path)
+    if record is not None:
+        results["model"]["trained_seq_len"] = record.seq_len
+    for index, spec in enumerate(config.perplexity):
+        for name, concrete, chosen in training_data_specs(spec, record, model_path, f"perplexity.{index}"):
+            log.info("perplexity: %s%s", name, f" = {chosen}" if chosen else "")
+            result = measure_perplexity(model, tokenizer, concrete, model_path, max_length, config.batch_size,
+                                        record.seq_len if record else None)
+            if chosen:
+                result["data"]["chosen"] = chosen
+            results["perplexity"][name] = result
     samples_dir = output_dir / "samples"
-    for spec in config.tasks:
+    for index, spec in enumerate(config.tasks):
         log.info("task: %s", spec.task)
-        summary, records = measure_task(model, tokenizer, spec, max_length, config.batch_size, config.seed)
+        summary, records = measure_task(model, tokenizer, spec, max_length, config.batch_size, config.seed,
+                                        f"tasks.{index}.source")
         results["tasks"][spec.task] = summary
         atomic_write_jsonl(samples_dir / f"{spec.task}.jsonl", records)
     if config.generation is not None:

@@ -2,11 +2,21 @@
 
 Every document becomes ``BOS tokens... EOS``; documents go to ``train`` or ``val`` whole (a seeded hash of the
 document index decides), each split's documents are concatenated in corpus order and written as a flat token stream,
-and the stream is cut into rows of ``seq_len`` tokens. The tail that does not fill a last row is dropped (at most
-``seq_len - 1`` tokens per split, recorded as ``dropped_tail_tokens``): padding it would need a loss mask that the
-format does not carry, for a negligible gain. A split's ``bytes`` (the bits-per-byte denominator) counts the text its
-rows hold, so the dropped tail is left out of it too (``dropped_tail_bytes``); ``documents`` counts every document
-routed to the split.
+and the stream is cut into rows of ``seq_len`` tokens.
+
+The val split must be large enough to measure: its share of the corpus is ``val_fraction``, raised to reach
+``min_val_tokens`` (estimated from the bytes per token of the first batch) but to no more than
+``MAX_FLOOR_FRACTION``. Whole documents cannot give that share when there are few of them or one dwarfs the rest
+(three books, or one holding half the bytes), so a document longer than ``split_bytes`` (see ``val_split_plan``) is
+split by bytes: its last ``share`` of bytes, cut at a line end, becomes a val document of its own and the rest a
+train document, each with its own BOS and EOS (the nanoGPT split of a single text, one seam per split document).
+The choice is logged and recorded as ``val_split``.
+
+The tail that does not fill a last row is dropped (at most ``seq_len - 1`` tokens per split, recorded as
+``dropped_tail_tokens``): padding it would need a loss mask that the format does not carry, for a negligible gain. A
+split's ``bytes`` (the bits-per-byte denominator) counts the text its rows hold, so the dropped tail is left out of it
+too (``dropped_tail_bytes``); ``documents`` counts every document routed to the split (one split by bytes counts in
+both).
 
 Memory stays bounded whatever the corpus size: texts are streamed in batches from the corpus shards and tokens are
 appended to the ``.bin`` files as they are produced.
@@ -15,6 +25,7 @@ appended to the ``.bin`` files as they are produced.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +60,13 @@ LABELS = ("unshifted: each row is both input_ids and labels; the model shifts th
 
 class PackingConfig(ConfigModel):
     seq_len: int = Field(1024, ge=8, le=1 << 20, description="tokens per training row")
-    val_fraction: float = Field(0.005, ge=0.0, le=0.5, description="share of documents held out for validation")
+    val_fraction: float = Field(0.005, ge=0.0, le=0.5,
+                                description=("share of the corpus held out for validation and bits-per-byte: whole "
+                                             "documents chosen by a seeded hash; a document longer than a quarter of "
+                                             "the corpus or 1/32 of the val split (and 64 KiB) gives its last share "
+                                             "of bytes instead"))
+    min_val_tokens: int = Field(131072, ge=0, description="floor on the val split: val_fraction is raised to reach "
+                                                          "this many tokens, up to 10% of the corpus (0: no floor)")
     seed: int = Field(1234, description="seeds the document-level train/val split")
     batch_docs: int = Field(2048, ge=1, le=1 << 20, description="documents per read/encode batch (bounds memory)")
     num_threads: int = Field(0, ge=0, description="encoding threads; 0 = all available cores")
@@ -59,9 +76,9 @@ class PackingConfig(ConfigModel):
 
 def load_packing_tokenizer(tokenizer_dir: Path, verify: bool = True) -> tuple[spm.SentencePieceProcessor, str]:
     """The SentencePiece model of a stage-20 directory and its sha256, its special-token ids checked against
-    ``lumi/core/special_tokens.py``. ``verify`` adds stage 20's integrity check (every model file must match the hashes in
-    ``tokenizer_meta.json``), so a model swapped or edited after training is refused instead of silently producing
-    other ids; without it only ``spm.model`` is needed."""
+    ``lumi/core/special_tokens.py``. ``verify`` adds stage 20's integrity check (every model file must match the
+    hashes in ``tokenizer_meta.json``), so a model swapped or edited after training is refused instead of silently
+    producing other ids; without it only ``spm.model`` is needed."""
     try:
         processor = load_sentencepiece(tokenizer_dir, check_integrity=verify)
     except LumiError as exc:
@@ -118,6 +135,64 @@ class DocumentSplitter:
             if start <= index < start + count:
                 mask[index - start] = value
         return mask
+
+
+# Documents longer than this share of the expected val bytes, or than a quarter of the corpus, are split by bytes:
+# held out whole they would make the val split lumpy (one document could be most of it, or all of it be missing).
+VAL_PIECES_EXPECTED = 32
+MIN_SPLIT_BYTES = 64 << 10  # never split a document shorter than this (a web page is held out whole)
+MAX_FLOOR_FRACTION = 0.1  # min_val_tokens never takes more than this share of the corpus from training
+
+
+def val_split_plan(config: PackingConfig, total_bytes: int, total_documents: int,
+                   bytes_per_token: float) -> dict[str, Any]:
+    """How much to hold out and how: the share of the corpus, and the document length above which a document is
+    split by bytes rather than routed whole. Recorded in the manifest as ``val_split``."""
+    estimated_tokens = total_bytes / bytes_per_token
+    share, reason = config.val_fraction, "val_fraction"
+    if 0 < share and config.min_val_tokens > share * estimated_tokens:
+        share = max(share, min(MAX_FLOOR_FRACTION, config.min_val_tokens / estimated_tokens))
+        reason = (f"val_fraction {config.val_fraction:g} raised to reach min_val_tokens {config.min_val_tokens:,}"
+                  + (f", capped at {MAX_FLOOR_FRACTION:.0%} of the corpus" if share == MAX_FLOOR_FRACTION else ""))
+    split_bytes = int(min(max(MIN_SPLIT_BYTES, total_bytes * share / VAL_PIECES_EXPECTED), total_bytes / 4))
+    return {"share": share, "reason": reason, "estimated_corpus_tokens": round(estimated_tokens),
+            "estimated_val_tokens": round(share * estimated_tokens), "split_documents_over_bytes": split_bytes,
+            "documents": total_documents}
+
+
+def split_tail(text: str, share: float) -> tuple[str, str]:
+    """(head, tail) of ``text`` with the tail about ``share`` of its UTF-8 bytes, cut after a line end where there is
+    one near the target, else after a space, else at a character. Both parts are non-empty."""
+    data = text.encode("utf-8")
+    target = min(max(1, round(len(data) * (1 - share))), len(data) - 1)
+    for separator in (b"\n", b" "):
+        for cut in (data.find(separator, target), data.rfind(separator, 0, target)):
+            if 0 < cut + 1 < len(data):
+                return data[:cut + 1].decode("utf-8"), data[cut + 1:].decode("utf-8")
+    at = min(max(1, round(len(text) * (1 - share))), len(text) - 1)
+    return text[:at], text[at:]
+
+
+def route_batch(texts: list[str], is_val: np.ndarray, plan: dict[str, Any]) -> tuple[list[str], list[str], int]:
+    """(train texts, val texts, documents split by bytes) of one batch, in corpus order."""
+    train, val, split = [], [], 0
+    limit, share = plan["split_documents_over_bytes"], plan["share"]
+    for text, to_val in zip(texts, is_val):
+        if share > 0 and len(text) * 4 > limit and len(text.encode("utf-8")) > limit and len(text) > 1:
+            head, tail = split_tail(text, share)
+            train.append(head)
+            val.append(tail)
+            split += 1
+        else:
+            (val if to_val else train).append(text)
+    return train, val, split
+
+
+def bytes_per_token(processor: spm.SentencePieceProcessor, texts: list[str], sample_chars: int = 1 << 20) -> float:
+    """Measured on (at most ``sample_chars`` characters of) ``texts``: what turns the corpus size into tokens."""
+    sample = "".join(texts)[:sample_chars]
+    tokens = len(processor.encode(sample)) if sample else 0
+    return len(sample.encode("utf-8")) / tokens if tokens else 4.0
 
 
 # --- writing ---------------------------------------------------------------------------------------------------
@@ -216,39 +291,50 @@ def pack_corpus(corpus_dir: str | Path, tokenizer_dir: str | Path, output_dir: s
     if total == 0:
         raise LumiError(f"{corpus_dir}: the corpus has no documents; nothing to pack")
     dtype = token_dtype(processor.vocab_size())
-    splitter = DocumentSplitter(total, config.seed, config.val_fraction)
+    total_bytes = sum(int(shard["bytes"]) for shard in corpus["shards"])
     # sentencepiece's batch encode is multi-threaded C++ that releases the GIL and returns int32 buffers
     # (out_type="numpy"): no Python int per token, and BOS/EOS are added in C++ (ids checked in load_packing_tokenizer).
     # Measured on 63 MB, 2 cores (CPU seconds, 3 runs): this 3.7-4.5; Python-int lists + np.fromiter 5.3-5.9;
     # multiprocessing.Pool(2) of single-threaded encoders 4.3-6.4 (pickling texts and tokens). It also beats raw
     # `sp.encode(texts)` to Python lists, the benchmark's baseline (benchmarks/bench_packing.py).
     threads = config.num_threads or available_cores()
-    log.info("packing %s (%d documents) with %s: seq_len=%d, val_fraction=%g, %d threads", corpus_dir, total,
-             tokenizer_dir, config.seq_len, config.val_fraction, threads)
+    batches = prefetched(iter_text_batches(corpus_dir, config.batch_docs))
+    first = next(batches, [])
+    plan = val_split_plan(config, total_bytes, total, bytes_per_token(processor, first))
+    splitter = DocumentSplitter(total, config.seed, plan["share"])
+    log.info("packing %s (%d documents) with %s: seq_len=%d, %d threads", corpus_dir, total, tokenizer_dir,
+             config.seq_len, threads)
+    log.info("val split: %.2f%% of the corpus, ~%s of ~%s tokens (%s); documents over %s bytes are split by bytes "
+             "(their last %.2f%% to val), shorter ones go whole", 100 * plan["share"],
+             f"{plan['estimated_val_tokens']:,}", f"{plan['estimated_corpus_tokens']:,}", plan["reason"],
+             f"{plan['split_documents_over_bytes']:,}", 100 * plan["share"])
 
     with staged_output_dir(output_dir, force) as staging:
         with ExitStack() as stack:
             train, val = (stack.enter_context(PackedSplitWriter(staging, name, dtype, config.seq_len, processor.decode))
                           for name in SPLITS)
             progress = stack.enter_context(tqdm(total=total, unit="doc", desc="pack", disable=None))
-            seen = 0
-            for texts in prefetched(iter_text_batches(corpus_dir, config.batch_docs)):
-                encoded = processor.encode(texts, out_type="numpy", add_bos=True, add_eos=True, num_threads=threads)
-                is_val = splitter.val_mask(seen, len(texts))
-                for writer, selected in ((train, ~is_val), (val, is_val)):
-                    chosen = np.flatnonzero(selected)
-                    writer.write([encoded[i] for i in chosen], [len(texts[i].encode("utf-8")) for i in chosen])
+            seen = split_documents = 0
+            for texts in itertools.chain([first] if first else [], batches):
+                routed = route_batch(texts, splitter.val_mask(seen, len(texts)), plan)
+                for writer, chosen in zip((train, val), routed[:2]):
+                    if chosen:
+                        encoded = processor.encode(chosen, out_type="numpy", add_bos=True, add_eos=True,
+                                                   num_threads=threads)
+                        writer.write(list(encoded), [len(text.encode("utf-8")) for text in chosen])
+                split_documents += routed[2]
                 seen += len(texts)
                 progress.update(len(texts))
             splits = {"train": train.close(), "val": val.close()}
+        plan["documents_split_by_bytes"] = split_documents
         if seen != total:
             raise LumiError(f"{corpus_dir / CORPUS_MANIFEST}: lists {total} documents but the shards hold {seen}")
         if splits["train"]["rows"] == 0:
             raise LumiError(f"{corpus_dir}: too little text for one training row of {config.seq_len} tokens "
                             f"({splits['train']['dropped_tail_tokens']} train tokens); lower --seq-len")
         if splits["val"]["documents"] and not splits["val"]["rows"]:
-            log.warning("val split has %d documents but fewer than %d tokens, so no rows; raise val_fraction",
-                        splits["val"]["documents"], config.seq_len)
+            log.warning("val split has %d documents but fewer than %d tokens, so no rows; raise val_fraction or "
+                        "min_val_tokens", splits["val"]["documents"], config.seq_len)
         manifest = {
             "format": PACKED_FORMAT,
             "seq_len": config.seq_len,
@@ -260,6 +346,7 @@ def pack_corpus(corpus_dir: str | Path, tokenizer_dir: str | Path, output_dir: s
             "labels": LABELS,
             "seed": config.seed,
             "val_fraction": config.val_fraction,
+            "val_split": plan,
             "splits": splits,
             "corpus": {"dir": str(corpus_dir.resolve()), "manifest_sha256": sha256_file(corpus_dir / CORPUS_MANIFEST),
                        "documents": total},

@@ -22,8 +22,6 @@ from lumi.train.trainer import Trainer
 DEFAULT_CONFIG = CONFIG_DIR / "pretrain" / "training" / "chinchilla_tiny_500m.json"
 
 
-# --- command line ------------------------------------------------------------------------------------------------
-
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dirs", nargs="+", type=Path, metavar="DIR",
                         help="packed data directories from stage 30 (overrides the config's data_dirs)")

@@ -18,7 +18,7 @@ The output directory holds ``spm.model`` (+ ``spm.vocab``), the transformers fil
   parses control pieces from text; transformers does unless ``split_special_tokens``). For ``unigram`` the ids agree
   on texts of up to a few thousand characters: SentencePiece sums piece scores in float32, so on longer single inputs
   near-ties can resolve differently from the float64 Viterbi of ``tokenizers`` (``bpe`` has no scores to sum and
-  agrees on every input). ``validation_report.json`` records the agreement on held-out documents.
+  agrees on every input). ``validation_report.json`` records the agreement on held-out text.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from lumi.core.config import CONFIG_DIR, ConfigModel, config_to_dict
 from lumi.core.errors import LumiError
 from lumi.core.files import (atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file,
                              staged_output_dir)
-from lumi.core.special_tokens import (BOS_ID, BOS_TOKEN, CHAT_MARKERS, EOS_ID, EOS_TOKEN, PAD_ID, PAD_TOKEN, SPECIAL_IDS,
-                                      UNK_ID, UNK_TOKEN)
+from lumi.core.special_tokens import (BOS_ID, BOS_TOKEN, CHAT_MARKERS, EOS_ID, EOS_TOKEN, PAD_ID, PAD_TOKEN,
+                                      SPECIAL_IDS, UNK_ID, UNK_TOKEN)
 from lumi.core.stage_args import add_common_arguments, available_cores, stage_config
 from lumi.formats.corpus import MANIFEST, iter_text_batches, read_manifest
 from lumi.formats.tokenizer import (HASHED_FILES, META, REPORT, SPM_MODEL, SPM_VOCAB, TOKENIZER_FORMAT,
@@ -78,18 +78,24 @@ Piece = model_pb2.ModelProto.SentencePiece
 class TokenizerConfig(ConfigModel):
     """Training settings for stage 20 (``config/pretrain/tokenizer/*.json``)."""
 
-    vocab_size: int = Field(32000, ge=MIN_VOCAB_SIZE, le=1 << 20)
-    model_type: Literal["unigram", "bpe"] = "unigram"
-    character_coverage: float = Field(0.9995, gt=0, le=1)
-    byte_fallback: bool = True
-    split_digits: bool = True
+    vocab_size: int = Field(32000, ge=MIN_VOCAB_SIZE, le=1 << 20,
+                            description="pieces in the vocabulary, special and byte pieces included")
+    model_type: Literal["unigram", "bpe"] = Field("unigram", description="SentencePiece algorithm")
+    character_coverage: float = Field(0.9995, gt=0, le=1,
+                                      description=("share of the sample's characters covered by pieces; the rest fall "
+                                                   "back to bytes"))
+    byte_fallback: bool = Field(True,
+                                description=("encode characters outside the vocabulary as UTF-8 byte pieces (never "
+                                             "<unk>)"))
+    split_digits: bool = Field(True, description="one token per digit")
     input_sentence_size: int = Field(1_000_000, ge=1, description="most training chunks given to SentencePiece")
     max_training_bytes: int = Field(250_000_000, ge=1, description="most UTF-8 bytes given to SentencePiece")
     max_sentence_length: int = Field(4096, ge=256, le=1 << 20, description="bytes per training chunk")
-    holdout_fraction: float = Field(0.01, gt=0, le=0.5, description="documents kept out of training")
+    holdout_fraction: float = Field(0.01, gt=0, le=0.5, description="share of the text kept out of training for "
+                                                                    "validation (documents, or blocks of long ones)")
     max_validation_bytes: int = Field(8_000_000, ge=1, description="held-out bytes used for validation")
-    seed: int = Field(1234, ge=0, lt=1 << 64)
-    num_threads: int = Field(0, ge=0, description="0 = all available cores")
+    seed: int = Field(1234, ge=0, lt=1 << 64, description="seeds the held-out split and the training sample")
+    num_threads: int = Field(0, ge=0, description="0 = every core this process may use")
 
 
 # --- the training sample
@@ -131,27 +137,58 @@ def _split_units(text: str, max_bytes: int) -> Iterator[str]:
             yield from (word[i:i + step] for i in range(0, len(word), step))
 
 
+# Held-out text is drawn in units: a document whole, or -- when it is longer than the block size -- each block of it
+# on its own. Whole documents alone cannot validate a corpus of a few books (three documents, one of them half the
+# bytes) or of one giant document among small ones; blocks sized so the expected held-out share spans about
+# HELDOUT_BLOCKS_EXPECTED units work for any corpus, while a web corpus of documents shorter than the block is still
+# held out document by document.
+HELDOUT_BLOCKS_EXPECTED = 16
+MIN_BLOCK_BYTES, MAX_BLOCK_BYTES = 1024, 64 << 10
+
+
+def holdout_block_bytes(total_bytes: int, holdout_fraction: float) -> int:
+    """Documents longer than this many bytes are held out (or not) block by block."""
+    return int(min(MAX_BLOCK_BYTES, max(MIN_BLOCK_BYTES, total_bytes * holdout_fraction / HELDOUT_BLOCKS_EXPECTED)))
+
+
+def holdout_units(text: str, block_bytes: int) -> Iterator[str]:
+    """``text`` whole when it fits ``block_bytes`` (UTF-8), else its consecutive blocks (cut at line ends)."""
+    if len(text) * 4 <= block_bytes or len(text.encode("utf-8")) <= block_bytes:
+        yield text
+    else:
+        yield from chunk_document(text, block_bytes)
+
+
 class CorpusSample:
     """One streaming pass over a corpus directory: iterating yields the training chunks for SentencePiece (a seeded
-    sample bounded by ``max_training_bytes`` and ``input_sentence_size``) and collects the held-out documents
-    (bounded by ``max_validation_bytes``). Memory holds only the held-out documents."""
+    sample bounded by ``max_training_bytes`` and ``input_sentence_size``) and collects the held-out texts (bounded
+    by ``max_validation_bytes``). Memory holds only the held-out texts (and one reserved unit, below).
+
+    Each unit (a document, or a block of a long one: ``holdout_units``) is held out when its keyed hash draw is below
+    ``holdout_fraction``. So that validation never comes up empty on a small corpus, the training unit with the
+    lowest draw is kept back until some unit has been held out for validation; if none ever is, that unit becomes
+    the validation text (``forced_heldout``) instead of being trained on."""
 
     def __init__(self, corpus_dir: Path, config: TokenizerConfig):
         self.corpus_dir = Path(corpus_dir)
         self.config = config
         manifest = read_manifest(self.corpus_dir)
-        total_bytes = sum(int(shard["bytes"]) for shard in manifest["shards"])
-        total_docs = sum(int(shard["documents"]) for shard in manifest["shards"])
-        if total_bytes == 0:
+        self.total_bytes = sum(int(shard["bytes"]) for shard in manifest["shards"])
+        self.total_documents = sum(int(shard["documents"]) for shard in manifest["shards"])
+        if self.total_bytes == 0:
             raise LumiError(f"{self.corpus_dir}: corpus is empty (no text to train a tokenizer on)")
+        self.block_bytes = holdout_block_bytes(self.total_bytes, config.holdout_fraction)
         # Sampling probabilities aimed at the caps, so a capped sample is spread over the whole corpus, not its head.
         train_fraction = 1 - config.holdout_fraction
-        self.train_probability = min(1.0, config.max_training_bytes / (total_bytes * train_fraction),
-                                     config.input_sentence_size / (total_docs * train_fraction))
-        self.validation_probability = min(1.0, config.max_validation_bytes / (total_bytes * config.holdout_fraction))
+        self.train_probability = min(1.0, config.max_training_bytes / (self.total_bytes * train_fraction),
+                                     config.input_sentence_size / (self.total_documents * train_fraction))
+        self.validation_probability = min(1.0, config.max_validation_bytes /
+                                          (self.total_bytes * config.holdout_fraction))
         self.heldout: list[str] = []
         self.heldout_bytes = 0
-        self.documents = self.sentences = self.bytes = 0
+        self.forced_heldout = False
+        self.documents = self.sentences = self.bytes = 0  # documents: training units (documents or blocks)
+        self._reserve: tuple[float, float, str] | None = None  # (held-out draw, sample draw, text)
 
     def _training_full(self) -> bool:
         return self.sentences >= self.config.input_sentence_size or self.bytes >= self.config.max_training_bytes
@@ -159,29 +196,63 @@ class CorpusSample:
     def _validation_full(self) -> bool:
         return self.heldout_bytes >= self.config.max_validation_bytes
 
+    def _hold_out(self, text: str) -> None:
+        self.heldout.append(text)
+        self.heldout_bytes += len(text.encode("utf-8"))
+
+    def _train(self, text: str, sample_draw: float) -> Iterator[str]:
+        if sample_draw >= self.train_probability or self._training_full():
+            return
+        self.documents += 1
+        for chunk in chunk_document(text, self.config.max_sentence_length):
+            if self._training_full():
+                break
+            self.sentences += 1
+            self.bytes += len(chunk.encode("utf-8"))
+            yield chunk
+
+    def _route(self, unit: str) -> Iterator[str]:
+        heldout_draw, sample_draw = document_draws(unit, self.config.seed)
+        if heldout_draw < self.config.holdout_fraction:
+            if sample_draw < self.validation_probability and not self._validation_full():
+                self._hold_out(unit)
+                if self._reserve is not None:  # validation has a text: the reserved unit trains after all
+                    _, reserved_draw, reserved = self._reserve
+                    self._reserve = None
+                    yield from self._train(reserved, reserved_draw)
+            return
+        if not self.heldout and (self._reserve is None or heldout_draw < self._reserve[0]):
+            previous, self._reserve = self._reserve, (heldout_draw, sample_draw, unit)
+            if previous is None:
+                return
+            _, sample_draw, unit = previous
+        yield from self._train(unit, sample_draw)
+
     def __iter__(self) -> Iterator[str]:
-        config = self.config
         for batch in iter_text_batches(self.corpus_dir):
             for text in batch:
-                if not text:
-                    continue
-                heldout_draw, sample_draw = document_draws(text, config.seed)
-                if heldout_draw < config.holdout_fraction:
-                    if sample_draw < self.validation_probability and not self._validation_full():
-                        self.heldout.append(text)
-                        self.heldout_bytes += len(text.encode("utf-8"))
-                    continue
-                if sample_draw >= self.train_probability or self._training_full():
-                    continue
-                self.documents += 1
-                for chunk in chunk_document(text, config.max_sentence_length):
-                    if self._training_full():
-                        break
-                    self.sentences += 1
-                    self.bytes += len(chunk.encode("utf-8"))
-                    yield chunk
+                for unit in holdout_units(text, self.block_bytes) if text else ():
+                    yield from self._route(unit)
             if self._training_full() and self._validation_full():
-                return
+                break
+        self.finish()
+
+    def finish(self) -> None:
+        """End of the pass: if nothing was held out by chance, the reserved unit validates (idempotent)."""
+        if self._reserve is not None:
+            self._hold_out(self._reserve[2])
+            self.forced_heldout = True
+            self._reserve = None
+
+    def heldout_summary(self) -> dict[str, Any]:
+        """What was held out for validation and how it was chosen (tokenizer_meta.json and the log)."""
+        return {"texts": len(self.heldout), "bytes": self.heldout_bytes,
+                "share_of_corpus_bytes": round(self.heldout_bytes / self.total_bytes, 6),
+                "block_bytes": self.block_bytes, "forced": self.forced_heldout,
+                "rule": f"documents up to {self.block_bytes} bytes whole, longer ones in blocks of that size, each "
+                        f"held out with probability {self.config.holdout_fraction}"
+                        + ("; none was by chance, so the training text with the lowest draw was held out instead"
+                           if self.forced_heldout else "")}
 
 
 # --- training
@@ -214,8 +285,8 @@ def train_sentencepiece(sample: CorpusSample, config: TokenizerConfig, num_threa
         )
     except RuntimeError as exc:  # SentencePiece reports bad settings (vocab too large for the corpus ...) this way
         if sample.sentences == 0:
-            raise LumiError(f"{sample.corpus_dir}: no training text left after holding out "
-                            f"{config.holdout_fraction:.0%} of the documents") from None
+            raise LumiError(f"{sample.corpus_dir}: too little text ({sample.total_bytes} bytes) to train on and also "
+                            "hold some out for validation; use a larger corpus") from None
         raise LumiError(f"SentencePiece training on {sample.corpus_dir} failed: {exc}") from None
     return model.getvalue()
 
@@ -285,7 +356,7 @@ def export_hf_tokenizer(model_path: Path, output_dir: Path) -> None:
 # --- validation
 
 def validate_tokenizer(directory: Path, heldout: list[str], model_type: str, num_threads: int) -> dict[str, Any]:
-    """Measure the tokenizer on held-out documents and check that transformers and SentencePiece agree; refuse a
+    """Measure the tokenizer on held-out texts and check that transformers and SentencePiece agree; refuse a
     disagreement where exact agreement is guaranteed (any probe text; any held-out text for BPE, texts up to
     UNIGRAM_EXACT_CHARS characters for unigram)."""
     sp = load_sentencepiece(directory)
@@ -337,12 +408,13 @@ def train_tokenizer(corpus_dir: Path, output_dir: Path, config: TokenizerConfig,
                     config.model_type, corpus_dir, num_threads)
         started = time.monotonic()
         model = train_sentencepiece(sample, config, num_threads)
+        sample.finish()
         seconds = time.monotonic() - started
-        logger.info("trained in %.1fs on %d chunks (%d bytes) of %d documents", seconds, sample.sentences,
+        logger.info("trained in %.1fs on %d chunks (%d bytes) of %d documents or blocks", seconds, sample.sentences,
                     sample.bytes, sample.documents)
-        if not sample.heldout:
-            raise LumiError(f"{corpus_dir}: no held-out documents for validation (holdout_fraction="
-                            f"{config.holdout_fraction}); raise holdout_fraction or use a larger corpus")
+        heldout = sample.heldout_summary()
+        logger.info("validation: %d held-out texts, %d bytes (%.2f%% of the corpus): %s", heldout["texts"],
+                    heldout["bytes"], 100 * heldout["share_of_corpus_bytes"], heldout["rule"])
         atomic_write_bytes(staging / SPM_MODEL, model)
         sp = spm.SentencePieceProcessor(model_proto=model)
         atomic_write_text(staging / SPM_VOCAB, vocab_listing(sp))
@@ -362,7 +434,7 @@ def train_tokenizer(corpus_dir: Path, output_dir: Path, config: TokenizerConfig,
                               "byte_fallback": config.byte_fallback, "split_digits": config.split_digits,
                               "newline": "ordinary character learned by the trainer"},
             "training": {"documents": sample.documents, "sentences": sample.sentences, "bytes": sample.bytes,
-                         "heldout_documents": len(sample.heldout), "seconds": round(seconds, 3),
+                         "heldout_documents": len(sample.heldout), "heldout": heldout, "seconds": round(seconds, 3),
                          "num_threads": num_threads, "sentencepiece": spm.__version__,
                          "tokenizers": tokenizers.__version__, "transformers": transformers.__version__},
             "config": config_to_dict(config),
@@ -386,7 +458,7 @@ def run(args: argparse.Namespace) -> int:
     config = stage_config(args, TokenizerConfig, {"vocab_size": args.vocab_size})
     report = train_tokenizer(args.corpus_dir, args.output_dir, config, force=args.force)
     logger.info("tokenizer written to %s: %d pieces, %.3f bytes/token, unk rate %.2g, round trip %.4f, "
-                "transformers id agreement %.4f on %d held-out documents", args.output_dir, config.vocab_size,
+                "transformers id agreement %.4f on %d held-out texts", args.output_dir, config.vocab_size,
                 report["bytes_per_token"], report["unk_rate"], report["roundtrip_exact_fraction"],
                 report["hf_id_agreement_fraction"], report["documents"])
     return 0

@@ -3,8 +3,8 @@ the few collectives the trainer needs.
 
 ``torchrun --nproc_per_node N scripts/40_pretrain.py ...`` starts N copies of the trainer with ``RANK``,
 ``WORLD_SIZE`` and ``LOCAL_RANK`` set; each joins the process group (NCCL on CUDA, one GPU per local rank; gloo on
-CPU), reads its own slice of every global batch (``lumi.data.packed_stream.BatchStream``) and keeps its gradients in step
-with the others:
+CPU), reads its own slice of every global batch (``lumi.data.packed_stream.BatchStream`` for pretraining) and keeps
+its gradients in step with the others:
 
 - **DDP** (default) keeps a full replica of the model and optimizer on every process and all-reduces gradients.
   Fastest whenever the weights, gradients and AdamW state (16 bytes per parameter in fp32) plus activations fit on
@@ -128,11 +128,12 @@ def wrap_for_training(module: nn.Module, strategy: str, compile_model: bool) -> 
     """An objective's loss module (its ``forward`` is the whole loss, its ``model`` the causal LM), compiled as asked
     and wrapped for the process group when there is one.
 
-    Single process and DDP compile the whole backbone (and the loss's per-chunk math); FSDP2 compiles each decoder layer before sharding it (its
-    hooks sit between layers), then shards the root last so embeddings, final norm and head form one group. FSDP2
-    gathers the fp32 weights and leaves bf16 to autocast, as DDP does: a bf16 ``MixedPrecisionPolicy`` would halve
-    the all-gather traffic but also make the residual stream bf16 (the embedding output would be bf16): in a 20-step
-    CPU test run it ended 0.18 nats above DDP's loss. Same numerics for every strategy was chosen over that saving.
+    Single process and DDP compile the whole backbone (and the loss's per-chunk math); FSDP2 compiles each decoder
+    layer before sharding it (its hooks sit between layers), then shards the root last so embeddings, final norm
+    and head form one group. FSDP2 gathers the fp32 weights and leaves bf16 to autocast, as DDP does: a bf16
+    ``MixedPrecisionPolicy`` would halve the all-gather traffic but also make the residual stream bf16 (the
+    embedding output would be bf16): in a 20-step CPU test run it ended 0.18 nats above DDP's loss. Same numerics
+    for every strategy was chosen over that saving.
     """
     model = module.model
     decoder = model.get_decoder()  # the backbone: LlamaModel for LlamaForCausalLM (also through a peft wrapper)

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from transformers.utils import logging as hf_logging
 
 from lumi.core.errors import LumiError
+from lumi.core.files import aside_path
 from lumi.formats.checkpoint import (FINAL, STATE_FILE, checkpoint_step, load_trainer_state, restore_rng_state,
                                      rng_state, rotate_checkpoints, save_checkpoint, step_checkpoints, step_dir_name)
 from lumi.formats.model_io import resolve_device
@@ -96,7 +97,7 @@ class Trainer:
                 raise LumiError(f"{self.run_dir}: holds checkpoints of an earlier run; pass --resume auto to "
                                 "continue it or --force to start over")
             if self.run_dir.exists() and force:
-                return None, self.run_dir.with_name(f".{self.run_dir.name}.old-{os.getpid()}")
+                return None, aside_path(self.run_dir)
             return None, None
         if resume != "auto":
             if not (Path(resume) / STATE_FILE).is_file():
@@ -195,8 +196,8 @@ class Trainer:
         metrics = None
         if self.is_main:
             if self._replaced_run_dir is not None:
-                # --force: the old run is set aside and deleted only once this one has finished (as lumi.core.files
-                # does for stage outputs).
+                # --force: the old run is set aside and deleted only once this one has finished, as
+                # lumi.core.files.replace_dir does for stage outputs (a run writes into its dir as it goes).
                 os.replace(self.run_dir, self._replaced_run_dir)
                 log.info("--force: the previous run is kept in %s until this one finishes", self._replaced_run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -6,17 +6,17 @@ dataset) into ``TaskItem``s: one ``(context, continuation)`` request per choice,
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lumi.core.config import ConfigModel
 from lumi.core.errors import LumiError
-from lumi.core.files import read_text
+from lumi.core.files import parse_json, parse_json_lines, read_text
+from lumi.corpus.config import synthetic_source_of
 from lumi.data.synthetic import SyntheticSourceConfig
 
 TaskKind = Literal["multiple_choice", "greedy_continuation"]
@@ -27,7 +27,8 @@ class TaskSource(ConfigModel):
     """Exactly one of: ``path`` (a local file in the original format; PIQA also ``labels_path``), ``dataset``
     (``datasets.load_dataset(dataset, dataset_config, split=split, data_files=data_files)`` -- a hub name such as
     ``google/boolq``, or a packaged builder such as ``json`` for local files), or ``world`` (the synthetic world of
-    ``synthetic_cloze``; copy the corpus config's synthetic source so it is the same world)."""
+    ``synthetic_cloze``: ``{"from": CORPUS_CONFIG}`` takes the synthetic source of the corpus config the model was
+trained on, so the world is defined once)."""
 
     path: str | None = Field(None, description="local file in the original release layout (.jsonl or .json)")
     labels_path: str | None = Field(None, description="PIQA: the separate labels .lst file")
@@ -35,8 +36,16 @@ class TaskSource(ConfigModel):
     dataset_config: str | None = Field(None, description="its config name")
     data_files: str | list[str] | None = Field(None, description="data_files for load_dataset")
     split: str | None = Field(None, description="dataset split; synthetic_cloze: heldout (default) or train")
-    world: SyntheticSourceConfig | None = Field(None, description="synthetic_cloze: the corpus config's synthetic "
-                                                                  "source (same world)")
+    world: SyntheticSourceConfig | None = Field(None, description="synthetic_cloze: {\"from\": corpus config} (its "
+                                                                  "synthetic source, the same world), or the world's "
+                                                                  "settings themselves")
+
+    @field_validator("world", mode="before")
+    @classmethod
+    def _world_from_corpus_config(cls, world: Any) -> Any:
+        if not (isinstance(world, dict) and "from" in world):
+            return world
+        return {**synthetic_source_of(world["from"]), **{k: v for k, v in world.items() if k != "from"}}
 
     @model_validator(mode="after")
     def _one_origin(self) -> "TaskSource":
@@ -85,26 +94,33 @@ def choice_item(item_id: str, context: str, choices: list[str], gold: int, group
 Record = dict[str, Any]
 
 
+class SourceUnreadable(LumiError):
+    """A task's examples could not be read at all (hub unreachable or offline, a file missing), as opposed to read but
+    malformed: the message says which task, which source, and how to point it at a local copy."""
+
+    def __init__(self, reason: str, task: str | None = None, fix: str | None = None):
+        self.reason, self.task = reason, task
+        where = f"task {task}: " if task else ""
+        super().__init__(f"{where}{reason}" + (f"; {fix}" if fix else ""))
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
 def read_local_records(path: str | Path) -> list[Record]:
     """A ``.jsonl`` file (one object per line) or a ``.json`` array; errors name the file and line."""
     path = Path(path)
+    if not path.is_file():
+        raise SourceUnreadable(f"{path}: benchmark file not found")
     text = read_text(path, "benchmark file")
     if path.suffix == ".json":
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise LumiError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        records = parse_json(text, path)
         if not isinstance(records, list):
             raise LumiError(f"{path}: expected a JSON array of examples")
     else:
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise LumiError(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        records = [record for _, record in parse_json_lines(text, path)]
     for number, record in enumerate(records, start=1):
         if not isinstance(record, dict):
             raise LumiError(f"{path}: example {number} is {type(record).__name__}, expected a JSON object")
@@ -118,7 +134,7 @@ def read_hub_records(source: TaskSource) -> list[Record]:
         dataset = datasets.load_dataset(source.dataset, source.dataset_config, split=source.split,
                                         data_files=source.data_files)
     except Exception as exc:  # datasets raises many unrelated types (connection, file, schema, builder errors)
-        raise LumiError(f"dataset {source.describe()}: could not be loaded: {type(exc).__name__}: {exc}") from None
+        raise SourceUnreadable(f"dataset {source.describe()} could not be loaded ({one_line(exc)})") from None
     if not isinstance(dataset, datasets.Dataset):
         raise LumiError(f"dataset {source.describe()}: name a split (have {sorted(dataset)})")
     return [dict(row) for row in dataset]
@@ -140,10 +156,21 @@ class Task:
     default_source: TaskSource
     parse: Callable[[Record, int], TaskItem]
     read: Callable[[TaskSource], list[Record]] = field(default=read_records)
+    local_fields: tuple[str, ...] = ("path",)  # what a local copy in the original release layout sets
 
-    def load(self, source: TaskSource | None = None) -> list[TaskItem]:
+    def local_source_hint(self, config_key: str) -> str:
+        """How to point this task at a local copy: a ``--set`` of ``config_key`` (e.g. ``tasks.0.source``)."""
+        fields = ", ".join(f'"{name}": "FILE"' for name in self.local_fields)
+        return f"to read a local copy in the original release layout instead: --set '{config_key}={{{fields}}}'"
+
+    def load(self, source: TaskSource | None = None, config_key: str = "source") -> list[TaskItem]:
+        """The task's items from ``source`` (default: its hub set); ``config_key`` is where the source is set in
+        the config, for the message that says how to point an unreadable source at a local file."""
         source = source or self.default_source
-        records = self.read(source)
+        try:
+            records = self.read(source)
+        except SourceUnreadable as exc:
+            raise SourceUnreadable(exc.reason, self.name, self.local_source_hint(config_key)) from None
         if not records:
             raise LumiError(f"task {self.name}: {source.describe()} holds no examples")
         items = []

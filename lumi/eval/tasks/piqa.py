@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from lumi.core.errors import LumiError
-from lumi.eval.tasks.base import Record, Task, TaskItem, TaskSource, choice_item, read_records
+from lumi.eval.tasks.base import Record, SourceUnreadable, Task, TaskItem, TaskSource, choice_item, read_records
 
 
 def read_labels(path: str | Path) -> list[int]:
     path = Path(path)
     if not path.is_file():
-        raise LumiError(f"{path}: PIQA labels file not found")
+        raise SourceUnreadable(f"{path}: PIQA labels file not found")
     labels = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip() not in ("0", "1"):
@@ -45,4 +45,4 @@ def parse(record: Record, index: int) -> TaskItem:
 
 
 TASK = Task("piqa", "multiple_choice", ("acc", "acc_norm"), TaskSource(dataset="baber/piqa", split="validation"),
-            parse, read)
+            parse, read, local_fields=("path", "labels_path"))

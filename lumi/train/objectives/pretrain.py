@@ -20,7 +20,7 @@ from transformers import LlamaForCausalLM, PreTrainedModel
 from lumi.core.config import config_to_dict
 from lumi.core.errors import LumiError
 from lumi.data.packed_stream import BatchStream, MixedRowSampler, PackedSource, open_sources
-from lumi.formats.checkpoint import save_pretrained_with_tokenizer
+from lumi.formats.checkpoint import PRETRAIN_CONFIG_FILE, save_pretrained_with_tokenizer
 from lumi.formats.tokenizer import load_sentencepiece
 from lumi.lm.loss import scored_target_mask, summed_nats
 from lumi.lm.scoring import bits_per_byte, perplexity, score_packed_split, summarize
@@ -97,10 +97,10 @@ def scored_tokens(input_ids: torch.LongTensor) -> torch.Tensor:
 
 
 class PretrainObjective:
-    """Packed rows in, next-token loss out (see the module docstring); the Objective of ``lumi.train.objectives.base``."""
+    """Packed rows in, next-token loss out (see the module docstring); an ``lumi.train.objectives.base.Objective``."""
 
     name = "pretrain"
-    config_file = "pretrain_config.json"
+    config_file = PRETRAIN_CONFIG_FILE
 
     def __init__(self, config: PretrainConfig, rank: int = 0, world_size: int = 1):
         self.config = config

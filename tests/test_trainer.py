@@ -1,0 +1,136 @@
+"""The Trainer loop runs an objective other than pretraining, unchanged: batches as dicts of tensors with masked labels
+(the shape SFT takes), the objective's own checkpoint config file, and an exact resume of its data position."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from packed_helpers import nano_architecture
+from torch import nn
+from transformers import LlamaForCausalLM, PreTrainedModel
+
+from lumi.formats.metrics import read_metrics
+from lumi.lm.linear_cross_entropy import IGNORE_INDEX
+from lumi.model import ArchitectureConfig, build_model
+from lumi.train.config import TrainerConfig
+from lumi.train.trainer import Trainer
+
+VOCAB, SEQ = 64, 16
+
+
+class MaskedLabelsLoss(nn.Module):
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor], training: bool) -> torch.Tensor:
+        logits = self.model(input_ids=batch["input_ids"]).logits[:, :-1].float()
+        return F.cross_entropy(logits.reshape(-1, VOCAB), batch["labels"][:, 1:].reshape(-1),
+                               ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+class CopyObjective:
+    """Rows whose second half repeats the first; only the second half is scored (like assistant-only labels)."""
+
+    name = "copy"
+    config_file = "copy_config.json"
+    run_name = "copy"
+
+    def __init__(self, config: TrainerConfig, total_steps: int):
+        self.config, self.total_steps, self.position = config, total_steps, 0
+        self.resolved = {"config": config.model_dump(mode="json"), "total_steps": total_steps}
+        self.arch = ArchitectureConfig(**nano_architecture(VOCAB, SEQ, tie_embeddings=True))
+
+    def _batch(self, index: int) -> dict[str, torch.Tensor]:
+        half = torch.randint(6, VOCAB, (self.config.micro_batch_size, SEQ // 2),
+                             generator=torch.Generator().manual_seed(index))
+        input_ids = torch.cat([half, half], dim=1)
+        labels = input_ids.clone()
+        labels[:, :SEQ // 2] = IGNORE_INDEX
+        return {"input_ids": input_ids, "labels": labels}
+
+    def build_model(self, checkpoint: Path | None) -> PreTrainedModel:
+        if checkpoint is None:
+            return build_model(self.arch)
+        return LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+
+    def loss_module(self, model: PreTrainedModel, compile: bool) -> nn.Module:
+        return MaskedLabelsLoss(model)
+
+    def count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+
+    def next_step(self) -> list[dict[str, torch.Tensor]]:
+        batches = [self._batch(self.position + i) for i in range(self.config.grad_accumulation)]
+        self.position += self.config.grad_accumulation
+        return batches
+
+    def step_tokens(self, micro_batches: list[dict[str, torch.Tensor]]) -> int:
+        return sum(int(batch["input_ids"].numel()) for batch in micro_batches)
+
+    def evaluate(self, score: Callable[[Any], torch.Tensor]) -> dict[str, float]:
+        batch = self._batch(-1)
+        return {"val/loss": float(score(batch)) / int(self.count(batch))}
+
+    def save_model(self, directory: Path, model: PreTrainedModel, state_dict: dict | None) -> None:
+        model.save_pretrained(directory, state_dict=state_dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = int(state["position"])
+
+    def describe(self) -> list[str]:
+        return ["copy task"]
+
+    def summary(self) -> str:
+        return f"{self.position} batches"
+
+    def flops_per_token(self) -> int | None:
+        return None
+
+    def batch_shape(self) -> str:
+        return f"micro_batch_size={self.config.micro_batch_size} x seq_len={SEQ}"
+
+
+def trainer(output: Path, resume: str | None = None) -> Trainer:
+    config = TrainerConfig(micro_batch_size=4, grad_accumulation=2, lr=3e-3, warmup_steps=2, log_interval=1,
+                           eval_interval=3, save_interval=3, keep_last_k=1, tensorboard=False, seed=7)
+    return Trainer(config, CopyObjective(config, total_steps=8), output, resume=resume, device=torch.device("cpu"))
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [r["train/loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "train/loss" in r]
+
+
+def test_a_second_objective_trains_saves_and_resumes_exactly(tmp_path, monkeypatch):
+    whole = trainer(tmp_path / "whole")
+    assert whole.fit() == 0
+    run = whole.run_dir
+    assert (run / "final" / "copy_config.json").is_file() and not (run / "final" / "pretrain_config.json").exists()
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("step_")) == ["step_6"]  # keep_last_k=1
+    curve = losses(run)
+    assert len(curve) == 8 and curve[-1] < curve[0], curve  # the copied half is learnable
+    assert whole.tokens_seen == 8 * 2 * 4 * SEQ
+
+    # the same run stopped by SIGINT during step 5, then resumed: same losses, same data position
+    original = Trainer.train_step
+
+    def interrupted_step(self, batches):
+        if self.step == 4:
+            signal.raise_signal(signal.SIGINT)
+        return original(self, batches)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    assert trainer(tmp_path / "split").fit() == 128 + signal.SIGINT
+    monkeypatch.setattr(Trainer, "train_step", original)
+    resumed = trainer(tmp_path / "split", resume="auto")
+    assert resumed.step == 5 and resumed.objective.position == 10
+    assert resumed.fit() == 0
+    assert resumed.objective.position == whole.objective.position == 16
+    assert losses(resumed.run_dir) == curve
