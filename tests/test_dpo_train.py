@@ -1,5 +1,5 @@
 """Stage 90 (lumi dpo): answer-only log-probs that do not depend on padding or packing, loss ln 2 at step 0, loss /
-rewards / gradients equal to TRL's DPOTrainer (the oracle) for sigmoid and IPO with full weights and LoRA, exact
+rewards / gradients equal to TRL's DPOTrainer (the oracle) for sigmoid, IPO and hinge with full weights and LoRA, exact
 resume after SIGKILL, and bad input one line, exit 2."""
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _trl_trainer(tmp_path, model, ref_model, tokenizer, loss_type, beta, peft_co
                       peft_config=peft_config)
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_loss_rewards_and_gradients_equal_trl(workspace, tmp_path, loss_type, method):
     """The same batch of 4 pairs (our tokens and answer masks as TRL's input_ids / completion_mask), a policy that
@@ -266,3 +266,12 @@ def test_bad_input_is_one_line_exit_2(workspace, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "bad" / "dpo_lora" / "final").exists()
+
+
+def test_label_smoothing_is_conservative_dpo():
+    margin = torch.tensor([-2.0, 0.0, 3.0])
+    zeros = torch.zeros(3)
+    smoothed = preference_losses(margin, zeros, zeros, zeros, "sigmoid", 0.5, 0.2)["loss"]
+    z = 0.5 * margin
+    want = -0.8 * torch.nn.functional.logsigmoid(z) - 0.2 * torch.nn.functional.logsigmoid(-z)
+    assert torch.allclose(smoothed, want) and abs(smoothed[1].item() - math.log(2)) <= 1e-6
