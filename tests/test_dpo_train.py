@@ -207,7 +207,8 @@ def test_evaluate_dpo_matches_the_trainer_and_compares_with_sft(workspace, lora_
     assert ours["pairs"] == 8 and Path(ours["reference"]).resolve() == workspace["sft"].resolve()
     assert abs(ours["reward_accuracy"] - trainer["val/rewards/accuracy"]) <= 1e-6
     assert abs(ours["reward_margin"] - trainer["val/rewards/margins"]) <= 1e-5
-    assert any(row["section"] == "synthetic_qa" for row in results["comparison"]["rows"])
+    compared = {row["metric"] for row in results["comparison"]["rows"] if row["section"] == "synthetic_qa"}
+    assert compared == {"exact_match", "refusal_rate"}  # correct answers and refusals, before and after DPO
     samples = [json.loads(l) for l in (tmp_path / "dpo" / "samples" / "preference_val.jsonl").read_text().splitlines()]
     assert len(samples) == 8 and sum("generated" in s for s in samples) == 2
     assert "Preference pairs" in (tmp_path / "dpo" / "report.md").read_text()

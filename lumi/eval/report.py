@@ -54,10 +54,12 @@ def compare_results(current: dict[str, Any], previous: dict[str, Any], previous_
             rows.append({"section": "perplexity", "name": name, "metric": metric, "previous": old[metric],
                          "current": result[metric], "delta": result[metric] - old[metric], "combined_stderr": None,
                          "same_items": old["tokens"] == result["tokens"]})
-    if "synthetic_qa" in current and "synthetic_qa" in previous:
-        new, old = current["synthetic_qa"]["exact_match"], previous["synthetic_qa"]["exact_match"]
+    for metric in ("exact_match", "refusal_rate"):
+        if metric not in current.get("synthetic_qa", {}) or metric not in previous.get("synthetic_qa", {}):
+            continue
+        new, old = current["synthetic_qa"][metric], previous["synthetic_qa"][metric]
         errors = [new["stderr"], old["stderr"]]
-        rows.append({"section": "synthetic_qa", "name": current["synthetic_qa"]["split"], "metric": "exact_match",
+        rows.append({"section": "synthetic_qa", "name": current["synthetic_qa"]["split"], "metric": metric,
                      "previous": old["value"], "current": new["value"], "delta": new["value"] - old["value"],
                      "combined_stderr": math.sqrt(sum(e * e for e in errors)) if None not in errors else None,
                      "same_items": previous["synthetic_qa"]["num_items"] == current["synthetic_qa"]["num_items"]})
@@ -95,6 +97,7 @@ def sft_sections(results: dict[str, Any]) -> list[str]:
         lines += ["## Synthetic-world question answering", "",
                   f"Exact match on {qa['split']} facts asked with {qa['split']} wordings: **{em['value']:.3f}** "
                   f"± {_fmt(em['stderr'], 3)} (n={qa['num_items']}; answers in `samples/synthetic_qa.jsonl`)."]
+        lines.append(f"Answered with one of the world's refusals: {_fmt(qa['refusal_rate']['value'], 3)}.")
         if qa.get("known_facts"):
             known = qa["known_facts"]
             lines.append(f"Of the {known['facts_known']} facts the compared model knew (cloze right), "
