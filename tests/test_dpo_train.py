@@ -276,3 +276,27 @@ def test_label_smoothing_is_conservative_dpo():
     z = 0.5 * margin
     want = -0.8 * torch.nn.functional.logsigmoid(z) - 0.2 * torch.nn.functional.logsigmoid(-z)
     assert torch.allclose(smoothed, want) and abs(smoothed[1].item() - math.log(2)) <= 1e-6
+
+
+def test_an_sft_adapter_dir_is_merged_once_and_used(workspace, tmp_path):
+    """--model-path a stage-70 LoRA adapter: merged into <output-dir>/sft_merged (base + adapter), which is the
+    policy's start and the reference."""
+    from lumi.lora import save_adapter
+
+    base = make_tiny_model_dir(tmp_path / "base", workspace["root"] / "tokenizer", max_seq_len=SEQ_LEN)
+    copy_chat_tokenizer(workspace["data"] / "tokenizer", base)
+    adapter = wrap_lora(AutoModelForCausalLM.from_pretrained(base), 4, 8, 0.0, ["q_proj", "v_proj"])
+    for name, param in adapter.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.05)
+    save_adapter(adapter, workspace["data"] / "tokenizer", tmp_path / "adapter", base)
+    config = write_config(tmp_path, max_steps=1, eval_interval=100)
+    args = dpo_args(workspace, config, tmp_path / "out")
+    args[args.index("--model-path") + 1] = str(tmp_path / "adapter")
+    assert main(args) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "sft_merged")
+    with torch.no_grad():
+        ids = torch.tensor([workspace["train"]["chosen_ids"][0][:20].tolist()])
+        assert torch.allclose(merged(input_ids=ids).logits, adapter.eval()(input_ids=ids).logits, atol=1e-5)
+    record = json.loads((tmp_path / "out" / "dpo_lora" / "final" / "lumi_adapter.json").read_text())
+    assert Path(record["base_model_path"]) == (tmp_path / "out" / "sft_merged").resolve()
