@@ -150,10 +150,11 @@ def test_undetectable_format_and_nothing_left(tokenizer_dir, tmp_path, capsys):
 
 
 def test_synthetic_world_pairs_hold_only_train_facts(tokenizer_dir, tmp_path):
-    config = SFTCorpusConfig(sources=[{"type": "synthetic", "people": 20, "places": 4}], languages=None,
+    world_settings = {"type": "synthetic", "people": 20, "places": 4}
+    config = SFTCorpusConfig(sources=[{"type": "synthetic", "world": world_settings}], languages=None,
                              dedup={"near": {"enabled": False}})
     manifest = build_sft_corpus(config, tokenizer_dir, tmp_path / "sft")
-    world = config.sources[0].world()
+    world = config.sources[0].world.world()
     prompts = {json.loads(line)["messages"][0]["content"]
                for split in ("train", "val") for line in (tmp_path / "sft" / f"{split}.jsonl").read_text().splitlines()}
     assert prompts == {pair["prompt"] for pair in world.sft_pairs("train")}

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lumi.core.config import ConfigModel, config_to_dict
-from lumi.corpus.config import NearDedupConfig
+from lumi.corpus.config import NearDedupConfig, resolve_world
 from lumi.corpus.minhash import MinHasher, near_duplicate_of
-from lumi.data.synthetic import SyntheticWorld
+from lumi.data.synthetic import SyntheticSourceConfig
 from lumi.data.chat import (END_OF_TURN_ID, EncodedConversation, TEMPLATES, chat_tokenizer, check_messages,
                             cut_at_turn, encode_conversation, get_template, save_chat_tokenizer, verify_chat_tokenizer)
 from lumi.data.readers import FORMATS, READERS, Conversation, ReadStats, detect
@@ -80,15 +80,14 @@ class SyntheticPairsSource(ConfigModel):
 
     type: Literal["synthetic"] = Field(description="the synthetic world's question/answer pairs")
     name: str = Field("world", description="the source's name in the manifest")
-    seed: int = Field(0, description="world seed (the pretraining corpus's)")
-    people: int = Field(300, ge=8, description="people in the world (the pretraining corpus's)")
-    places: int = Field(40, ge=4, description="towns in the world (the pretraining corpus's)")
-    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="share of facts held out (the corpus's)")
+    world: SyntheticSourceConfig = Field(description="{\"from\": corpus config} (its synthetic source: the world the "
+                                                     "base model was pretrained on), or the world's settings")
     max_conversations: int | None = Field(None, ge=1, description="keep at most this many (a seeded sample)")
 
-    def world(self) -> SyntheticWorld:
-        return SyntheticWorld.generate(seed=self.seed, num_people=self.people, num_places=self.places,
-                                       heldout_fraction=self.heldout_fraction)
+    @field_validator("world", mode="before")
+    @classmethod
+    def _world_from_corpus_config(cls, world: Any) -> Any:
+        return resolve_world(world)
 
 
 Source = HubSource | FileSource | SyntheticPairsSource
@@ -169,7 +168,7 @@ def source_records(source: Source) -> Iterable[Any]:
         return load_hub_records(source)
     if isinstance(source, FileSource):
         return [record for path in source.paths for record in _read_json_file(Path(path))]
-    return source.world().sft_pairs("train")
+    return source.world.world().sft_pairs("train")
 
 
 def source_format(source: Source, records: Iterable[Any]) -> tuple[str, Iterable[Any]]:
