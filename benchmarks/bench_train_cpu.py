@@ -4,9 +4,9 @@ Builds a small real pipeline once (synthetic-world corpus -> the demo's 2,048-pi
 packed rows), then compares, on the same core:
 
 (a) **bare loop**: the same model (``build_model`` of the same architecture, same seed), the same loss
-    (``causal_lm_loss``, document masking on, as the trainer's default), ``torch.optim.AdamW`` and gradient
-    clipping, one micro-batch of ``--micro-batch`` rows per step read straight from the packed memory map; no
-    scheduler, no logging, nothing else;
+    (``summed_nats`` over the scored-token count, document masking on, as the trainer's default),
+    ``torch.optim.AdamW`` and gradient clipping, one micro-batch of ``--micro-batch`` rows per step read straight
+    from the packed memory map; no scheduler, no logging, nothing else;
 (b) **our trainer** end to end: ``Trainer.fit()`` with the demo config (data mixing and stream, scored-token
     counting, LR schedule, non-finite checks, signal handling, and logging at the default interval of 10 steps to
     metrics.jsonl, TensorBoard and the log line).
@@ -45,7 +45,7 @@ from lumi.core.config import CONFIG_DIR, load_config  # noqa: E402
 from lumi.formats.metrics import read_metrics  # noqa: E402
 from lumi.formats.packed import load_packed_split  # noqa: E402
 from lumi.formats.tokenizer import load_tokenizer_meta  # noqa: E402
-from lumi.lm.loss import causal_lm_loss  # noqa: E402
+from lumi.lm.loss import count_scored_tokens, summed_nats  # noqa: E402
 from lumi.model import build_model, load_architecture  # noqa: E402
 from lumi.train.objectives.pretrain import PretrainConfig, PretrainObjective  # noqa: E402
 from lumi.train.trainer import Trainer  # noqa: E402
@@ -91,7 +91,7 @@ class BareLoop:
         start = time.perf_counter()
         first = (self.steps * self.micro) % (len(self.rows) - self.micro)
         batch = torch.from_numpy(np.asarray(self.rows[first:first + self.micro], dtype=np.int64))
-        causal_lm_loss(self.model, batch).backward()
+        (summed_nats(self.model, batch) / count_scored_tokens(batch)).backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

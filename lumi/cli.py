@@ -23,7 +23,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "pack": ("lumi.stages.pack", "30: tokenize and pack a corpus into fixed-length training rows"),
     "pretrain": ("lumi.stages.pretrain", "40: pretrain the LLaMA-style model on packed data (checkpoints, resume)"),
     "evaluate": ("lumi.stages.evaluate",
-                 "50/80: evaluate a checkpoint (perplexity, zero-shot tasks, generation checks)"),
+                 "50/80/95: evaluate a checkpoint (perplexity, zero-shot tasks, generation checks)"),
     "sft-corpus": ("lumi.stages.sft_corpus",
                    "60: instruction/chat datasets -> filtered, tokenized, packed SFT rows with assistant-only masks"),
     "sft": ("lumi.stages.sft", "70: supervised fine-tuning (LoRA or full) with the assistant-only loss"),
@@ -31,6 +31,8 @@ VERBS: dict[str, tuple[str, str]] = {
                    "85: preference datasets -> filtered, tokenized chosen/rejected pairs with answer-only masks"),
     "dpo": ("lumi.stages.dpo", "90: preference tuning (DPO sigmoid, IPO, hinge; LoRA or full) from an SFT model"),
     "merge-lora": ("lumi.stages.merge_lora", "fold a LoRA adapter into its base model (a plain save_pretrained dir)"),
+    "chat": ("lumi.stages.chat", "100: chat with a checkpoint in the terminal (raw completion for a base model)"),
+    "serve": ("lumi.stages.serve", "100: serve a checkpoint: OpenAI-compatible API and web chat page (uvicorn)"),
 }
 
 

@@ -19,6 +19,7 @@ from lumi.core.config import load_config
 from lumi.core.special_tokens import EOS_ID, IM_END_ID, IM_START_TOKEN
 from lumi.eval.config import EvaluationConfig
 from lumi.eval.generation import format_prompt, load_prompts, repeated_ngram_rate, run_generation, stop_token_ids
+from lumi.eval.report import compare_results, load_previous_results
 from lumi.formats.model_io import load_for_evaluation
 from lumi.stages.evaluate import RESULTS_FILE, RESULTS_SCHEMA
 from lumi.stages.pack import PackingConfig, pack_corpus
@@ -84,7 +85,7 @@ def test_results_file_schema_and_outputs(workspace, first_run):
     results = json.loads((first_run / RESULTS_FILE).read_text())
     assert results["schema"] == RESULTS_SCHEMA
     assert results["model"]["path"] == str(workspace["models"][0].resolve())
-    assert len(results["tokenizer_sha256"]) == 64
+    assert len(results["tokenizer_fingerprint"]) == 64
     assert set(results["versions"]) >= {"torch", "transformers", "datasets", "python", "lumi"}
     assert results["started"] <= results["finished"]
     assert results["config"]["tasks"][0]["task"] == "boolq"
@@ -133,6 +134,15 @@ def test_compare_with_a_previous_run(workspace, first_run):
     val = next(r for r in rows if r["name"] == "val" and r["metric"] == "loss")
     assert val["delta"] != 0  # another seed, another model
     assert "## Comparison" in (output / "report.md").read_text()
+
+
+def test_compare_reads_a_schema_1_results_file_whose_fingerprint_key_was_tokenizer_sha256(first_run, tmp_path):
+    current = json.loads((first_run / RESULTS_FILE).read_text())
+    old = {k: v for k, v in current.items() if k != "tokenizer_fingerprint"}
+    for fingerprint, same in ((current["tokenizer_fingerprint"], True), ("0" * 64, False)):
+        path = tmp_path / f"{same}.json"
+        path.write_text(json.dumps({**old, "schema": "lumi-evaluation/1", "tokenizer_sha256": fingerprint}))
+        assert compare_results(current, load_previous_results(path), str(path))["same_tokenizer"] is same
 
 
 def test_existing_output_needs_force(workspace, first_run, tmp_path, capsys):

@@ -9,12 +9,21 @@ import torch
 
 from lumi.core.errors import LumiError
 from lumi.core.special_tokens import BOS_ID, EOS_ID, PAD_ID
-from lumi.lm.loss import causal_lm_loss, count_scored_tokens, position_ids_from_bos
+from lumi.lm.loss import count_scored_tokens, position_ids_from_bos, summed_nats
 from lumi.model import ArchitectureConfig, build_model, flops_per_token, load_architecture, parameter_counts
 from lumi.train.distributed import wrap_for_training
 from lumi.train.objectives.pretrain import PackedLMLoss
 
 VOCAB = 97
+
+
+def causal_lm_loss(model, input_ids: torch.Tensor, *, document_masking: bool = True,
+                   reduction: str = "mean", **options):
+    """``summed_nats`` (the loss training minimises and evaluation scores) with its token count: the mean, or
+    ``(sum, count)`` for ``reduction="sum"``."""
+    total = summed_nats(model, input_ids, document_masking=document_masking, **options)
+    count = count_scored_tokens(input_ids)
+    return (total, count) if reduction == "sum" else total / count
 
 
 def small_arch(**changes) -> ArchitectureConfig:

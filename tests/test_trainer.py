@@ -3,21 +3,30 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import signal
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 import torch
 import torch.nn.functional as F
 from packed_helpers import nano_architecture
 from torch import nn
 from transformers import LlamaForCausalLM, PreTrainedModel
 
+import lumi.train.objectives
+from lumi.core.errors import LumiError
 from lumi.formats.metrics import read_metrics
 from lumi.lm.linear_cross_entropy import IGNORE_INDEX
 from lumi.model import ArchitectureConfig, build_model
 from lumi.train.config import TrainerConfig
+from lumi.train.objectives.base import Objective
 from lumi.train.trainer import Trainer
+
+OBJECTIVE_MODULES = [importlib.import_module(f"lumi.train.objectives.{m.name}")
+                     for m in pkgutil.iter_modules(lumi.train.objectives.__path__) if m.name != "base"]
 
 VOCAB, SEQ = 64, 16
 
@@ -97,6 +106,9 @@ class CopyObjective:
     def batch_shape(self) -> str:
         return f"micro_batch_size={self.config.micro_batch_size} x seq_len={SEQ}"
 
+    def oom_advice(self) -> str:
+        return "shorten the copied sequences"
+
 
 def trainer(output: Path, resume: str | None = None) -> Trainer:
     config = TrainerConfig(micro_batch_size=4, grad_accumulation=2, lr=3e-3, warmup_steps=2, log_interval=1,
@@ -134,3 +146,27 @@ def test_a_second_objective_trains_saves_and_resumes_exactly(tmp_path, monkeypat
     assert resumed.fit() == 0
     assert resumed.objective.position == whole.objective.position == 16
     assert losses(resumed.run_dir) == curve
+
+
+def test_out_of_memory_advice_names_the_objectives_batch_and_what_its_data_lets_one_lower(tmp_path, monkeypatch):
+    def out_of_memory(self, batches):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "train_step", out_of_memory)
+    with pytest.raises(LumiError) as error:
+        trainer(tmp_path / "oom").fit()
+    message = str(error.value)
+    assert f"step 1: CPU out of memory with micro_batch_size=4 x seq_len={SEQ}" in message
+    for advice in ("grad_accumulation", "activation_checkpointing=true", "shorten the copied sequences", "fsdp2"):
+        assert advice in message
+
+
+def test_every_objective_implements_the_whole_interface():
+    methods = {name for name, value in vars(Objective).items() if callable(value) and not name.startswith("_")}
+    objectives = [CopyObjective] + [cls for module in OBJECTIVE_MODULES for name, cls in vars(module).items()
+                                    if name.endswith("Objective") and isinstance(cls, type)
+                                    and cls.__module__ == module.__name__]
+    assert len(objectives) >= 1 + len(OBJECTIVE_MODULES)  # one per objectives/ module (pretrain, ...) and this file's
+    assert {"oom_advice", "batch_shape", "next_step"} <= methods
+    for cls in objectives:
+        assert {name for name in methods if not callable(getattr(cls, name, None))} == set(), cls

@@ -33,6 +33,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from lumi.core.errors import LumiError
 from lumi.core.files import atomic_write_json, atomic_write_text, read_json
+from lumi.core.hashing import digest_keys
 from lumi.corpus.config import CorpusConfig
 from lumi.corpus.filters import DocumentFilter
 from lumi.corpus.minhash import MinHasher, near_duplicate_of
@@ -49,14 +50,6 @@ PROGRESS_SECONDS = 1.0
 
 def work_path(build_dir: str | Path, *parts: str) -> Path:
     return Path(build_dir, WORK, *parts)
-
-
-def budget_keys(digests: np.ndarray, seed: int) -> np.ndarray:
-    """A seeded uniform 64-bit key per document, from its content hash: the order in which a source's documents
-    are taken into its budget."""
-    salt = int.from_bytes(hashlib.blake2b(f"lumi-budget:{seed}".encode(), digest_size=8).digest(), "little")
-    keys = digests.view("<u8")[:, 0] ^ np.uint64(salt)
-    return (keys * np.uint64(0x9E3779B97F4A7C15)) ^ (keys >> np.uint64(29))
 
 
 class CorpusStep(PipelineStep):
@@ -193,7 +186,7 @@ class PlanCorpus(CorpusStep):
                 for r in range(self.scan_tasks)])[candidates]
             roots = near_duplicate_of(signatures, rank_of[candidates], near)
             decision[candidates[roots != np.arange(len(candidates))]] = NEAR_DUPLICATE
-        keys = budget_keys(digests, config.budget_seed)
+        keys = digest_keys(digests, config.budget_seed)  # the seeded order a source's documents fill its budget in
         plan_sources = {}
         for index, source in enumerate(config.sources):
             mine = np.flatnonzero((sources == index) & (decision == KEEP))

@@ -14,6 +14,11 @@ from lumi.core.files import atomic_write_text, read_json
 from lumi.formats.metrics import METRICS_FILE
 
 RESULTS_FILE = "evaluation_results.json"
+# The results file's tokenizer identity: a sha256 over every tokenizer file of the model dir
+# (lumi.formats.model_io.tokenizer_fingerprint). Schema lumi-evaluation/1 called it "tokenizer_sha256", a name that
+# elsewhere means the sha256 of spm.model alone (packed manifests), so /1 files are read with the old key renamed.
+TOKENIZER_KEY = "tokenizer_fingerprint"
+OLD_TOKENIZER_KEY = "tokenizer_sha256"
 # Curve -> the keys it is read from, first present wins (lumi.train writes "train/loss" and "val/loss" on eval steps).
 CURVE_KEYS = {"train": ("train/loss", "loss"), "val": ("val/loss", "val_loss")}
 METRICS_SEARCH_DEPTH = 3  # the checkpoint dir and this many parents (lumi.train: run_dir/metrics.jsonl, run_dir/final)
@@ -25,6 +30,8 @@ def load_previous_results(path: Path) -> dict[str, Any]:
     results = read_json(path, what="previous evaluation results")
     if not isinstance(results, dict) or "tasks" not in results or "perplexity" not in results:
         raise LumiError(f"{path}: not an {RESULTS_FILE} (no 'tasks' / 'perplexity')")
+    if TOKENIZER_KEY not in results and OLD_TOKENIZER_KEY in results:  # a lumi-evaluation/1 file
+        results[TOKENIZER_KEY] = results.pop(OLD_TOKENIZER_KEY)
     return results
 
 
@@ -64,7 +71,7 @@ def compare_results(current: dict[str, Any], previous: dict[str, Any], previous_
                      "combined_stderr": math.sqrt(sum(e * e for e in errors)) if None not in errors else None,
                      "same_items": previous["synthetic_qa"]["num_items"] == current["synthetic_qa"]["num_items"]})
     return {"previous": previous_path, "previous_model": previous.get("model", {}).get("path"),
-            "same_tokenizer": previous.get("tokenizer_sha256") == current.get("tokenizer_sha256"), "rows": rows}
+            "same_tokenizer": previous.get(TOKENIZER_KEY) == current[TOKENIZER_KEY], "rows": rows}
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -237,7 +244,7 @@ def render_report(results: dict[str, Any], plots: dict[str, str], notes: list[st
     model = results["model"]
     lines = ["# Evaluation report", "",
              f"Model `{model['path']}`: {model['parameters']:,} parameters, context {model['context_length']}, "
-             f"{model['dtype']} on {model['device']}. Tokenizer sha256 `{results['tokenizer_sha256'][:16]}…`. "
+             f"{model['dtype']} on {model['device']}. Tokenizer fingerprint `{results[TOKENIZER_KEY][:16]}…`. "
              f"Evaluated {results['started']} to {results['finished']}.", ""]
     if results["perplexity"]:
         lines += ["## Perplexity", "", "| data | loss (nats/token) | perplexity | bits/byte | tokens | seconds |",

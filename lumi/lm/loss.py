@@ -19,8 +19,6 @@ time and the projection runs no more often than in a plain forward + backward. T
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from transformers import LlamaForCausalLM
 
@@ -89,22 +87,3 @@ def summed_nats(model: LlamaForCausalLM, input_ids: torch.LongTensor, *, documen
                                 (next_token_targets(input_ids) if targets is None else targets).reshape(-1),
                                 chunk_tokens=chunk_tokens, compiled=compile_chunks)
 
-
-def causal_lm_loss(model: LlamaForCausalLM, input_ids: torch.LongTensor, *, document_masking: bool = True,
-                   reduction: Literal["mean", "sum"] = "mean", chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-                   compile_chunks: bool = False):
-    """Next-token cross-entropy in nats (``summed_nats``, with the token count).
-
-    ``reduction="mean"`` returns a scalar tensor; ``"sum"`` returns ``(sum_nats, num_scored_tokens)`` so callers can
-    average exactly over many batches (and normalise gradient accumulation by the true token count).
-    """
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    total = summed_nats(model, input_ids, document_masking=document_masking, chunk_tokens=chunk_tokens,
-                        compile_chunks=compile_chunks)
-    count = count_scored_tokens(input_ids)
-    if reduction == "sum":
-        return total, count
-    if count == 0:
-        raise ValueError("causal_lm_loss: the batch has no scored targets (only PAD/BOS after the first token)")
-    return total / count

@@ -28,7 +28,8 @@ from lumi.eval.config import DEFAULT_PROMPTS, EvaluationConfig, PerplexityConfig
 from lumi.eval.generation import load_prompts, run_generation
 from lumi.eval.preference import evaluate_preferences
 from lumi.eval.perplexity import evaluate_packed_split, read_dataset_text, text_perplexity
-from lumi.eval.report import RESULTS_FILE, compare_results, console_summary, load_previous_results, write_report
+from lumi.eval.report import (RESULTS_FILE, TOKENIZER_KEY, compare_results, console_summary, load_previous_results,
+                              write_report)
 from lumi.eval.scoring import score_items
 from lumi.eval.sft_loss import sft_split_loss
 from lumi.eval.synthetic_qa import evaluate_synthetic_qa, known_facts
@@ -40,7 +41,7 @@ from lumi.formats.tokenizer import SPM_MODEL
 
 log = logging.getLogger(__name__)
 
-RESULTS_SCHEMA = "lumi-evaluation/1"
+RESULTS_SCHEMA = "lumi-evaluation/2"
 PRETRAIN_CONFIG = CONFIG_DIR / "evaluation" / "pretrain.json"
 SFT_CONFIG = CONFIG_DIR / "evaluation" / "sft.json"
 DPO_CONFIG = CONFIG_DIR / "evaluation" / "dpo.json"
@@ -159,7 +160,7 @@ def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path,
                   "context_length": model_context, "vocab_size": model.config.vocab_size,
                   "dtype": str(model.dtype).removeprefix("torch."), "device": str(next(model.parameters()).device),
                   "weights_sha256": file_digests(*sorted(str(p) for p in model_path.glob("*.safetensors")))},
-        "tokenizer_sha256": tokenizer_fingerprint(model_path),
+        TOKENIZER_KEY: tokenizer_fingerprint(model_path),
         "scoring_max_length": max_length,
         "config": config_to_dict(config),
         "versions": library_versions(),

@@ -43,6 +43,7 @@ from lumi.core import special_tokens
 from lumi.core.config import CONFIG_DIR, ConfigModel, config_to_dict
 from lumi.core.errors import LumiError
 from lumi.core.files import atomic_write_json, sha256_file, staged_output_dir
+from lumi.core.hashing import index_uniforms
 from lumi.core.stage_args import add_common_arguments, available_cores, stage_config
 from lumi.formats.corpus import MANIFEST as CORPUS_MANIFEST
 from lumi.formats.corpus import iter_text_batches, read_manifest
@@ -94,15 +95,6 @@ def load_packing_tokenizer(tokenizer_dir: Path, verify: bool = True) -> tuple[sp
 
 # --- train/val split -------------------------------------------------------------------------------------------
 
-def _splitmix64(values: np.ndarray) -> np.ndarray:
-    """The splitmix64 finalizer, vectorized. Hand-written because numpy has no keyed per-element hash, and a stable
-    formula keeps the split identical across library versions and batch sizes (uint64 arithmetic wraps)."""
-    z = values + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
 class DocumentSplitter:
     """Assigns each document index to val with probability ``val_fraction``, deterministically for a seed.
 
@@ -112,7 +104,7 @@ class DocumentSplitter:
 
     def __init__(self, total_documents: int, seed: int, val_fraction: float, chunk: int = 1 << 20):
         self.val_fraction = val_fraction if total_documents >= 2 else 0.0
-        self._seed_key = _splitmix64(np.array([seed & (2**64 - 1)], dtype=np.uint64))[0]
+        self.seed = seed
         self.forced_val = self.forced_train = -1
         if self.val_fraction > 0:
             lowest = (np.inf, -1)
@@ -126,8 +118,7 @@ class DocumentSplitter:
 
     def keys(self, start: int, count: int) -> np.ndarray:
         """A uniform number in [0, 1) per document index."""
-        indices = np.arange(start, start + count, dtype=np.uint64)
-        return (_splitmix64(indices ^ self._seed_key) >> np.uint64(11)) * (1.0 / (1 << 53))
+        return index_uniforms(self.seed, start, count)
 
     def val_mask(self, start: int, count: int) -> np.ndarray:
         mask = self.keys(start, count) < self.val_fraction

@@ -24,7 +24,6 @@ The output directory holds ``spm.model`` (+ ``spm.vocab``), the transformers fil
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import logging
 import re
@@ -40,6 +39,7 @@ from lumi.core.config import CONFIG_DIR, ConfigModel, config_to_dict
 from lumi.core.errors import LumiError
 from lumi.core.files import (atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file,
                              staged_output_dir)
+from lumi.core.hashing import text_draws
 from lumi.core.special_tokens import (BOS_ID, BOS_TOKEN, CHAT_MARKERS, EOS_ID, EOS_TOKEN, PAD_ID, PAD_TOKEN,
                                       SPECIAL_IDS, UNK_ID, UNK_TOKEN)
 from lumi.core.stage_args import add_common_arguments, available_cores, stage_config
@@ -99,14 +99,6 @@ class TokenizerConfig(ConfigModel):
 
 
 # --- the training sample
-
-def document_draws(text: str, seed: int) -> tuple[float, float]:
-    """Two uniform numbers in [0, 1) fixed by the text and the seed: the first decides held-out vs training, the
-    second whether the document is sampled. A keyed hash (not an RNG stream) makes the split independent of corpus
-    order and sharding, and puts duplicate documents on the same side."""
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16, key=seed.to_bytes(8, "little")).digest()
-    return int.from_bytes(digest[:8], "little") / 2**64, int.from_bytes(digest[8:], "little") / 2**64
-
 
 def chunk_document(text: str, max_bytes: int) -> Iterator[str]:
     """Cut ``text`` into consecutive pieces of at most ``max_bytes`` UTF-8 bytes (SentencePiece silently skips longer
@@ -212,7 +204,7 @@ class CorpusSample:
             yield chunk
 
     def _route(self, unit: str) -> Iterator[str]:
-        heldout_draw, sample_draw = document_draws(unit, self.config.seed)
+        heldout_draw, sample_draw = text_draws(unit, self.config.seed)  # held out?, sampled?
         if heldout_draw < self.config.holdout_fraction:
             if sample_draw < self.validation_probability and not self._validation_full():
                 self._hold_out(unit)

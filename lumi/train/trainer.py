@@ -304,5 +304,5 @@ class Trainer:
             raise LumiError(
                 f"step {self.step + 1}: {self.device.type.upper()} out of memory with {self.objective.batch_shape()}; "
                 "lower micro_batch_size (raise grad_accumulation to keep the global batch), set "
-                "activation_checkpointing=true, re-pack the data with a shorter seq_len, use distributed=fsdp2 "
+                f"activation_checkpointing=true, {self.objective.oom_advice()}, use distributed=fsdp2 "
                 "across several GPUs, or pick a smaller model") from None

@@ -69,3 +69,7 @@ class Objective(Protocol):
 
     def batch_shape(self) -> str:
         """How a micro-batch is sized, named in the out-of-memory advice ("micro_batch_size=8 x seq_len=512 (tiny)")."""
+
+    def oom_advice(self) -> str:
+        """What this stage's data lets one lower on running out of memory, beside the loop's own advice (micro-batch
+        size, activation checkpointing, FSDP2, a smaller model): "re-pack the data with a shorter seq_len"."""

@@ -188,3 +188,6 @@ class PretrainObjective:
 
     def batch_shape(self) -> str:
         return f"micro_batch_size={self.config.micro_batch_size} x seq_len={self.seq_len} ({self.config.model})"
+
+    def oom_advice(self) -> str:
+        return "re-pack the data with a shorter seq_len"  # rows are as long as the packed data made them

@@ -1,0 +1,338 @@
+"""The OpenAI-compatible HTTP API (FastAPI): chat and text completions, plain or streamed as server-sent events.
+
+Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``, ``GET /health`` and ``GET /``
+(the web chat page). Responses and stream chunks have OpenAI's shapes (``chat.completion``, ``chat.completion.chunk``,
+``text_completion``; a stream ends with ``data: [DONE]``; ``stream_options.include_usage`` adds a last chunk with
+``usage``), so the ``openai`` client and tools built on it work unchanged. Errors are OpenAI's error JSON.
+
+Safety: the key (when set) is compared in constant time; CORS is off unless origins are given; request bodies are
+capped; a client that goes away cancels its generation at the engine's next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from transformers import PreTrainedTokenizerBase
+
+from lumi.core.errors import LumiError
+from lumi.serve.engine import Engine, Output, QueueFull
+from lumi.serve.prompts import chat_ids, completion_ids, has_chat_template
+from lumi.serve.sampling import SamplingParams
+
+WEB_PAGE = Path(__file__).resolve().parent / "web" / "index.html"
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+
+
+@dataclass
+class ServerSettings:
+    model_id: str
+    api_key: str | None = None
+    cors_origins: list[str] = field(default_factory=list)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param = status, message, kind, param
+
+
+def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
+def error_response(status: int, message: str, kind: str = "invalid_request_error",
+                   param: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, kind, param), status_code=status)
+
+
+# --- request bodies: OpenAI's fields; the sampling fields (with their limits) are SamplingParams' own ---------------
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class _GenerationRequest(SamplingParams):
+    model: str
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Literal[1] = Field(1, description="one choice per request")
+    user: str | None = None
+    stop: list[str] = Field(default_factory=list, max_length=16)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [] if value is None else [value] if isinstance(value, str) else value
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(**self.model_dump(include=set(SamplingParams.model_fields)))
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]  # OpenAI's content parts: text ones only (a text model)
+    name: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _joined_text(cls, value: str | list[TextPart]) -> str:
+        return value if isinstance(value, str) else "".join(part.text for part in value)
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
+
+    def sampling(self) -> SamplingParams:
+        params = super().sampling()
+        if self.max_completion_tokens is not None:
+            params.max_tokens = self.max_completion_tokens
+        return params
+
+
+class CompletionRequest(_GenerationRequest):
+    prompt: str | list[str]
+
+    @field_validator("prompt")
+    @classmethod
+    def _single_prompt(cls, value: str | list[str]) -> str:
+        if isinstance(value, list):
+            if len(value) != 1:
+                raise ValueError("one prompt per request (a list of exactly one string)")
+            value = value[0]
+        return value
+
+
+# --- the app -------------------------------------------------------------------------------------------------------
+
+class BodySizeLimit:
+    """ASGI middleware: reads at most ``limit`` bytes of a request body, else answers 413 (before any route runs).
+    The body is then replayed to the app; later ``receive`` calls (the client's disconnect) pass through."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay([message], receive), send)
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.limit:
+                response = error_response(413, f"request body over {self.limit} bytes")
+                return await response(scope, receive, send)
+        return await self.app(scope, _replay([{"type": "http.request", "body": b"".join(chunks)}], receive), send)
+
+
+def _replay(messages: list[dict], receive):
+    async def replayed():
+        return messages.pop(0) if messages else await receive()
+    return replayed
+
+
+def create_app(engine: Engine, tokenizer: PreTrainedTokenizerBase, settings: ServerSettings) -> FastAPI:
+    app = FastAPI(title="Lumi-Lab", docs_url=None, redoc_url=None, openapi_url=None)
+    created = int(time.time())
+
+    @app.exception_handler(APIError)
+    async def _api_error(_request: Request, exc: APIError):
+        return error_response(exc.status, exc.message, exc.kind, exc.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        status = 400 if any(e.get("type") == "json_invalid" for e in errors) else 422
+        message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
+                            for e in errors)
+        first = next((e.get("loc") for e in errors), ())
+        return error_response(status, message, param=str(first[-1]) if first and len(first) > 1 else None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, str(exc.detail), "not_found_error" if exc.status_code == 404
+                              else "invalid_request_error")
+
+    async def authorized(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), settings.api_key.encode()):
+            raise APIError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
+                           "authentication_error")
+
+    def check_model(name: str) -> None:
+        if name != settings.model_id:
+            raise APIError(404, f"model {name!r} not found; this server serves {settings.model_id!r}",
+                           "not_found_error", "model")
+
+    def submit(prompt_ids: list[int], params: SamplingParams) -> tuple[Any, asyncio.Queue]:
+        loop, outputs = asyncio.get_running_loop(), asyncio.Queue()
+
+        def sink(output: Output) -> None:
+            try:
+                loop.call_soon_threadsafe(outputs.put_nowait, output)
+            except RuntimeError:  # the event loop is gone (server shutting down): nobody is listening
+                pass
+
+        try:
+            return engine.submit(prompt_ids, params, sink), outputs
+        except QueueFull as exc:
+            raise APIError(503, f"server busy: {exc}", "server_error") from None
+        except LumiError as exc:
+            raise APIError(400, str(exc)) from None
+
+    def encode(make) -> list[int]:
+        try:
+            return make()
+        except LumiError as exc:
+            raise APIError(400, str(exc)) from None
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": settings.model_id, "chat_template": has_chat_template(tokenizer),
+                **engine.load(), "cancelled": engine.stats["cancelled"]}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def web_page():
+        return HTMLResponse(WEB_PAGE.read_text(encoding="utf-8"))
+
+    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    async def models():
+        return {"object": "list", "data": [{"id": settings.model_id, "object": "model", "created": created,
+                                            "owned_by": "lumi-lab", "max_model_len": engine.context}]}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
+    async def chat_completions(body: ChatCompletionRequest, http: Request):
+        check_model(body.model)
+        messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        prompt_ids = encode(lambda: chat_ids(tokenizer, messages))
+        return await respond(http, body, prompt_ids, chat=True)
+
+    @app.post("/v1/completions", dependencies=[Depends(authorized)])
+    async def completions(body: CompletionRequest, http: Request):
+        check_model(body.model)
+        prompt_ids = encode(lambda: completion_ids(tokenizer, body.prompt))
+        return await respond(http, body, prompt_ids, chat=False)
+
+    async def respond(http: Request, body: _GenerationRequest, prompt_ids: list[int], chat: bool):
+        request, outputs = submit(prompt_ids, body.sampling())
+        response_id = f"{'chatcmpl' if chat else 'cmpl'}-{request.id}"
+        common = {"id": response_id, "created": int(time.time()), "model": settings.model_id}
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(stream_events(request, outputs, common, chat, include_usage),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        final, text = await collect(http, request, outputs)
+        if final.finish_reason == "error":
+            raise APIError(500, f"generation failed: {final.error}", "server_error")
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                   "finish_reason": final.finish_reason} if chat else
+                  {"index": 0, "text": text, "logprobs": None, "finish_reason": final.finish_reason})
+        return {**common, "object": "chat.completion" if chat else "text_completion", "choices": [choice],
+                "usage": usage(final)}
+
+    return _with_middleware(app, settings)
+
+
+def _with_middleware(app: FastAPI, settings: ServerSettings):
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    return app
+
+
+def usage(final: Output) -> dict[str, int]:
+    return {"prompt_tokens": final.prompt_tokens, "completion_tokens": final.completion_tokens,
+            "total_tokens": final.prompt_tokens + final.completion_tokens}
+
+
+async def collect(http: Request, request, outputs: asyncio.Queue) -> tuple[Output, str]:
+    """Wait for a whole completion, cancelling it if the client disconnects meanwhile."""
+    async def disconnected() -> None:
+        while (await http.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    text = []
+    try:
+        while True:
+            getter = asyncio.ensure_future(outputs.get())
+            done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if watcher in done:
+                getter.cancel()
+                request.cancel()
+                raise asyncio.CancelledError("client disconnected")
+            output = getter.result()
+            text.append(output.text)
+            if output.finish_reason is not None:
+                return output, "".join(text)
+    finally:
+        watcher.cancel()
+
+
+async def stream_events(request, outputs: asyncio.Queue, common: dict, chat: bool,
+                        include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent events; when the client goes away, Starlette cancels this generator and ``finally`` cancels the
+    request in the engine."""
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def event(choices: list[dict], **extra) -> str:
+        payload = {**common, "object": kind, "choices": choices, **({"usage": None} if include_usage else {}),
+                   **extra}
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    def choice(text: str | None, finish_reason: str | None) -> dict:
+        if not chat:
+            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        return {"index": 0, "delta": {} if text is None else {"content": text}, "logprobs": None,
+                "finish_reason": finish_reason}
+
+    try:
+        if chat:
+            yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                          "finish_reason": None}])
+        while True:
+            output: Output = await outputs.get()
+            if output.finish_reason == "error":  # mid-stream: the status is sent already, so an error event
+                yield f"data: {json.dumps(error_body(f'generation failed: {output.error}', 'server_error'))}\n\n"
+                break
+            if output.text:
+                yield event([choice(output.text, None)])
+            if output.finish_reason is not None:
+                yield event([choice(None if chat else "", output.finish_reason)])
+                if include_usage:
+                    yield event([], usage=usage(output))
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        request.cancel()  # a no-op once finished; stops the engine's work when the client is gone

@@ -1,0 +1,310 @@
+"""The generation engine: one loop, continuous batching over a slot KV cache, one queue of outputs per request.
+
+Every iteration (``step``) the loop (1) admits waiting requests into free slots, (2) prefills admitted prompts in
+chunks of at most ``prefill_chunk`` tokens in all, so a long prompt never holds up the others for more than one chunk,
+(3) runs ONE batched decode step for every request that is generating and (4) evicts finished and cancelled
+requests, freeing their slots. Each new token goes through the request's sampler, its incremental detokenizer and its
+stop-string matcher, and the resulting ``Output`` is pushed to the request's sink (a queue by default; the API gives
+a sink that feeds an asyncio queue). Chat, the API and the benchmarks all drive this one engine.
+
+transformers' own continuous batching (``generate_batch`` / paged attention) was measured slower than plain
+``generate`` on a tiny CPU model; it remains the better option on a GPU at scale (docs/SERVING.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lumi.core.errors import LumiError
+from lumi.core.special_tokens import IM_END_TOKEN
+from lumi.serve.detokenize import IncrementalDetokenizer, StopStringMatcher
+from lumi.serve.kv_cache import SlotKVCache, forward_with_cache
+from lumi.serve.sampling import SamplingParams, TokenSampler
+
+log = logging.getLogger(__name__)
+
+FINISH_STOP, FINISH_LENGTH, FINISH_CANCELLED, FINISH_ERROR = "stop", "length", "cancelled", "error"
+
+
+class QueueFull(Exception):
+    """The bounded waiting queue is full (the API answers 503)."""
+
+
+class PromptTooLong(LumiError):
+    """The prompt (plus the tokens asked for) does not fit the model's context (the API answers 400)."""
+
+
+@dataclass
+class Output:
+    """What one engine step produced for one request: new text and token ids; the last one has ``finish_reason``."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Request:
+    """A submitted request: iterate it for its outputs (the default sink), ``cancel()`` it when its client is gone."""
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[Output], None] | None):
+        self.id = uuid.uuid4().hex
+        self.prompt_ids = list(prompt_ids)
+        self.params = params
+        self._queue: queue.Queue[Output] = queue.Queue()
+        self.sink = sink or self._queue.put
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __iter__(self) -> Iterator[Output]:
+        while True:
+            output = self._queue.get()
+            yield output
+            if output.finish_reason is not None:
+                return
+
+
+@dataclass
+class _Running:
+    """Engine-side state of an admitted request."""
+
+    request: Request
+    slot: int
+    sampler: TokenSampler
+    detokenizer: IncrementalDetokenizer
+    stop_matcher: StopStringMatcher
+    max_new_tokens: int
+    tokens: list[int] = field(default_factory=list)  # prompt + output
+    computed: int = 0  # tokens whose keys/values are in the cache
+    finished: bool = False
+
+    @property
+    def num_prompt(self) -> int:
+        return len(self.request.prompt_ids)
+
+    @property
+    def num_output(self) -> int:
+        return len(self.tokens) - self.num_prompt
+
+
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """EOS and end-of-turn ids: the generation config's ``eos_token_id`` (one or a list), the tokenizer's EOS and,
+    for a chat model, ``<|im_end|>``."""
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(configured if isinstance(configured, list) else [configured])
+    ids.add(tokenizer.eos_token_id)
+    if tokenizer.chat_template and IM_END_TOKEN in tokenizer.get_vocab():
+        ids.add(tokenizer.convert_tokens_to_ids(IM_END_TOKEN))
+    return {i for i in ids if i is not None}
+
+
+class Engine:
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_batch: int = 8,
+                 prefill_chunk: int = 256, max_waiting: int = 64, context: int | None = None):
+        if max_batch < 1 or prefill_chunk < 1 or max_waiting < 0:
+            raise LumiError("engine: max_batch and prefill_chunk must be >= 1 and max_waiting >= 0")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.device = next(model.parameters()).device
+        model_context = int(model.config.max_position_embeddings)
+        if context is not None and not 1 < context <= model_context:
+            raise LumiError(f"engine: context must be in 2..{model_context} (the model's), got {context}")
+        self.context = context or model_context
+        self.max_batch, self.prefill_chunk, self.max_waiting = max_batch, prefill_chunk, max_waiting
+        self.stop_ids = stop_token_ids(model, tokenizer)
+        self.cache = SlotKVCache(model, max_batch, self.context)
+        self.free_slots = list(range(max_batch))
+        self.waiting: deque[Request] = deque()
+        self.running: list[_Running] = []
+        self.stats: Counter[str] = Counter()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    # --- client side -------------------------------------------------------------------------------------------
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams,
+               sink: Callable[[Output], None] | None = None) -> Request:
+        if not prompt_ids:
+            raise PromptTooLong("the prompt is empty: give at least one token")
+        if len(prompt_ids) >= self.context:
+            raise PromptTooLong(f"the prompt has {len(prompt_ids)} tokens; this model's context is {self.context} "
+                                "tokens (prompt + output): shorten the prompt")
+        if params.max_tokens is not None and len(prompt_ids) + params.max_tokens > self.context:
+            raise PromptTooLong(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
+                                f"model's context of {self.context} tokens: lower max_tokens or shorten the prompt")
+        request = Request(prompt_ids, params, sink)
+        with self._wake:
+            if len(self.waiting) >= self.max_waiting + max(0, len(self.free_slots)):
+                raise QueueFull(f"{len(self.waiting)} requests are waiting; try again later")
+            self.waiting.append(request)
+            self._wake.notify()
+        return request
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Completion:
+        """Submit and wait (the engine loop must be running)."""
+        text, ids = [], []
+        for output in self.submit(prompt_ids, params):
+            text.append(output.text)
+            ids.extend(output.token_ids)
+            if output.finish_reason is not None:
+                if output.error:
+                    raise LumiError(f"generation failed: {output.error}")
+                return Completion("".join(text), ids, output.finish_reason, output.prompt_tokens,
+                                  output.completion_tokens)
+        raise AssertionError("unreachable: a request always ends with a finish_reason")
+
+    def load(self) -> dict[str, int]:
+        return {"running": len(self.running), "waiting": len(self.waiting), "slots": self.max_batch}
+
+    # --- engine loop -------------------------------------------------------------------------------------------
+
+    def start(self) -> "Engine":
+        self._thread = threading.Thread(target=self._loop, name="lumi-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+        for request in [r.request for r in self.running] + list(self.waiting):
+            request.sink(Output("", [], FINISH_CANCELLED))
+
+    def __enter__(self) -> "Engine":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._wake:
+                    while not self._closing and not self.waiting and not self.running:
+                        self._wake.wait()
+                    if self._closing:
+                        return
+                try:
+                    self.step()
+                except Exception as exc:  # a failed forward fails its requests, never the server
+                    log.exception("engine step failed")
+                    self._fail_all(f"{type(exc).__name__}: {exc}")
+
+    def step(self) -> None:
+        self._admit()
+        self._prefill()
+        self._decode()
+        self._evict()
+
+    def _admit(self) -> None:
+        with self._wake:
+            while self.waiting and self.free_slots:
+                request = self.waiting.popleft()
+                if request.cancelled:
+                    self.stats["cancelled"] += 1
+                    request.sink(Output("", [], FINISH_CANCELLED, len(request.prompt_ids)))
+                    continue
+                self.free_slots.sort()
+                slot = self.free_slots.pop(0)  # lowest first: running slots stay consecutive (read without a copy)
+                room = self.context - len(request.prompt_ids)
+                self.running.append(_Running(
+                    request, slot, TokenSampler(request.params, self.device),
+                    IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
+                    StopStringMatcher(request.params.stop), min(request.params.max_tokens or room, room),
+                    tokens=list(request.prompt_ids)))
+
+    def _prefill(self) -> None:
+        budget = self.prefill_chunk
+        for state in self.running:
+            if budget == 0:
+                break
+            if state.computed >= state.num_prompt or state.request.cancelled:
+                continue
+            count = min(budget, state.num_prompt - state.computed)
+            chunk = torch.tensor([state.tokens[state.computed:state.computed + count]], device=self.device)
+            positions = torch.arange(state.computed, state.computed + count, device=self.device)[None]
+            logits = forward_with_cache(self.model, self.cache, chunk, [state.slot], positions, logits_to_keep=1)
+            state.computed += count
+            budget -= count
+            if state.computed == state.num_prompt:
+                self._accept(state, logits[0, -1])
+
+    def _decode(self) -> None:
+        batch = sorted((s for s in self.running if not s.finished and not s.request.cancelled
+                        and s.computed == len(s.tokens) - 1), key=lambda s: s.slot)
+        if not batch:
+            return
+        input_ids = torch.tensor([[s.tokens[-1]] for s in batch], device=self.device)
+        positions = torch.tensor([[s.computed] for s in batch], device=self.device)
+        logits = forward_with_cache(self.model, self.cache, input_ids, [s.slot for s in batch], positions)
+        for row, state in enumerate(batch):
+            state.computed += 1
+            self._accept(state, logits[row, -1])
+
+    def _accept(self, state: _Running, logits: torch.Tensor) -> None:
+        """Choose the next token, turn it into text and push the output; decide whether the request is done."""
+        token = state.sampler.choose(logits, state.tokens, state.num_prompt)
+        state.tokens.append(token)
+        if token in self.stop_ids:
+            text, finish = self._final_text(state), FINISH_STOP
+        else:
+            text, stopped = state.stop_matcher.feed(state.detokenizer.add(token))
+            finish = FINISH_STOP if stopped else None
+            if finish is None and state.num_output >= state.max_new_tokens:
+                text, finish = text + self._final_text(state), FINISH_LENGTH
+        if finish is not None:
+            state.finished = True
+            self.stats[f"finished_{finish}"] += 1
+        state.request.sink(Output(text, [token], finish, state.num_prompt, state.num_output))
+
+    @staticmethod
+    def _final_text(state: _Running) -> str:
+        """The text still held back by the detokenizer and the stop matcher, cut at a stop string if one is there."""
+        text, stopped = state.stop_matcher.feed(state.detokenizer.flush())
+        return text if stopped else text + state.stop_matcher.flush()
+
+    def _evict(self) -> None:
+        kept = []
+        for state in self.running:
+            if state.request.cancelled and not state.finished:
+                self.stats["cancelled"] += 1
+                state.request.sink(Output("", [], FINISH_CANCELLED, state.num_prompt, state.num_output))
+            elif not state.finished:
+                kept.append(state)
+                continue
+            self.free_slots.append(state.slot)
+        with self._wake:
+            self.running = kept
+
+    def _fail_all(self, error: str) -> None:
+        with self._wake:
+            failed = [s.request for s in self.running] + list(self.waiting)
+            self.free_slots.extend(s.slot for s in self.running)
+            self.running, self.waiting = [], deque()
+        for request in failed:
+            self.stats["errors"] += 1
+            request.sink(Output("", [], FINISH_ERROR, len(request.prompt_ids), error=error))

@@ -1,0 +1,77 @@
+"""Sampling parameters (validated once, for the API, the terminal's ``/params`` and the engine) and the per-request
+token choice.
+
+Temperature, top-k, top-p, min-p and the repetition penalty are transformers' own logits processors, applied in the
+order ``generate`` applies them, so a request means here what it means to ``model.generate``. The frequency and
+presence penalties are OpenAI's (transformers has none): ``logit -= frequency * count + presence * (count > 0)`` over
+the tokens generated so far. Temperature 0 is greedy (argmax after the penalties).
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import (MinPLogitsWarper, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                          TopKLogitsWarper, TopPLogitsWarper)
+
+
+class SamplingParams(BaseModel):
+    """How one request chooses its tokens and when it stops."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    max_tokens: int | None = Field(None, ge=1, description="most new tokens (None: up to the model's context)")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="softmax temperature; 0 = greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling: keep the smallest set with this mass")
+    top_k: int = Field(0, ge=0, description="keep the k most likely tokens (0 = off)")
+    min_p: float = Field(0.0, ge=0.0, le=1.0, description="drop tokens below min_p x the top token's probability")
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0,
+                                      description="CTRL-style penalty on every token already in prompt or output")
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI: minus this x a token's output count")
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI: minus this once a token has appeared")
+    seed: int | None = Field(None, ge=0, description="seed of this request's own random generator (reproducible)")
+    stop: list[str] = Field(default_factory=list, max_length=16,
+                            description="stop strings: generation ends before the first one (not included)")
+
+
+class TokenSampler:
+    """One request's token choice: its processors and its own ``torch.Generator``."""
+
+    def __init__(self, params: SamplingParams, device: torch.device):
+        self.params = params
+        self.generator = torch.Generator(device=device)
+        if params.seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(params.seed)
+        self.penalties = [RepetitionPenaltyLogitsProcessor(params.repetition_penalty)] \
+            if params.repetition_penalty != 1.0 else []
+        self.warpers = []
+        if params.temperature > 0:
+            if params.temperature != 1.0:
+                self.warpers.append(TemperatureLogitsWarper(params.temperature))
+            if params.top_k > 0:
+                self.warpers.append(TopKLogitsWarper(params.top_k))
+            if params.top_p < 1.0:
+                self.warpers.append(TopPLogitsWarper(params.top_p))
+            if params.min_p > 0.0:
+                self.warpers.append(MinPLogitsWarper(params.min_p))
+
+    def choose(self, logits: torch.Tensor, token_ids: list[int], num_prompt: int) -> int:
+        """The next token from ``logits`` ``[vocab]``; ``token_ids`` = prompt + output so far, the first
+        ``num_prompt`` of them the prompt. Greedy without penalties touches nothing but the argmax."""
+        scores = logits.float()[None]
+        uses_history = self.penalties or self.params.frequency_penalty or self.params.presence_penalty
+        context_ids = torch.tensor([token_ids], device=logits.device) if uses_history or self.warpers else None
+        for processor in self.penalties:
+            scores = processor(context_ids, scores)
+        if len(token_ids) > num_prompt and (self.params.frequency_penalty or self.params.presence_penalty):
+            counts = torch.bincount(context_ids[0, num_prompt:], minlength=scores.shape[-1])[:scores.shape[-1]]
+            counts = counts.to(scores.dtype)
+            scores = scores - self.params.frequency_penalty * counts - self.params.presence_penalty * (counts > 0)
+        if self.params.temperature == 0:
+            return int(scores.argmax(-1))
+        for warper in self.warpers:
+            scores = warper(context_ids, scores)
+        probabilities = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probabilities, 1, generator=self.generator))
