@@ -205,8 +205,8 @@ def test_shipped_dpo_configs_validate_and_point_at_the_hub():
 def test_synthetic_pairs_keep_heldout_facts_out():
     from lumi.data.preference import SyntheticPreferenceSource, preference_records
 
-    source = SyntheticPreferenceSource(type="synthetic", people=20, places=4)
+    source = SyntheticPreferenceSource(type="synthetic", world={"type": "synthetic", "people": 20, "places": 4})
     pairs = list(preference_records(source))
-    heldout = {pair["prompt"] for pair in source.world().preference_pairs("heldout")}
+    heldout = {pair["prompt"] for pair in source.world.world().preference_pairs("heldout")}
     assert pairs and not {pair["prompt"] for pair in pairs} & heldout
     assert all(pair["chosen"] != pair["rejected"] for pair in pairs)

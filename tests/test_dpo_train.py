@@ -39,8 +39,8 @@ def workspace(tmp_path_factory):
     sft = make_tiny_model_dir(root / "sft", write_tokenizer(root / "tokenizer"), max_seq_len=SEQ_LEN, init_std=0.02)
     data = root / "data"
     assert main(["dpo-corpus", "--config", "config/dpo/datasets/demo.json", "--tokenizer-dir", str(sft),
-                 "--output-dir", str(data), "--seq-len", str(SEQ_LEN), "--set", "sources.0.people=20",
-                 "--set", "sources.0.places=4"]) == 0
+                 "--output-dir", str(data), "--seq-len", str(SEQ_LEN), "--set",
+                 'sources.0.world={"type": "synthetic", "people": 20, "places": 4}']) == 0
     copy_chat_tokenizer(data / "tokenizer", sft)
     return {"root": root, "sft": sft, "data": data, "train": load_pairs(data, "train")}
 

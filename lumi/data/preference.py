@@ -108,7 +108,7 @@ class PreferenceCorpusConfig(ConfigModel):
 
 def preference_records(source: PreferenceSource) -> Iterable[Any]:
     if isinstance(source, SyntheticPreferenceSource):
-        return source.world().preference_pairs("train")
+        return source.world.world().preference_pairs("train")
     return source_records(source)
 
 
