@@ -289,3 +289,8 @@ class DPOObjective:
 
     def batch_shape(self) -> str:
         return f"micro_batch_size={self.config.micro_batch_size} pairs x up to {self.seq_len} tokens (x2: chosen, rejected)"
+
+    def oom_advice(self) -> str:
+        copy = ", set precompute_reference=true (no frozen reference copy)" if (
+            self.config.method == "full" and not self.config.precompute_reference) else ""
+        return f"rebuild the DPO data with a shorter --seq-len (now {self.seq_len}; prompts are cut at a turn){copy}"
