@@ -222,3 +222,7 @@ class SFTObjective:
 
     def batch_shape(self) -> str:
         return f"micro_batch_size={self.config.micro_batch_size} x seq_len={self.seq_len} (SFT rows)"
+
+    def oom_advice(self) -> str:
+        return ("rebuild the SFT data with a shorter --seq-len (lumi sft-corpus), or use method lora / "
+                "activation_checkpointing")
