@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from lumi import __version__
-from lumi.core.errors import LumiError
+from lumi.core.errors import LumiError, Terminated
+from lumi.core.files import storage_error
 from lumi.core.stage_args import setup_logging
 
 # verb -> (module, one-line help). Order is pipeline order.
@@ -73,15 +75,38 @@ def main(argv: Sequence[str] | None = None, prog: str = "lumi", defaults: Mappin
         sub_action.choices[verb].set_defaults(**(defaults or {}))
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    module = importlib.import_module(args._module)
+    return run_guarded(importlib.import_module(args._module).run, args)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
+def run_guarded(run: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Run a verb so that every failure the user can act on ends in one line on stderr: LumiError and storage
+    faults (disk full, read-only, ...) exit 2; SIGINT exits 130 and SIGTERM 143 after the same unwinding (staged
+    outputs removed, locks released). Anything else is a bug and keeps its traceback."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return int(module.run(args) or 0)
+        return int(run(args) or 0)
     except LumiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Terminated as exc:
+        print(f"stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # A write outside a staged output (metrics.jsonl, the corpus build) carries no file name: name the output.
+        error = storage_error(exc, getattr(args, "output_dir", None))
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

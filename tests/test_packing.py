@@ -197,8 +197,8 @@ def test_uint32_writer_keeps_large_ids(tmp_path, processor):
         writer.write([np.array([2, 70_000, 99_999, 3], dtype=np.int32), np.array([2, 65_536, 3, 2], dtype=np.int32)],
                      text_bytes=[10, 7])
         info = writer.close()
-    assert info == {"file": "train.bin", "rows": 2, "tokens": 8, "documents": 2, "bytes": 17,
-                    "dropped_tail_tokens": 0, "dropped_tail_bytes": 0}
+    assert info == {"file": "train.bin", "sha256": sha256_file(tmp_path / "train.bin"), "rows": 2, "tokens": 8,
+                    "documents": 2, "bytes": 17, "dropped_tail_tokens": 0, "dropped_tail_bytes": 0}
     assert np.fromfile(tmp_path / "train.bin", dtype=np.uint32).tolist() == [2, 70_000, 99_999, 3, 2, 65_536, 3, 2]
 
 
@@ -245,7 +245,7 @@ def test_cli_packs_refuses_existing_output_and_replaces_with_force(workspace, ca
     assert main(pack_args(workspace, output, "--force")) == 0
     assert read_packed_manifest(output)["val_fraction"] == 0.02
     assert main(pack_args(workspace, workspace["root"] / "bad", "--seq-len", "4")) == 2
-    assert "seq_len" in capsys.readouterr().err
+    assert "--seq-len" in capsys.readouterr().err  # the flag is blamed, not the config file
 
 
 def test_tampered_tokenizer_is_refused_unless_check_skipped(workspace, capsys):

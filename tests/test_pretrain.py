@@ -277,12 +277,24 @@ def test_sigint_finishes_the_step_and_saves(workspace, tmp_path, monkeypatch, ca
     assert "stopped by SIGINT after step 3" in capsys.readouterr().out
 
 
-def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(workspace, tmp_path, capsys):
-    config = write_config(workspace, tmp_path, lr=1e6, warmup_steps=0, save_interval=1, keep_last_k=1)
+def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(workspace, tmp_path, capsys,
+                                                                               monkeypatch):
+    # Config validation refuses an lr that would overflow (lr <= 1, finite), so the fault is injected: the weights
+    # turn non-finite before step 4 (as an overflowing update would leave them).
+    original = Trainer.train_step
+
+    def poisoned_step(self, micro_batches):
+        if self.step == 3:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+        return original(self, micro_batches)
+
+    monkeypatch.setattr(Trainer, "train_step", poisoned_step)
+    config = write_config(workspace, tmp_path, warmup_steps=0, save_interval=1, keep_last_k=1)
     assert main(["pretrain", "--config", str(config), "--output-dir", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err
     failed_step = int(error.split("step ")[1].split(":")[0])
-    assert "non-finite" in error and f"step_{failed_step - 1}" in error
+    assert failed_step == 4 and "non-finite" in error and f"step_{failed_step - 1}" in error
     run_dir = tmp_path / "out" / "nano"
     assert [p.name for p in run_dir.glob("step_*")] == [f"step_{failed_step - 1}"]
     assert not (run_dir / "final").exists()

@@ -24,9 +24,10 @@ CONFIG_DIR = REPO_ROOT / "config"
 
 
 class ConfigModel(BaseModel):
-    """Base of every config: strict types, no unknown keys, validated on assignment too."""
+    """Base of every config: strict types, no unknown keys, no NaN or infinite number (JSON has none, but Python's
+    reader takes ``NaN``/``Infinity``, and ``lr=Infinity`` passes ``> 0``), validated on assignment too."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
 
 
 C = TypeVar("C", bound=ConfigModel)
@@ -86,19 +87,27 @@ def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
         return field, "unknown key"
     if kind == "missing":
         return field, "missing required field"
-    return field, f"{error['msg'][0].lower()}{error['msg'][1:]} (got {json.dumps(error.get('input'), default=str)})"
+    got = error.get("input")
+    shown = "" if isinstance(got, (dict, list)) else f" (got {json.dumps(got, default=str)[:100]})"  # never a whole section
+    return field, f"{error['msg'][0].lower()}{error['msg'][1:]}{shown}"
 
 
-def validate_config(cls: type[C], data: Any, source: str) -> C:
-    """Validate ``data`` against ``cls``; ``source`` names the file in the error message."""
+def validate_config(cls: type[C], data: Any, source: str, flags: Iterable[str] = ()) -> C:
+    """Validate ``data`` against ``cls``; ``source`` names the file in the error message, unless the field at fault
+    was set by one of the stage ``flags`` (field names; the flag is its kebab-case spelling), which is named then."""
     if not isinstance(data, dict):
         raise LumiError(f"{source}: expected a JSON object at top level, got {type(data).__name__}")
     try:
         return cls.model_validate(data)
+    except RecursionError:
+        raise LumiError(f"{source}: config nested too deeply") from None
     except ValidationError as exc:
         field, problem = _describe(exc.errors()[0])
         more = len(exc.errors()) - 1
         suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        flag = next((f for f in flags if field == f or field.startswith(f"{f}.")), None)
+        if flag is not None:
+            raise LumiError(f"--{flag.replace('_', '-')}: {problem}{suffix}") from None
         raise LumiError(f"{source}: field '{field}': {problem}{suffix}") from None
 
 
@@ -113,14 +122,17 @@ def load_config(cls: type[C], path: str | Path | None, overrides: Iterable[str] 
         data = read_json(path, what="config file")
         if not isinstance(data, dict):
             raise LumiError(f"{source}: expected a JSON object at top level, got {type(data).__name__}")
-        data = strip_comments(data)
+        try:
+            data = strip_comments(data)
+        except RecursionError:
+            raise LumiError(f"{source}: config nested too deeply") from None
     pairs = dict(parse_override(o) for o in overrides)
     if pairs:
         source += " (with --set)"
         apply_overrides(data, pairs)
-    if flag_values:
-        apply_overrides(data, {k: v for k, v in flag_values.items() if v is not None})
-    return validate_config(cls, data, source)
+    flags = {k: v for k, v in (flag_values or {}).items() if v is not None}
+    apply_overrides(data, flags)
+    return validate_config(cls, data, source, flags)
 
 
 def config_to_dict(config: ConfigModel) -> dict:

@@ -8,3 +8,12 @@ class LumiError(Exception):
     """A user-facing error: the message alone must say what is wrong and where."""
 
     exit_code = 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound exactly like Ctrl-C (staging directories removed, locks released) but reported as itself:
+    a scheduler's or ``kill``'s stop is not a user's interrupt. The CLI exits with 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

@@ -8,15 +8,24 @@ removes the previous output only after the new one is in place.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from lumi.core.errors import LumiError
+
+log = logging.getLogger(__name__)
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -28,6 +37,22 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def verify_file(path: str | os.PathLike, manifest: str | os.PathLike, size: int | None = None,
+                sha256: str | None = None) -> None:
+    """Refuse a file whose size or sha256 differs from what ``manifest`` recorded for it (either may be None: not
+    recorded, not checked), naming the file: a damaged output then fails here, in one line, instead of as a
+    decoder traceback (zstd, arrow, an id out of range) somewhere downstream."""
+    path = Path(path)
+    if not path.is_file():
+        raise LumiError(f"{path}: missing (listed in {manifest})")
+    found = path.stat().st_size
+    if size is not None and found != size:
+        raise LumiError(f"{path}: damaged: {found} bytes, {manifest} records {size}; rebuild it")
+    if sha256 is not None and sha256_file(path) != sha256:
+        raise LumiError(f"{path}: damaged: its sha256 differs from the one {manifest} records "
+                        "(modified after it was written?); rebuild it")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -65,24 +90,37 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
     """Read a UTF-8 text file, turning a missing file or undecodable bytes into a LumiError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise LumiError(f"{path}: {what} not found")
+        raise LumiError(f"{path}: {what} is a directory, not a file" if path.is_dir() else f"{path}: {what} not found")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise LumiError(f"{path}: {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
+def text_lines(text: str) -> list[str]:
+    """``text`` split into lines on ``\\n`` only (a ``\\r`` before it dropped), the way JSON lines are defined:
+    ``str.splitlines`` also breaks on U+2028, U+0085, form feeds and more, which a JSON string may hold raw
+    (``json.dumps(ensure_ascii=False)`` writes them so), and would cut such a record in two."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def parse_json(text: str, source: str | os.PathLike) -> Any:
-    """One JSON document; a syntax error becomes a LumiError naming ``source`` and the line."""
+    """One JSON document; a syntax error (or nesting too deep to parse) becomes a LumiError naming ``source``."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise LumiError(f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise LumiError(f"{source}: JSON nested too deeply to read") from None
 
 
 def parse_json_lines(text: str, source: str | os.PathLike) -> Iterator[tuple[int, Any]]:
-    """(line number, value) of every non-blank line of JSON-lines text; a bad line names ``source`` and its number."""
-    for number, line in enumerate(text.splitlines(), start=1):
+    """(line number, value) of every non-blank line of JSON-lines text (split on ``\\n`` only: ``text_lines``);
+    a bad line names ``source`` and its number."""
+    for number, line in enumerate(text_lines(text), start=1):
         if not line.strip():
             continue
         try:
@@ -109,6 +147,12 @@ def read_manifest_file(directory: str | os.PathLike, filename: str, expected_for
     return manifest
 
 
+def output_path(path: str | os.PathLike) -> Path:
+    """The absolute output path; a symlink is followed, so ``--force`` replaces what it points to, not the link."""
+    path = Path(path)
+    return path.resolve() if path.is_symlink() else path.absolute()
+
+
 def check_output_dir(path: str | os.PathLike, force: bool) -> Path:
     """Refuse an existing, non-empty output directory unless ``force`` is set; never deletes anything."""
     path = Path(path)
@@ -119,21 +163,205 @@ def check_output_dir(path: str | os.PathLike, force: bool) -> Path:
     return path
 
 
+# --- faults: full disks, read-only or uncreatable paths, concurrent builders, leftovers of killed runs ----------
+
+# errno -> what the user is told; these are problems of the place being written, never bugs.
+_STORAGE_CAUSES = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for the file system",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a component of the path is not a directory",
+    errno.EEXIST: "exists and is not a directory",  # mkdir(exist_ok=True) on a regular file
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EIO: "input/output error on the device",
+}
+_LOW_SPACE_BYTES = 1 << 20
+
+
+def _free_bytes(path: Path) -> int | None:
+    for candidate in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            stat = os.statvfs(candidate)
+            return stat.f_bavail * stat.f_frsize
+    return None
+
+
+def storage_error(exc: BaseException, path: str | os.PathLike | None = None,
+                  within: str | os.PathLike | None = None) -> LumiError | None:
+    """``exc`` as a one-line LumiError naming the path and the cause when it is a storage fault (disk full, quota,
+    read-only, no permission, a path that cannot be created), else None.
+
+    ``path`` names the place being written when the error carries no file name, or when its file name lies inside
+    ``within`` (a staging directory that is deleted on failure, so naming it would point nowhere). Libraries that
+    wrap the OS error in their own type (torch.save: RuntimeError "file write failed", safetensors: SafetensorError
+    "... (os error 28)") are recognised by the OS's message in their text or, failing that, by the file system of
+    ``path`` being full at the moment of the failure -- probed before the staging directory is removed.
+    """
+    if isinstance(exc, LumiError) or not isinstance(exc, Exception):
+        return None
+    where = path
+    filename = getattr(exc, "filename", None)
+    if filename is not None and (within is None or not str(Path(filename).absolute()).startswith(str(within))):
+        where = filename
+    cause = None
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_CAUSES:
+        cause = _STORAGE_CAUSES[exc.errno]
+    else:
+        text = str(exc)
+        cause = next((c for code, c in _STORAGE_CAUSES.items()
+                      if os.strerror(code) in text or f"os error {code})" in text), None)
+        if cause is None and path is not None:
+            free = _free_bytes(Path(path))
+            if free is not None and free < _LOW_SPACE_BYTES:
+                cause = f"no space left on the device ({free} bytes free; {type(exc).__name__}: " \
+                        f"{text.splitlines()[0] if text else ''})"
+    if cause is None or where is None:
+        return None
+    return LumiError(f"{where}: {cause}")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _staging_name(name: str, kind: str) -> str:
+    """``.NAME.tmp-<pid>-`` / ``.NAME.old-<pid>``: the pid tells a later run whether the writer is still alive."""
+    return f".{name}.{kind}-{os.getpid()}"
+
+
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old|del)-(?:(?P<pid>\d+)(?:-.*)?|.*)")
+
+
+def discard_dir(path: Path) -> None:
+    """Delete a directory by renaming it to ``.NAME.del-<pid>`` first: a delete interrupted half-way then leaves
+    a name no reader trusts (and ``remove_stale_leftovers`` finishes it), never a half-deleted ``NAME``."""
+    doomed = path.parent / _staging_name(path.name, "del")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed)
+
+
+def remove_stale_leftovers(directory: Path, name: str | None = None) -> list[Path]:
+    """Remove the staging (``.NAME.tmp-<pid>-*``), set-aside (``.NAME.old-<pid>``) and half-deleted
+    (``.NAME.del-<pid>``) directories that processes no longer running left in ``directory`` (only those of output
+    ``name`` when given), and say so.
+
+    A set-aside directory whose output is missing is the only copy (the process died between the two renames of
+    ``replace_dir``): it is moved back instead. Staging names without a pid come from older versions: stale too.
+    """
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for entry in directory.iterdir():
+        match = _LEFTOVER.fullmatch(entry.name)
+        if match is None or (name is not None and match["name"] != name):
+            continue
+        pid = int(match["pid"]) if match["pid"] else None
+        if pid is not None and (pid == os.getpid() or _process_alive(pid)):
+            continue
+        owner = f"process {pid}, no longer running" if pid else "an older version"
+        output = directory / match["name"]
+        if match["kind"] == "old" and not output.exists():
+            os.replace(entry, output)
+            log.warning("restored %s from %s (left by %s between two renames)", output, entry, owner)
+            continue
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        log.warning("removed %s, left by %s", entry, owner)
+        removed.append(entry)
+    return removed
+
+
+def _lock_holder(lock_path: Path) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        info = json.loads(lock_path.read_text(encoding="utf-8"))
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["started"]))
+        return f"pid {info['pid']} on {info['host']}, started {started}: {info['command']}"
+    return "another process"
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on output ``path`` (a run dir, a stage output being built) for the block.
+
+    The lock is ``flock`` on the sibling ``.NAME.lock``, which holds who took it; the kernel drops it when the
+    holder dies, however it dies, so a killed run never leaves a lock that blocks the next one. A second process
+    fails at once with a message naming the holder. The file is removed on release; a process that opened it just
+    before that re-checks that the file it locked is still the one on disk.
+    """
+    final = output_path(path)
+    created = [parent for parent in reversed(final.parents) if not parent.exists()]  # removed again if left empty
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = final.parent / f".{final.name}.lock"
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:  # a read-only or unwritable parent: say so about the output, not the lock file
+            raise storage_error(exc, final, within=lock_path) or exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LumiError(f"{final}: in use by {_lock_holder(lock_path)}; wait for it to finish or stop it") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)  # the holder removed this file as we opened it: lock the new one
+    try:
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                "command": " ".join([Path(sys.orig_argv[0]).name, *sys.orig_argv[1:]])}
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(info).encode())
+        except OSError as exc:  # a full disk
+            raise storage_error(exc, final) or exc
+        yield final
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)
+        os.close(fd)
+        for parent in reversed(created):  # a failed first run leaves no empty directories behind
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
+
 @contextlib.contextmanager
 def staged_output_dir(path: str | os.PathLike, force: bool) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` atomically when the block succeeds.
 
-    On failure the temporary directory is removed and ``path`` is left exactly as it was.
+    On failure the temporary directory is removed and ``path`` is left exactly as it was; a storage fault (full
+    disk, read-only, ...) becomes one line naming ``path``. While the block runs ``path`` is locked
+    (``output_lock``), and leftovers of killed earlier attempts at the same output are removed first.
     """
-    final = check_output_dir(path, force).absolute()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    replace_dir(staging, final)
+    final = output_path(path)
+    with output_lock(final):
+        remove_stale_leftovers(final.parent, final.name)
+        check_output_dir(final, force)
+        try:
+            staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=_staging_name(final.name, "tmp") + "-"))
+            os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp creates 0700; outputs get the permissions mkdir gives
+        except OSError as exc:
+            raise storage_error(exc, final.parent) or exc
+        try:
+            yield staging
+        except BaseException as exc:
+            error = storage_error(exc, final, within=staging)
+            shutil.rmtree(staging, ignore_errors=True)
+            if error is not None:
+                raise error from exc
+            raise
+        try:
+            replace_dir(staging, final)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise storage_error(exc, final) or exc
 
 
 def aside_path(path: Path) -> Path:

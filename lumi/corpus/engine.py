@@ -25,9 +25,10 @@ from typing import Iterator, TextIO
 from tqdm import tqdm
 
 from lumi.core.errors import LumiError
-from lumi.core.files import atomic_write_json, check_output_dir, read_json
-from lumi.corpus.config import CorpusConfig
+from lumi.core.files import atomic_write_json, check_output_dir, output_path, read_json
+from lumi.corpus.config import CorpusConfig, LocalSourceConfig
 from lumi.corpus.report import config_sha256
+from lumi.corpus.sources import local_paths
 from lumi.corpus.steps import (CorpusStep, FinalizeCorpus, PlanCorpus, ScanSources, WriteShards, read_scan_stats,
                                work_path)
 from lumi.formats.corpus import MANIFEST
@@ -35,10 +36,30 @@ from lumi.formats.corpus import MANIFEST
 log = logging.getLogger(__name__)
 
 
+def input_identity(config: CorpusConfig) -> dict[str, list[int]]:
+    """(size, mtime in ns) of every local input file: part of the resume key, so an input edited, replaced or
+    added (a glob matching one more file) after the build started makes the rerun rebuild instead of resuming
+    with the old content. Hashing the inputs would also catch a same-size edit within one mtime tick, at the
+    price of reading every input twice; size + mtime is what make and rsync trust."""
+    identity = {}
+    for source in config.sources:
+        if isinstance(source, LocalSourceConfig):
+            for path in local_paths(source):
+                stat = path.stat()
+                identity[str(path)] = [stat.st_size, stat.st_mtime_ns]
+    return identity
+
+
+def _changed_inputs(previous: dict[str, list[int]], current: dict[str, list[int]]) -> list[str]:
+    return sorted(set(previous) ^ set(current) | {p for p in set(previous) & set(current)
+                                                    if previous[p] != current[p]})
+
+
 def prepare_build_dir(output_dir: Path, force: bool, config: CorpusConfig) -> tuple[Path, bool]:
     """Return (build dir, whether it replaces ``output_dir`` at the end), resuming an unfinished build of the same
-    config. A finished corpus or any other non-empty directory is replaced only with ``force``."""
-    final = output_dir.absolute()
+    config and inputs (an unfinished build of changed inputs is rebuilt, saying which changed). A finished corpus or
+    any other non-empty directory is replaced only with ``force``."""
+    final = output_path(output_dir)
     ours_unfinished = work_path(final, "run.json").is_file() and not (final / MANIFEST).exists()
     if not ours_unfinished:
         check_output_dir(final, force)
@@ -46,16 +67,21 @@ def prepare_build_dir(output_dir: Path, force: bool, config: CorpusConfig) -> tu
     build = final.parent / f".{final.name}.rebuild" if occupied else final
     run_file = work_path(build, "run.json")
     digest = config_sha256(config)
+    inputs = input_identity(config)
     if run_file.is_file():
         previous = read_json(run_file)
-        if previous.get("config_sha256") == digest:
+        changed = _changed_inputs(previous.get("inputs", {}), inputs)
+        if previous.get("config_sha256") == digest and not changed:
             log.info("resuming the unfinished build in %s", build)
             return build, occupied
-        if not force:
+        if previous.get("config_sha256") != digest and not force:
             raise LumiError(f"{build}: holds an unfinished build of another config; pass --force to discard it")
+        if changed:
+            log.warning("inputs changed since the unfinished build in %s started (%s): rebuilding from scratch",
+                        build, ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else ""))
         shutil.rmtree(build)
     build.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_file, {"config_sha256": digest, "started": time.time()})
+    atomic_write_json(run_file, {"config_sha256": digest, "inputs": inputs, "started": time.time()})
     return build, occupied
 
 
@@ -105,15 +131,22 @@ def datatrove_console_to(path: Path) -> Iterator[TextIO]:
     saved = os.dup(2)
     # A stream on descriptor 2 itself, never closed: a logger that keeps it after the block writes to the console.
     descriptor_2 = os.fdopen(2, "w", encoding="utf-8", closefd=False)
-    with open(path, "a", encoding="utf-8") as log_file, os.fdopen(os.dup(saved), "w") as console:
-        os.dup2(log_file.fileno(), 2)
-        try:
-            with contextlib.redirect_stderr(descriptor_2):
-                yield console
-        finally:
-            descriptor_2.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+    try:
+        with open(path, "a", encoding="utf-8") as log_file, os.fdopen(os.dup(saved), "w") as console:
+            os.dup2(log_file.fileno(), 2)
+            try:
+                with contextlib.redirect_stderr(descriptor_2):
+                    yield console
+            finally:
+                # The console comes back whatever happens: a flush into a full disk must not keep the error that
+                # follows (ours or a traceback) inside console.log.
+                try:
+                    with contextlib.suppress(OSError):
+                        descriptor_2.flush()
+                finally:
+                    os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 @contextlib.contextmanager

@@ -11,13 +11,14 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import zlib
 from pathlib import Path
 from typing import Iterator, Literal
 
 import pyarrow.parquet as pq
 
 from lumi.core.errors import LumiError
-from lumi.core.files import parse_json
+from lumi.core.files import parse_json, text_lines
 
 TxtSplit = Literal["file", "line", "paragraph", "separator"]
 FileFormat = Literal["auto", "jsonl", "json", "parquet", "txt"]
@@ -43,7 +44,7 @@ def _open_text(path: Path) -> str:
     if path.name.lower().endswith(".gz"):
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:  # bad header, truncated stream, corrupt deflate data
             raise LumiError(f"{path}: not a valid gzip file ({exc})") from None
     return raw.decode("utf-8", errors="surrogateescape")
 
@@ -67,7 +68,7 @@ def read_json_records(path: Path, text_column: str) -> Iterator[tuple[str, str |
         for index, record in enumerate(records):
             yield f"{path.name}:{index}", _record_text(record, text_column, path, f"item {index}")
         return
-    for line_no, line in enumerate(content.splitlines(), start=1):
+    for line_no, line in enumerate(text_lines(content), start=1):
         if not line.strip():
             continue
         try:
@@ -99,7 +100,7 @@ def read_txt(path: Path, split: TxtSplit, separator: str) -> Iterator[tuple[str,
     if split == "file":
         parts = [content]
     elif split == "line":
-        parts = content.splitlines()
+        parts = text_lines(content)
     elif split == "paragraph":
         parts = re.split(r"\n[ \t]*\n", content)
     else:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lumi.core.errors import LumiError
-from lumi.core.files import atomic_write_text, read_json
+from lumi.core.files import atomic_write_text, read_json, text_lines
 from lumi.formats.metrics import METRICS_FILE
 
 RESULTS_FILE = "evaluation_results.json"
@@ -165,7 +165,7 @@ def find_metrics_log(model_path: Path) -> Path | None:
 def read_loss_curves(path: Path) -> dict[str, list[tuple[float, float]]]:
     """(step, value) pairs of the train and val loss (``CURVE_KEYS``); lines that are not JSON objects are skipped."""
     curves: dict[str, list[tuple[float, float]]] = {name: [] for name in CURVE_KEYS}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text_lines(path.read_text(encoding="utf-8")):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:

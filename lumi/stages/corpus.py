@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lumi.core.config import CONFIG_DIR
 from lumi.core.errors import LumiError
-from lumi.core.files import replace_dir
+from lumi.core.files import output_lock, remove_stale_leftovers, replace_dir, storage_error
 from lumi.core.stage_args import add_common_arguments, stage_config
 from lumi.corpus.analyze import analyze, format_analysis
 from lumi.corpus.config import CorpusConfig, LocalSourceConfig
@@ -42,20 +42,28 @@ def build_corpus(config: CorpusConfig, output_dir: Path, force: bool = False) ->
     """Build (or resume building) the corpus at ``output_dir``; return its manifest, or None when the stages
     were submitted to a cluster and finish there."""
     config = checked_sources(config)
-    build, replaces = prepare_build_dir(output_dir, force, config)
-    if replaces and config.executor.type == "slurm":
-        raise LumiError(f"{output_dir}: exists; on Slurm the build cannot replace it at the end, so remove it or "
-                        "choose another --output-dir")
-    try:
-        run_build(config, build)
-    except LumiError:
-        shutil.rmtree(build, ignore_errors=True)  # a user error is not fixed by rerunning: nothing to resume
-        raise
-    if config.executor.type == "slurm":
-        return None
-    if replaces:
-        replace_dir(build, output_dir.absolute())
-    return read_manifest(output_dir)
+    with output_lock(output_dir) as final:
+        remove_stale_leftovers(final.parent, final.name)  # a corpus a killed --force run had set aside
+        build, replaces = prepare_build_dir(final, force, config)
+        if replaces and config.executor.type == "slurm":
+            raise LumiError(f"{output_dir}: exists; on Slurm the build cannot replace it at the end, so remove it or "
+                            "choose another --output-dir")
+        try:
+            run_build(config, build)
+        except LumiError:
+            shutil.rmtree(build, ignore_errors=True)  # a user error is not fixed by rerunning: nothing to resume
+            raise
+        except Exception as exc:
+            # A full or read-only disk: the finished tasks are kept, so the rerun resumes once there is room.
+            error = storage_error(exc, build)
+            if error is None:
+                raise
+            raise LumiError(f"{error}; rerun the same command to resume") from exc
+        if config.executor.type == "slurm":
+            return None
+        if replaces:
+            replace_dir(build, final)
+    return read_manifest(final)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

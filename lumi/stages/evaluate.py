@@ -127,11 +127,18 @@ def measure_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     return result
 
 
-def measure_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: TaskConfig, max_length: int,
-                 batch_size: int, seed: int, config_key: str = "source") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def load_task(spec: TaskConfig, config_key: str) -> tuple[Any, Any, list]:
+    """(task, source, items) of one configured task: read for every task before the first is scored, so a bad
+    file of a later task fails the run before any time is spent (and no finished task's results are lost)."""
     task = get_task(spec.task)
     source = spec.source or task.default_source
-    loaded = task.load(source, config_key)
+    return task, source, task.load(source, config_key)
+
+
+def measure_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: TaskConfig,
+                 loaded_task: tuple[Any, Any, list], max_length: int, batch_size: int,
+                 seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    task, source, loaded = loaded_task
     items = subsample(loaded, spec.max_samples, seed)
     started = time.perf_counter()
     summary, records = score_items(model, tokenizer, task, items, max_length, batch_size)
@@ -149,6 +156,7 @@ def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path,
     synthetic facts an earlier model's cloze got right (from ``--compare``)."""
     started = now()
     model, tokenizer = load_for_evaluation(model_path, config.device, config.dtype, config.add_bos)
+    loaded_tasks = [load_task(spec, f"tasks.{index}.source") for index, spec in enumerate(config.tasks)]
     torch.manual_seed(config.seed)
     model_context = context_length(model)
     if config.max_length is not None and config.max_length > model_context:
@@ -180,10 +188,10 @@ def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path,
                 result["data"]["chosen"] = chosen
             results["perplexity"][name] = result
     samples_dir = output_dir / "samples"
-    for index, spec in enumerate(config.tasks):
+    for spec, loaded_task in zip(config.tasks, loaded_tasks):
         log.info("task: %s", spec.task)
-        summary, records = measure_task(model, tokenizer, spec, max_length, config.batch_size, config.seed,
-                                        f"tasks.{index}.source")
+        summary, records = measure_task(model, tokenizer, spec, loaded_task, max_length, config.batch_size,
+                                        config.seed)
         results["tasks"][spec.task] = summary
         atomic_write_jsonl(samples_dir / f"{spec.task}.jsonl", records)
     if config.generation is not None:

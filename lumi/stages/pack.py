@@ -248,7 +248,8 @@ class PackedSplitWriter:
             kept = document[:document.size - cut].tolist()
             dropped_bytes += size - len(self.decode(kept).encode("utf-8"))  # control ids (BOS) decode to ""
             tail -= cut
-        return {"file": self.path.name, "rows": rows, "tokens": rows * self.seq_len, "documents": self.documents,
+        return {"file": self.path.name, "sha256": sha256_file(self.path), "rows": rows, "tokens": rows * self.seq_len,
+                "documents": self.documents,
                 "bytes": self.bytes - dropped_bytes, "dropped_tail_tokens": self.tokens - rows * self.seq_len,
                 "dropped_tail_bytes": dropped_bytes}
 

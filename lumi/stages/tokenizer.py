@@ -181,6 +181,14 @@ class CorpusSample:
         self.forced_heldout = False
         self.documents = self.sentences = self.bytes = 0  # documents: training units (documents or blocks)
         self._reserve: tuple[float, float, str] | None = None  # (held-out draw, sample draw, text)
+        self.error: LumiError | None = None  # raised while SentencePiece iterated, which reports it as its own
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            yield from self._units()
+        except LumiError as exc:  # a damaged shard: keep our one-line message for train_sentencepiece to re-raise
+            self.error = exc
+            raise
 
     def _training_full(self) -> bool:
         return self.sentences >= self.config.input_sentence_size or self.bytes >= self.config.max_training_bytes
@@ -220,7 +228,7 @@ class CorpusSample:
             _, sample_draw, unit = previous
         yield from self._train(unit, sample_draw)
 
-    def __iter__(self) -> Iterator[str]:
+    def _units(self) -> Iterator[str]:
         for batch in iter_text_batches(self.corpus_dir):
             for text in batch:
                 for unit in holdout_units(text, self.block_bytes) if text else ():
@@ -276,6 +284,8 @@ def train_sentencepiece(sample: CorpusSample, config: TokenizerConfig, num_threa
             minloglevel=0 if logger.isEnabledFor(logging.DEBUG) else 1,
         )
     except RuntimeError as exc:  # SentencePiece reports bad settings (vocab too large for the corpus ...) this way
+        if sample.error is not None:
+            raise sample.error from None
         if sample.sentences == 0:
             raise LumiError(f"{sample.corpus_dir}: too little text ({sample.total_bytes} bytes) to train on and also "
                             "hold some out for validation; use a larger corpus") from None

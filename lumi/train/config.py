@@ -24,7 +24,7 @@ class TrainerConfig(ConfigModel):
     micro_batch_size: int = Field(gt=0, description="rows per forward pass per process")
     grad_accumulation: int = Field(1, gt=0, description="micro-batches per optimizer step")
 
-    lr: float = Field(gt=0, description="peak learning rate")
+    lr: float = Field(gt=0, le=1, description="peak learning rate (AdamW: above 1 no run survives its first steps)")
     min_lr: float = Field(0.0, ge=0, description="learning rate at the last step (cosine, wsd)")
     schedule: Literal["cosine", "wsd", "constant"] = Field("cosine", description="shape after the warmup")
     warmup_steps: int = Field(0, ge=0, description="linear warmup from lr/warmup_steps to lr")

@@ -19,6 +19,7 @@ others wait for it at barriers. A signal received by any process stops all of th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -35,9 +36,10 @@ from tqdm import tqdm
 from transformers.utils import logging as hf_logging
 
 from lumi.core.errors import LumiError
-from lumi.core.files import aside_path
-from lumi.formats.checkpoint import (FINAL, STATE_FILE, checkpoint_step, load_trainer_state, restore_rng_state,
-                                     rng_state, rotate_checkpoints, save_checkpoint, step_checkpoints, step_dir_name)
+from lumi.core.files import aside_path, output_lock, output_path, remove_stale_leftovers
+from lumi.formats.checkpoint import (FINAL, STATE_FILE, check_finite_weights, load_trainer_state,
+                                     newest_intact_checkpoint, restore_rng_state, rng_state, rotate_checkpoints,
+                                     save_checkpoint, step_checkpoints, step_dir_name, verified_checkpoint)
 from lumi.formats.model_io import resolve_device
 from lumi.train.config import RESUMABLE_CHANGES, TrainerConfig
 from lumi.train.distributed import (barrier, decide_on_main, full_model_state_dict, load_optimizer_state_dict,
@@ -63,8 +65,16 @@ class Trainer:
         self.is_main = rank == 0
         self.device = device or resolve_device("auto")
         self.total_steps = objective.total_steps
-        self.run_dir = Path(output_dir) / (config.name or objective.run_name)
+        # A symlinked run dir is followed: --force sets aside what the link points to and the link stays.
+        self.run_dir = output_path(Path(output_dir) / (config.name or objective.run_name))
         self.resolved = objective.resolved
+        # Rank 0 holds the run dir until fit() ends: a second run on it is refused, naming this one. Then the
+        # leftovers of killed runs go: an old run a killed --force set aside, checkpoints being staged or deleted.
+        self._run_dir_lock = contextlib.ExitStack()
+        if self.is_main:
+            self._run_dir_lock.enter_context(output_lock(self.run_dir))
+            remove_stale_leftovers(self.run_dir.parent, self.run_dir.name)
+            remove_stale_leftovers(self.run_dir)
         checkpoint, self._replaced_run_dir = decide_on_main(lambda: self._checkpoint_to_resume(resume, force))
 
         if self.device.type == "cpu" and config.attn_implementation == "flex_attention":
@@ -102,12 +112,12 @@ class Trainer:
         if resume != "auto":
             if not (Path(resume) / STATE_FILE).is_file():
                 raise LumiError(f"--resume {resume}: not a training checkpoint ({STATE_FILE} missing)")
-            return Path(resume), None
+            return verified_checkpoint(Path(resume)), None
         if not existing:
             log.info("--resume auto: no checkpoint in %s, starting from scratch", self.run_dir)
             return None, None
         # final/ holds the last step of a finished run: resuming from it is a no-op unless the budget grew.
-        return max(existing, key=lambda item: checkpoint_step(item[1]))[1], None
+        return newest_intact_checkpoint([path for _, path in existing]), None
 
     def _load_state(self, checkpoint: Path) -> None:
         state, saved = load_trainer_state(checkpoint, self.objective.config_file)
@@ -176,6 +186,7 @@ class Trainer:
         weights, state = full_model_state_dict(self.stepper.module), self.trainer_state()
         directory = self.run_dir / name
         if self.is_main:
+            check_finite_weights(self.model.state_dict() if weights is None else weights, self.step, self.run_dir)
             save_checkpoint(directory, lambda staging: self.objective.save_model(staging, self.model, weights), state,
                             self.objective.config_file, self.resolved, overwrite=name == FINAL)
             for removed in rotate_checkpoints(self.run_dir, self.config.keep_last_k):
@@ -286,6 +297,7 @@ class Trainer:
                     shutil.rmtree(self._replaced_run_dir, ignore_errors=True)
             return 0
         finally:
+            self._run_dir_lock.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             if metrics is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lumi.core.errors import LumiError
 from lumi.eval.tasks.base import Record, SourceUnreadable, Task, TaskItem, TaskSource, choice_item, read_records
+from lumi.core.files import text_lines
 
 
 def read_labels(path: str | Path) -> list[int]:
@@ -18,7 +19,7 @@ def read_labels(path: str | Path) -> list[int]:
     if not path.is_file():
         raise SourceUnreadable(f"{path}: PIQA labels file not found")
     labels = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text_lines(path.read_text(encoding="utf-8")), start=1):
         if line.strip() not in ("0", "1"):
             raise LumiError(f"{path}:{number}: expected a label 0 or 1, got {line.strip()!r}")
         labels.append(int(line))
