@@ -41,8 +41,18 @@ def workspace(tmp_path_factory):
     assert main(["dpo-corpus", "--config", "config/dpo/datasets/demo.json", "--tokenizer-dir", str(sft),
                  "--output-dir", str(data), "--seq-len", str(SEQ_LEN), "--set",
                  'sources.0.world={"type": "synthetic", "people": 20, "places": 4}']) == 0
+    (sft / "tokenizer_meta.json").unlink()  # as stage 70 writes it: the chat tokenizer files only
     copy_chat_tokenizer(data / "tokenizer", sft)
     return {"root": root, "sft": sft, "data": data, "train": load_pairs(data, "train")}
+
+
+def make_chat_model_dir(directory, tokenizer_dir, data, max_seq_len=SEQ_LEN):
+    """A tiny model dir laid out as stage 70 writes one: weights plus the chat tokenizer files of the data (no stage-20
+    tokenizer_meta.json, whose hash is of the plain tokenizer.json)."""
+    make_tiny_model_dir(directory, tokenizer_dir, max_seq_len=max_seq_len, init_std=0.02)
+    (directory / "tokenizer_meta.json").unlink()
+    copy_chat_tokenizer(data / "tokenizer", directory)
+    return directory
 
 
 def write_config(tmp_path, **overrides):
@@ -251,8 +261,7 @@ def test_sigkill_then_resume_is_bitwise(workspace, tmp_path, method, weights):
 def test_bad_input_is_one_line_exit_2(workspace, tmp_path, capsys):
     config = write_config(tmp_path)
     no_template = make_tiny_model_dir(tmp_path / "pretrained", workspace["root"] / "tokenizer", max_seq_len=SEQ_LEN)
-    short_context = make_tiny_model_dir(tmp_path / "short", workspace["root"] / "tokenizer", max_seq_len=64)
-    copy_chat_tokenizer(workspace["data"] / "tokenizer", short_context)
+    short_context = make_chat_model_dir(tmp_path / "short", workspace["root"] / "tokenizer", workspace["data"], 64)
     cases = [(["--model-path", str(no_template)], "no chat template (chat_template.jinja)"),
              (["--model-path", str(short_context)], "exceed the model's context of 64"),
              (["--set", "loss=kto"], "field 'loss'"),
@@ -283,8 +292,7 @@ def test_an_sft_adapter_dir_is_merged_once_and_used(workspace, tmp_path):
     policy's start and the reference."""
     from lumi.lora import save_adapter
 
-    base = make_tiny_model_dir(tmp_path / "base", workspace["root"] / "tokenizer", max_seq_len=SEQ_LEN)
-    copy_chat_tokenizer(workspace["data"] / "tokenizer", base)
+    base = make_chat_model_dir(tmp_path / "base", workspace["root"] / "tokenizer", workspace["data"])
     adapter = wrap_lora(AutoModelForCausalLM.from_pretrained(base), 4, 8, 0.0, ["q_proj", "v_proj"])
     for name, param in adapter.named_parameters():
         if "lora_B" in name:
