@@ -217,7 +217,7 @@ class LanguageFilter:
         return lang is None or lang in self.languages
 
 
-def _sample(items: list, limit: int | None, seed: int, name: str) -> list:
+def seeded_sample(items: list, limit: int | None, seed: int, name: str) -> list:
     if limit is None or len(items) <= limit:
         return items
     chosen = sorted(random.Random(f"lumi-sft/{seed}/{name}").sample(range(len(items)), limit))
@@ -268,7 +268,7 @@ def collect(config: SFTCorpusConfig, tokenizer: Any) -> tuple[list[Candidate], d
     if config.dedup.near.enabled:
         _drop_near_duplicates(per_source, stats, config.dedup.near)
     for source in config.sources:
-        sampled = _sample(per_source[source.name], source.max_conversations, config.seed, source.name)
+        sampled = seeded_sample(per_source[source.name], source.max_conversations, config.seed, source.name)
         stats[source.name]["over_max_conversations"] = len(per_source[source.name]) - len(sampled)
         kept += sampled
     return kept, stats
@@ -294,11 +294,14 @@ def _drop_near_duplicates(per_source: dict[str, list[Candidate]], stats: dict[st
 
 # --- split and pack
 
-def split_of(candidate: Candidate, val_fraction: float, seed: int) -> str:
-    """A keyed hash of the conversation's id: independent of order, the same on every machine."""
-    digest = hashlib.blake2b(f"{candidate.source}/{candidate.conversation.id}".encode(), digest_size=8,
-                             key=seed.to_bytes(8, "little")).digest()
+def split_of_key(key: str, val_fraction: float, seed: int) -> str:
+    """A keyed hash of a record's ``source/id``: independent of order, the same on every machine (SFT and DPO)."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8, key=seed.to_bytes(8, "little")).digest()
     return "val" if int.from_bytes(digest, "little") / 2**64 < val_fraction else "train"
+
+
+def split_of(candidate: Candidate, val_fraction: float, seed: int) -> str:
+    return split_of_key(f"{candidate.source}/{candidate.conversation.id}", val_fraction, seed)
 
 
 def pack_best_fit(lengths: list[int], seq_len: int) -> list[list[int]]:
@@ -333,7 +336,7 @@ def pack_rows(encoded: list[EncodedConversation], seq_len: int) -> tuple[np.ndar
     return tokens, mask
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
+def npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
@@ -374,8 +377,8 @@ def build_sft_corpus(config: SFTCorpusConfig, tokenizer_dir: Path, output_dir: P
             atomic_write_jsonl(staging / f"{split}.jsonl", [
                 {"id": c.conversation.id, "source": c.source, "messages": c.conversation.messages} for c in members])
             tokens, mask = pack_rows([c.encoded for c in members], config.seq_len)
-            atomic_write_bytes(staging / f"{split}_tokens.npy", _npy_bytes(tokens))
-            atomic_write_bytes(staging / f"{split}_mask.npy", _npy_bytes(mask))
+            atomic_write_bytes(staging / f"{split}_tokens.npy", npy_bytes(tokens))
+            atomic_write_bytes(staging / f"{split}_mask.npy", npy_bytes(mask))
             splits[split] = {"conversations": len(members), "rows": int(tokens.shape[0]),
                              "tokens": int(sum(len(c.encoded.input_ids) for c in members)),
                              "target_tokens": int(mask.sum()),
@@ -392,7 +395,7 @@ def build_sft_corpus(config: SFTCorpusConfig, tokenizer_dir: Path, output_dir: P
         manifest = {
             "format": SFT_FORMAT, "template": template.name, "system_prompt": template.default_system,
             "seq_len": config.seq_len, "end_of_turn_id": END_OF_TURN_ID,
-            "tokenizer_sha256": _tokenizer_identity(tokenizer_dir),
+            "tokenizer_sha256": tokenizer_identity(tokenizer_dir),
             "chat_tokenizer_sha256": {name: sha256_file(staging / TOKENIZER_SUBDIR / name)
                                       for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")},
             "sources": sources, "splits": splits,
@@ -406,7 +409,7 @@ def build_sft_corpus(config: SFTCorpusConfig, tokenizer_dir: Path, output_dir: P
     return manifest
 
 
-def _tokenizer_identity(tokenizer_dir: Path) -> str:
+def tokenizer_identity(tokenizer_dir: Path) -> str:
     """sha256 of the SentencePiece model (the identity every stage records), else of tokenizer.json."""
     spm_model = Path(tokenizer_dir) / "spm.model"
     return sha256_file(spm_model if spm_model.is_file() else Path(tokenizer_dir) / "tokenizer.json")

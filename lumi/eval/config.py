@@ -99,6 +99,20 @@ class SyntheticQAConfig(ConfigModel):
     max_items: int | None = Field(None, ge=1, description="ask only the first items")
 
 
+class PreferenceEvalConfig(ConfigModel):
+    """Held-out preference pairs of a stage-85 DPO data dir, scored by the model and its reference (stage 95)."""
+
+    name: str = Field(min_length=1, description="label in the results and report")
+    dpo_dir: str = Field(description="a stage-85 DPO data directory")
+    split: Literal["train", "val"] = Field("val", description="its split")
+    reference_model: str | None = Field(None, description="the reference (SFT) model dir; default: the base a "
+                                                          "LoRA adapter records")
+    beta: float = Field(0.1, gt=0, description="reward scale: the beta the model was trained with")
+    max_pairs: int | None = Field(None, ge=1, description="score only the first pairs")
+    generate: int = Field(8, ge=0, description="greedy answers to the first held-out prompts, in the samples")
+    max_new_tokens: int = Field(64, ge=1, description="tokens per generated answer at most")
+
+
 class EvaluationConfig(ConfigModel):
     batch_size: int = Field(8, ge=1, description="sequences per forward pass")
     device: str = Field("auto", description="torch device; auto = cuda if available, else cpu")
@@ -115,6 +129,8 @@ class EvaluationConfig(ConfigModel):
     sft_loss: list[SFTLossConfig] = Field([], description="assistant-token loss on SFT data splits")
     synthetic_qa: SyntheticQAConfig | None = Field(None, description="exact-match answers to synthetic-world facts "
                                                                      "(off when absent)")
+    preference: list[PreferenceEvalConfig] = Field([], description="held-out DPO pairs: rewards, margins, win "
+                                                                   "rates against the reference")
 
     @model_validator(mode="after")
     def _unique_names(self) -> "EvaluationConfig":

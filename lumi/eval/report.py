@@ -61,10 +61,12 @@ def compare_results(current: dict[str, Any], previous: dict[str, Any], previous_
             rows.append({"section": "perplexity", "name": name, "metric": metric, "previous": old[metric],
                          "current": result[metric], "delta": result[metric] - old[metric], "combined_stderr": None,
                          "same_items": old["tokens"] == result["tokens"]})
-    if "synthetic_qa" in current and "synthetic_qa" in previous:
-        new, old = current["synthetic_qa"]["exact_match"], previous["synthetic_qa"]["exact_match"]
+    for metric in ("exact_match", "refusal_rate"):
+        if metric not in current.get("synthetic_qa", {}) or metric not in previous.get("synthetic_qa", {}):
+            continue
+        new, old = current["synthetic_qa"][metric], previous["synthetic_qa"][metric]
         errors = [new["stderr"], old["stderr"]]
-        rows.append({"section": "synthetic_qa", "name": current["synthetic_qa"]["split"], "metric": "exact_match",
+        rows.append({"section": "synthetic_qa", "name": current["synthetic_qa"]["split"], "metric": metric,
                      "previous": old["value"], "current": new["value"], "delta": new["value"] - old["value"],
                      "combined_stderr": math.sqrt(sum(e * e for e in errors)) if None not in errors else None,
                      "same_items": previous["synthetic_qa"]["num_items"] == current["synthetic_qa"]["num_items"]})
@@ -87,7 +89,8 @@ def task_rows(results: dict[str, Any]) -> list[str]:
 
 
 def sft_sections(results: dict[str, Any]) -> list[str]:
-    """Report sections of the SFT measurements (assistant-token loss, synthetic-world exact match)."""
+    """Report sections of the SFT and DPO measurements (assistant-token loss, synthetic-world exact match,
+    preference pairs)."""
     lines = []
     if results.get("sft_loss"):
         lines += ["## SFT loss (assistant tokens only)", "", "| data | loss | perplexity | target tokens | rows |",
@@ -101,6 +104,7 @@ def sft_sections(results: dict[str, Any]) -> list[str]:
         lines += ["## Synthetic-world question answering", "",
                   f"Exact match on {qa['split']} facts asked with {qa['split']} wordings: **{em['value']:.3f}** "
                   f"± {_fmt(em['stderr'], 3)} (n={qa['num_items']}; answers in `samples/synthetic_qa.jsonl`)."]
+        lines.append(f"Answered with one of the world's refusals: {_fmt(qa['refusal_rate']['value'], 3)}.")
         if qa.get("known_facts"):
             known = qa["known_facts"]
             lines.append(f"Of the {known['facts_known']} facts the compared model knew (cloze right), "
@@ -108,6 +112,15 @@ def sft_sections(results: dict[str, Any]) -> list[str]:
         lines += ["", "| relation | exact match | stderr |", "|---|---:|---:|"]
         lines += [f"| {name} | {_fmt(v['value'], 3)} | {_fmt(v['stderr'], 3)} |"
                   for name, v in qa["exact_match_by_relation"].items()]
+        lines.append("")
+    if results.get("preference"):
+        lines += ["## Preference pairs (policy against its reference)", "",
+                  "| data | pairs | reward accuracy | margin | chosen reward | rejected reward | chosen log-prob win "
+                  "rate | policy / reference prefer chosen |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {name} | {r['pairs']} | {r['reward_accuracy']:.3f} | {r['reward_margin']:.4f} | "
+                  f"{r['chosen_reward']:.4f} | {r['rejected_reward']:.4f} | {r['chosen_logp_win_rate']:.3f} | "
+                  f"{r['policy_prefers_chosen']:.3f} / {r['reference_prefers_chosen']:.3f} |"
+                  for name, r in results["preference"].items()]
         lines.append("")
     return lines
 
@@ -130,6 +143,9 @@ def console_summary(results: dict[str, Any]) -> str:
         lines.append(f"synthetic_qa: exact match {qa['exact_match']['value']:.4f} n={qa['num_items']}"
                      + (f"  known facts answered {known['share_answered']:.4f} ({known['facts_known']} facts)"
                         if known.get("share_answered") is not None else ""))
+    for name, r in results.get("preference", {}).items():
+        lines.append(f"preference {name}: reward accuracy {r['reward_accuracy']:.4f} margin {r['reward_margin']:.4f} "
+                     f"chosen log-prob win rate {r['chosen_logp_win_rate']:.4f} n={r['pairs']}")
     for mode, stats in results.get("generation", {}).get("modes", {}).items():
         s = stats["all"]
         lines.append(f"generation {mode}: {s['outputs']} outputs, stopped at EOS {s['stop_rate']:.0%}, "

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lumi.data.synthetic import RELATIONS, SyntheticSourceConfig
+from lumi.data.synthetic import RELATIONS, UNHELPFUL, SyntheticSourceConfig
 from lumi.eval.generation import format_prompt, stop_token_ids
 from lumi.eval.loglikelihood import encode, padding_id
 from lumi.formats.model_io import model_device
@@ -24,6 +24,7 @@ from lumi.eval.scoring import mean_and_stderr
 from lumi.core.files import read_text
 
 SPLITS = ("heldout", "train")
+REFUSALS = frozenset(" ".join(text.split()).lower() for text in UNHELPFUL)
 
 
 def qa_items(world_config: SyntheticSourceConfig, split: str = "heldout") -> list[dict[str, Any]]:
@@ -78,11 +79,14 @@ def evaluate_synthetic_qa(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
     records, by_relation = [], defaultdict(list)
     for item, answer in zip(items, answers):
         correct = float(normalize(answer) == normalize(item["answer"]))
-        records.append({**item, "output": answer, "exact_match": correct})
+        records.append({**item, "output": answer, "exact_match": correct,
+                        "refused": float(normalize(answer) in REFUSALS)})
         by_relation[item["relation"]].append(correct)
     summary: dict[str, Any] = {
         "split": split, "num_items": len(records),
         "exact_match": mean_and_stderr([r["exact_match"] for r in records]),
+        # the synthetic world's unhelpful answers (DPO's rejected side): preference tuning must not raise this
+        "refusal_rate": mean_and_stderr([r["refused"] for r in records]),
         "exact_match_by_relation": {name: mean_and_stderr(values) for name, values in sorted(by_relation.items())}}
     if known is not None:
         asked = [r for r in records if r["fact"] in known]

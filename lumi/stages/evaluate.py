@@ -26,6 +26,7 @@ from lumi.core.files import atomic_write_json, atomic_write_jsonl, read_text, sh
 from lumi.core.stage_args import add_common_arguments, stage_config
 from lumi.eval.config import DEFAULT_PROMPTS, EvaluationConfig, PerplexityConfig, TaskConfig
 from lumi.eval.generation import load_prompts, run_generation
+from lumi.eval.preference import evaluate_preferences
 from lumi.eval.perplexity import evaluate_packed_split, read_dataset_text, text_perplexity
 from lumi.eval.report import (RESULTS_FILE, TOKENIZER_KEY, compare_results, console_summary, load_previous_results,
                               write_report)
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 RESULTS_SCHEMA = "lumi-evaluation/2"
 PRETRAIN_CONFIG = CONFIG_DIR / "evaluation" / "pretrain.json"
 SFT_CONFIG = CONFIG_DIR / "evaluation" / "sft.json"
+DPO_CONFIG = CONFIG_DIR / "evaluation" / "dpo.json"
 LIBRARIES = ("torch", "transformers", "tokenizers", "sentencepiece", "datasets", "numpy")
 
 
@@ -214,6 +216,13 @@ def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path,
                                                  config.batch_size, qa.max_items, known)
         results["synthetic_qa"] = summary
         atomic_write_jsonl(samples_dir / "synthetic_qa.jsonl", records)
+    for spec in config.preference:
+        log.info("preference pairs: %s", spec.name)
+        summary, records = evaluate_preferences(model, tokenizer, model_path, spec.dpo_dir, spec.split,
+                                                spec.reference_model, spec.beta, config.batch_size, spec.max_pairs,
+                                                spec.generate, spec.max_new_tokens, config.dtype)
+        results.setdefault("preference", {})[spec.name] = summary
+        atomic_write_jsonl(samples_dir / f"preference_{spec.name}.jsonl", records)
     results["finished"] = now()
     return results
 

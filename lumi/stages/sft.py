@@ -13,7 +13,7 @@ from pathlib import Path
 from lumi.core.config import CONFIG_DIR
 from lumi.core.stage_args import add_common_arguments, stage_config
 from lumi.lora import write_merged
-from lumi.train.distributed import close_process_group, init_process_group_from_env
+from lumi.train.launch import fit_objective
 from lumi.train.objectives.sft import SFTConfig, SFTObjective
 from lumi.train.trainer import Trainer
 
@@ -37,22 +37,11 @@ def run(args: argparse.Namespace) -> int:
              "data_dir": str(args.data_dir) if args.data_dir else None,
              "max_steps": args.max_steps, "merge_adapters": args.merge_adapters}
     config = stage_config(args, SFTConfig, flags)
-    process = init_process_group_from_env()
-    try:
-        if not process.is_main:
-            logging.getLogger().setLevel(logging.WARNING)
-        objective = SFTObjective(config, rank=process.rank, world_size=process.world_size)
-        trainer = Trainer(config, objective, args.output_dir, resume=args.resume, force=args.force,
-                          rank=process.rank, world_size=process.world_size, device=process.device)
-        if trainer.step >= trainer.total_steps:
-            if process.is_main:
-                print(f"{trainer.run_dir}: already trained {trainer.step} of {trainer.total_steps} steps; "
-                      "nothing to do")
-            return 0
-        status = trainer.fit()
-        if status == 0 and process.is_main and config.method == "lora" and config.merge_adapters:
+
+    def merge(trainer: Trainer) -> None:
+        if config.method == "lora" and config.merge_adapters:
             write_merged(trainer.run_dir / "final", trainer.run_dir / "merged", force=True)
             log.info("merged model in %s", trainer.run_dir / "merged")
-        return status
-    finally:
-        close_process_group()
+
+    return fit_objective(config, lambda rank, world: SFTObjective(config, rank=rank, world_size=world),
+                         args.output_dir, args.resume, args.force, after=merge)

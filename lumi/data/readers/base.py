@@ -74,3 +74,18 @@ def user_turn(instruction: str, extra: str) -> str:
 
 def pair(prompt: str, response: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+
+
+@dataclass
+class PreferencePair:
+    """One preference record: the prompt (messages ending with a user turn) and two answers to it."""
+
+    prompt: list[dict[str, str]]
+    chosen: str
+    rejected: str
+    id: str
+
+
+def answers_of(record: Any, chosen: str, rejected: str) -> tuple[str, str]:
+    """The two answer strings of a flat record (``text_field`` checks)."""
+    return text_field(record, chosen), text_field(record, rejected)
