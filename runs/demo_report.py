@@ -48,6 +48,33 @@ def sft_lines(run_dir: Path, before: dict | None) -> list[str]:
     return lines
 
 
+def dpo_lines(run_dir: Path, before: dict | None) -> list[str]:
+    """Stages 85-100: the preference data, held-out reward accuracy, answers before and after DPO, the served answer."""
+    lines = []
+    data = load(run_dir / "dpo_data" / "manifest.json")
+    if data:
+        lines.append(f"- 85 DPO corpus: `{run_dir / 'dpo_data'}` — "
+                     + ", ".join(f"{split} {info.get('pairs', '?'):,} pairs" for split, info in data["splits"].items()))
+    after = load(run_dir / "evaluation_dpo" / "evaluation_results.json")
+    if after:
+        for name, pref in after.get("preference", {}).items():
+            lines.append(f"- 90/95 DPO: `{run_dir / 'dpo' / 'demo' / 'final'}` — held-out ({name}) reward accuracy "
+                         f"**{pref['reward_accuracy']:.3f}**, mean margin {pref['reward_margin']:.3f} "
+                         f"(n={pref['pairs']} pairs)")
+        qa, previous = after.get("synthetic_qa"), (before or {}).get("synthetic_qa")
+        if qa and previous:
+            lines.append(f"  - held-out questions: exact match {previous['exact_match']['value']:.3f} -> "
+                         f"**{qa['exact_match']['value']:.3f}**, refusals {previous['refusal_rate']['value']:.3f} -> "
+                         f"**{qa['refusal_rate']['value']:.3f}** (before -> after DPO)")
+    served = run_dir / "served_answer.txt"
+    if served.is_file():
+        lines.append(f"- 100 serve: " + " / ".join(line.strip() for line in served.read_text().splitlines()
+                                                  if line.startswith(("question:", "answer:"))))
+        lines.append(f"  - chat in a browser: `lumi serve --model-path {run_dir / 'dpo' / 'demo' / 'final'}`, then "
+                     f"open http://127.0.0.1:8000/ (or `lumi chat --model-path ...` in the terminal)")
+    return lines
+
+
 def main(run_dir: Path) -> None:
     lines = [f"# Demo report: {run_dir}", ""]
     corpus = load(run_dir / "corpus" / "manifest.json")
@@ -83,6 +110,7 @@ def main(run_dir: Path) -> None:
             lines.append(f"  - {name}: acc {acc['value']:.3f} ± {acc['stderr']:.3f} vs chance {task['chance']:.3f} "
                          f"(n={task['num_items']})")
     lines += sft_lines(run_dir, results)
+    lines += dpo_lines(run_dir, load(run_dir / "evaluation_sft" / "evaluation_results.json"))
     text = "\n".join(lines) + "\n"
     (run_dir / "REPORT.md").write_text(text)
     print(text)
