@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole Lumi-Lab pipeline on the built-in synthetic world: offline, on CPU, a few minutes on 2 cores:
-# 10 corpus -> 20 tokenizer -> 30 pack -> 40 pretrain -> 50 evaluate -> report.
+# 10 corpus -> 20 tokenizer -> 30 pack -> 40 pretrain -> 50 evaluate -> 60 SFT corpus -> 70 SFT -> 80 evaluate -> report.
 # `make demo` runs this inside .venv. Every stage writes its own directory under $OUT; rerunning replaces them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,18 @@ lumi pretrain --config config/demo/pretrain.json --tokenizer-dir "$OUT/tokenizer
 stage "50 evaluate: val bits per byte, held-out fact cloze, generation checks"
 lumi evaluate --config config/evaluation/demo.json --model-path "$OUT/checkpoints/demo/final" \
     --output-dir "$OUT/evaluation" --force
+
+stage "60 SFT corpus: the world's question/answer pairs for its train facts"
+lumi sft-corpus --config config/sft/datasets/demo.json --tokenizer-dir "$OUT/checkpoints/demo/final" \
+    --output-dir "$OUT/sft_data" --force
+
+stage "70 SFT: the pretrained micro model learns to answer"
+lumi sft --config config/sft/training/demo.json --model-path "$OUT/checkpoints/demo/final" \
+    --data-dir "$OUT/sft_data" --output-dir "$OUT/sft" --force
+
+stage "80 evaluate: held-out facts asked with held-out wordings, before (stage 50) and after SFT"
+lumi evaluate --config config/evaluation/sft_demo.json --model-path "$OUT/sft/demo/final" \
+    --set sft_loss.0.sft_dir="$OUT/sft_data" --compare "$OUT/evaluation" --output-dir "$OUT/evaluation_sft" --force
 
 stage "report"
 python runs/demo_report.py "$OUT"

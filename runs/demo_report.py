@@ -17,6 +17,37 @@ def load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def sft_lines(run_dir: Path, before: dict | None) -> list[str]:
+    """Stages 60-80: what SFT data was built, how training went, and exact match before and after."""
+    lines = []
+    data = load(run_dir / "sft_data" / "manifest.json")
+    if data:
+        train = data["splits"]["train"]
+        lines.append(f"- 60 SFT corpus: `{run_dir / 'sft_data'}` — {train['conversations']:,} train conversations in "
+                     f"{train['rows']} rows of {data['seq_len']} tokens ({train['target_tokens']:,} assistant "
+                     f"targets), template {data['template']}")
+    metrics_file = run_dir / "sft" / "demo" / "metrics.jsonl"
+    if metrics_file.is_file():
+        records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+        val = [r for r in records if "val/loss" in r]
+        if val:
+            lines.append(f"- 70 SFT: `{run_dir / 'sft' / 'demo' / 'final'}` — assistant-token val loss "
+                         f"{val[0]['val/loss']:.3f} at step 0 -> **{val[-1]['val/loss']:.3f}** at step {val[-1]['step']}")
+    after = load(run_dir / "evaluation_sft" / "evaluation_results.json")
+    if after and "synthetic_qa" in after:
+        qa = after["synthetic_qa"]
+        previous = (before or {}).get("synthetic_qa")
+        before_em = f"{previous['exact_match']['value']:.3f}" if previous else "not measured"
+        lines.append(f"- 80 evaluate: `{run_dir / 'evaluation_sft' / 'report.md'}` — exact match on held-out facts "
+                     f"asked with held-out wordings: **{before_em}** before SFT -> **{qa['exact_match']['value']:.3f}**"
+                     f" after (n={qa['num_items']})")
+        known = qa.get("known_facts")
+        if known and known["share_answered"] is not None:
+            lines.append(f"  - of the {known['facts_known']} held-out facts the pretrained model knew (its cloze "
+                         f"right), **{known['share_answered']:.3f}** of the questions are answered exactly")
+    return lines
+
+
 def main(run_dir: Path) -> None:
     lines = [f"# Demo report: {run_dir}", ""]
     corpus = load(run_dir / "corpus" / "manifest.json")
@@ -51,6 +82,7 @@ def main(run_dir: Path) -> None:
             acc = task["metrics"]["acc"]
             lines.append(f"  - {name}: acc {acc['value']:.3f} ± {acc['stderr']:.3f} vs chance {task['chance']:.3f} "
                          f"(n={task['num_items']})")
+    lines += sft_lines(run_dir, results)
     text = "\n".join(lines) + "\n"
     (run_dir / "REPORT.md").write_text(text)
     print(text)

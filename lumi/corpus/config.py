@@ -260,6 +260,14 @@ def resolve_source_entry(entry: Any) -> Any:
     return {**strip_comments(definition), **{k: v for k, v in entry.items() if k != "from"}}
 
 
+def resolve_world(world: Any) -> Any:
+    """A ``world`` config value: ``{"from": CORPUS_CONFIG, **overrides}`` -> that corpus config's synthetic source
+    with the overrides applied; anything else unchanged (validated as ``SyntheticSourceConfig`` afterwards)."""
+    if not (isinstance(world, dict) and "from" in world):
+        return world
+    return {**synthetic_source_of(world["from"]), **{k: v for k, v in world.items() if k != "from"}}
+
+
 def synthetic_source_of(corpus_config: str) -> dict[str, Any]:
     """The synthetic world's settings in a corpus config (a path, or relative to config/ like source ``from``
     entries), so an evaluation config names the world it tests by the corpus it was trained on."""

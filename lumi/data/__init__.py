@@ -1,1 +1,2 @@
-"""Datasets fed to models: the synthetic world and the packed pretraining stream (chat and preference data later)."""
+"""Datasets fed to models: the synthetic world, the packed pretraining stream, chat conversations (templates,
+readers, the SFT corpus)."""

@@ -5,13 +5,15 @@ Relative paths are read from the current directory (run from the repository root
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from lumi.core.config import CONFIG_DIR, ConfigModel
 from lumi.eval.tasks import TASKS
 from lumi.eval.tasks.base import TaskSource
+from lumi.corpus.config import resolve_world
+from lumi.data.synthetic import SyntheticSourceConfig
 
 DEFAULT_PROMPTS = CONFIG_DIR / "evaluation" / "smoke_test_prompts.json"
 
@@ -73,6 +75,44 @@ class GenerationSettings(ConfigModel):
     repetition_ngram: int = Field(3, ge=1, description="n of the repeated n-gram rate")
 
 
+class SFTLossConfig(ConfigModel):
+    """Loss over the assistant tokens of a stage-60 SFT data split."""
+
+    name: str = Field(min_length=1, description="label in the results and report")
+    sft_dir: str = Field(description="a stage-60 SFT data directory")
+    split: Literal["train", "val"] = Field("val", description="its split")
+    max_rows: int | None = Field(None, ge=1, description="score only the first rows")
+
+
+class SyntheticQAConfig(ConfigModel):
+    """Exact-match answers to the synthetic world's facts, asked through the chat template."""
+
+    world: SyntheticSourceConfig = Field(description="{\"from\": corpus config} (its synthetic source, the same "
+                                                     "world), or the world's settings themselves")
+    split: Literal["heldout", "train"] = Field("heldout", description="which facts (and question wordings)")
+
+    @field_validator("world", mode="before")
+    @classmethod
+    def _world_from_corpus_config(cls, world: Any) -> Any:
+        return resolve_world(world)
+    max_new_tokens: int = Field(32, ge=1, description="answer tokens generated at most")
+    max_items: int | None = Field(None, ge=1, description="ask only the first items")
+
+
+class PreferenceEvalConfig(ConfigModel):
+    """Held-out preference pairs of a stage-85 DPO data dir, scored by the model and its reference (stage 95)."""
+
+    name: str = Field(min_length=1, description="label in the results and report")
+    dpo_dir: str = Field(description="a stage-85 DPO data directory")
+    split: Literal["train", "val"] = Field("val", description="its split")
+    reference_model: str | None = Field(None, description="the reference (SFT) model dir; default: the base a "
+                                                          "LoRA adapter records")
+    beta: float = Field(0.1, gt=0, description="reward scale: the beta the model was trained with")
+    max_pairs: int | None = Field(None, ge=1, description="score only the first pairs")
+    generate: int = Field(8, ge=0, description="greedy answers to the first held-out prompts, in the samples")
+    max_new_tokens: int = Field(64, ge=1, description="tokens per generated answer at most")
+
+
 class EvaluationConfig(ConfigModel):
     batch_size: int = Field(8, ge=1, description="sequences per forward pass")
     device: str = Field("auto", description="torch device; auto = cuda if available, else cpu")
@@ -86,6 +126,11 @@ class EvaluationConfig(ConfigModel):
     perplexity: list[PerplexityConfig] = Field([], description="texts to score")
     tasks: list[TaskConfig] = Field([], description="zero-shot tasks to score")
     generation: GenerationSettings | None = Field(None, description="generation smoke checks (off when absent)")
+    sft_loss: list[SFTLossConfig] = Field([], description="assistant-token loss on SFT data splits")
+    synthetic_qa: SyntheticQAConfig | None = Field(None, description="exact-match answers to synthetic-world facts "
+                                                                     "(off when absent)")
+    preference: list[PreferenceEvalConfig] = Field([], description="held-out DPO pairs: rewards, margins, win "
+                                                                   "rates against the reference")
 
     @model_validator(mode="after")
     def _unique_names(self) -> "EvaluationConfig":

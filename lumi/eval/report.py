@@ -61,6 +61,15 @@ def compare_results(current: dict[str, Any], previous: dict[str, Any], previous_
             rows.append({"section": "perplexity", "name": name, "metric": metric, "previous": old[metric],
                          "current": result[metric], "delta": result[metric] - old[metric], "combined_stderr": None,
                          "same_items": old["tokens"] == result["tokens"]})
+    for metric in ("exact_match", "refusal_rate"):
+        if metric not in current.get("synthetic_qa", {}) or metric not in previous.get("synthetic_qa", {}):
+            continue
+        new, old = current["synthetic_qa"][metric], previous["synthetic_qa"][metric]
+        errors = [new["stderr"], old["stderr"]]
+        rows.append({"section": "synthetic_qa", "name": current["synthetic_qa"]["split"], "metric": metric,
+                     "previous": old["value"], "current": new["value"], "delta": new["value"] - old["value"],
+                     "combined_stderr": math.sqrt(sum(e * e for e in errors)) if None not in errors else None,
+                     "same_items": previous["synthetic_qa"]["num_items"] == current["synthetic_qa"]["num_items"]})
     return {"previous": previous_path, "previous_model": previous.get("model", {}).get("path"),
             "same_tokenizer": previous.get(TOKENIZER_KEY) == current[TOKENIZER_KEY], "rows": rows}
 
@@ -79,6 +88,43 @@ def task_rows(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def sft_sections(results: dict[str, Any]) -> list[str]:
+    """Report sections of the SFT and DPO measurements (assistant-token loss, synthetic-world exact match,
+    preference pairs)."""
+    lines = []
+    if results.get("sft_loss"):
+        lines += ["## SFT loss (assistant tokens only)", "", "| data | loss | perplexity | target tokens | rows |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {name} | {r['loss']:.4f} | {r['perplexity']:.3f} | {r['target_tokens']:,} | {r['rows']} |"
+                  for name, r in results["sft_loss"].items()]
+        lines.append("")
+    if "synthetic_qa" in results:
+        qa = results["synthetic_qa"]
+        em = qa["exact_match"]
+        lines += ["## Synthetic-world question answering", "",
+                  f"Exact match on {qa['split']} facts asked with {qa['split']} wordings: **{em['value']:.3f}** "
+                  f"± {_fmt(em['stderr'], 3)} (n={qa['num_items']}; answers in `samples/synthetic_qa.jsonl`)."]
+        lines.append(f"Answered with one of the world's refusals: {_fmt(qa['refusal_rate']['value'], 3)}.")
+        if qa.get("known_facts"):
+            known = qa["known_facts"]
+            lines.append(f"Of the {known['facts_known']} facts the compared model knew (cloze right), "
+                         f"{_fmt(known['share_answered'], 3)} of the questions about them are answered exactly.")
+        lines += ["", "| relation | exact match | stderr |", "|---|---:|---:|"]
+        lines += [f"| {name} | {_fmt(v['value'], 3)} | {_fmt(v['stderr'], 3)} |"
+                  for name, v in qa["exact_match_by_relation"].items()]
+        lines.append("")
+    if results.get("preference"):
+        lines += ["## Preference pairs (policy against its reference)", "",
+                  "| data | pairs | reward accuracy | margin | chosen reward | rejected reward | chosen log-prob win "
+                  "rate | policy / reference prefer chosen |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {name} | {r['pairs']} | {r['reward_accuracy']:.3f} | {r['reward_margin']:.4f} | "
+                  f"{r['chosen_reward']:.4f} | {r['rejected_reward']:.4f} | {r['chosen_logp_win_rate']:.3f} | "
+                  f"{r['policy_prefers_chosen']:.3f} / {r['reference_prefers_chosen']:.3f} |"
+                  for name, r in results["preference"].items()]
+        lines.append("")
+    return lines
+
+
 def console_summary(results: dict[str, Any]) -> str:
     lines = []
     for name, result in results["perplexity"].items():
@@ -89,6 +135,17 @@ def console_summary(results: dict[str, Any]) -> str:
                            for m, v in summary["metrics"].items())
         chance = f"  (chance {summary['chance']:.4f})" if "chance" in summary else ""
         lines.append(f"{task}: {scores}{chance}  n={summary['num_items']}")
+    for name, result in results.get("sft_loss", {}).items():
+        lines.append(f"SFT loss {name}: {result['loss']:.4f} over {result['target_tokens']:,} assistant tokens")
+    if "synthetic_qa" in results:
+        qa = results["synthetic_qa"]
+        known = qa.get("known_facts") or {}
+        lines.append(f"synthetic_qa: exact match {qa['exact_match']['value']:.4f} n={qa['num_items']}"
+                     + (f"  known facts answered {known['share_answered']:.4f} ({known['facts_known']} facts)"
+                        if known.get("share_answered") is not None else ""))
+    for name, r in results.get("preference", {}).items():
+        lines.append(f"preference {name}: reward accuracy {r['reward_accuracy']:.4f} margin {r['reward_margin']:.4f} "
+                     f"chosen log-prob win rate {r['chosen_logp_win_rate']:.4f} n={r['pairs']}")
     for mode, stats in results.get("generation", {}).get("modes", {}).items():
         s = stats["all"]
         lines.append(f"generation {mode}: {s['outputs']} outputs, stopped at EOS {s['stop_rate']:.0%}, "
@@ -226,6 +283,7 @@ def render_report(results: dict[str, Any], plots: dict[str, str], notes: list[st
                 lines.append(f"| {mode} | {category} | {s['outputs']} | {s['stop_rate']:.0%} | "
                              f"{s['mean_tokens']:.1f} | {s['mean_repeated_ngram_rate']:.3f} |")
         lines.append("")
+    lines += sft_sections(results)
     if "comparison" in results:
         comparison = results["comparison"]
         lines += ["## Comparison", "", f"Against `{comparison['previous']}` (model `{comparison['previous_model']}`)."]

@@ -67,8 +67,13 @@ def load_tokenizer(model_dir: str | Path, add_bos: bool | None = None) -> PreTra
 
 
 def load_model(model_dir: str | Path, device: str = "auto", dtype: str = "auto") -> PreTrainedModel:
-    """``dtype="auto"`` keeps the checkpoint's dtype, as ``lm_eval --model hf`` does by default."""
+    """``dtype="auto"`` keeps the checkpoint's dtype, as ``lm_eval --model hf`` does by default. A LoRA adapter dir
+    is loaded merged into the base it records (refused if the base's weights changed), in fp32 unless ``dtype``."""
+    from lumi.lora import is_adapter_dir, merged_model
+
     model_dir = Path(model_dir)
+    if is_adapter_dir(model_dir):
+        return merged_model(model_dir).to(DTYPES.get(dtype, torch.float32)).to(resolve_device(device)).eval()
     if not (model_dir / "config.json").is_file():
         raise LumiError(f"{model_dir}: not a model directory (no config.json)")
     if dtype != "auto" and dtype not in DTYPES:

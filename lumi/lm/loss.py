@@ -65,13 +65,15 @@ def packs_only_single_rows(model: LlamaForCausalLM) -> bool:
 
 
 def summed_nats(model: LlamaForCausalLM, input_ids: torch.LongTensor, *, document_masking: bool = True,
-                chunk_tokens: int = DEFAULT_CHUNK_TOKENS, compile_chunks: bool = False) -> torch.Tensor:
+                chunk_tokens: int = DEFAULT_CHUNK_TOKENS, compile_chunks: bool = False,
+                targets: torch.LongTensor | None = None) -> torch.Tensor:
     """Summed next-token cross-entropy (fp32 nats) over the scored targets of a batch.
 
     Never waits for the device: no shape depends on the data (unscored positions are ignored, not removed), so the
     trainer can queue the next step before this one finishes. ``document_masking=False`` lets packed documents
     attend to each other (plain causal mask, contiguous positions). ``compile_chunks`` runs the per-chunk loss and
-    gradient math through ``torch.compile`` (the trainer's ``compile``).
+    gradient math through ``torch.compile`` (the trainer's ``compile``). ``targets`` (batch, seq), already shifted,
+    replace the next-token targets (SFT scores only the assistant tokens: ``lumi.data.chat.loss_targets``).
     """
     position_ids = position_ids_from_bos(input_ids) if document_masking else None
     if position_ids is not None and packs_only_single_rows(model):
@@ -82,6 +84,6 @@ def summed_nats(model: LlamaForCausalLM, input_ids: torch.LongTensor, *, documen
         hidden = model.model(input_ids=input_ids, position_ids=position_ids, attention_mask=None,
                              use_cache=False).last_hidden_state
     return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), model.get_output_embeddings().weight,
-                                next_token_targets(input_ids).reshape(-1), chunk_tokens=chunk_tokens,
-                                compiled=compile_chunks)
+                                (next_token_targets(input_ids) if targets is None else targets).reshape(-1),
+                                chunk_tokens=chunk_tokens, compiled=compile_chunks)
 

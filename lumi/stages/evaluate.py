@@ -26,10 +26,13 @@ from lumi.core.files import atomic_write_json, atomic_write_jsonl, read_text, sh
 from lumi.core.stage_args import add_common_arguments, stage_config
 from lumi.eval.config import DEFAULT_PROMPTS, EvaluationConfig, PerplexityConfig, TaskConfig
 from lumi.eval.generation import load_prompts, run_generation
+from lumi.eval.preference import evaluate_preferences
 from lumi.eval.perplexity import evaluate_packed_split, read_dataset_text, text_perplexity
 from lumi.eval.report import (RESULTS_FILE, TOKENIZER_KEY, compare_results, console_summary, load_previous_results,
                               write_report)
 from lumi.eval.scoring import score_items
+from lumi.eval.sft_loss import sft_split_loss
+from lumi.eval.synthetic_qa import evaluate_synthetic_qa, known_facts
 from lumi.eval.tasks import get_task, subsample
 from lumi.eval.training_record import TrainingRecord, training_record
 from lumi.formats.model_io import context_length, load_for_evaluation, tokenizer_fingerprint
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 RESULTS_SCHEMA = "lumi-evaluation/2"
 PRETRAIN_CONFIG = CONFIG_DIR / "evaluation" / "pretrain.json"
 SFT_CONFIG = CONFIG_DIR / "evaluation" / "sft.json"
+DPO_CONFIG = CONFIG_DIR / "evaluation" / "dpo.json"
 LIBRARIES = ("torch", "transformers", "tokenizers", "sentencepiece", "datasets", "numpy")
 
 
@@ -146,8 +150,10 @@ def measure_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spe
     return summary, records
 
 
-def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path) -> dict[str, Any]:
-    """Run every measurement in ``config``; per-item records go to ``output_dir/samples/``."""
+def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path,
+                   known: set[str] | None = None) -> dict[str, Any]:
+    """Run every measurement in ``config``; per-item records go to ``output_dir/samples/``. ``known``: ids of the
+    synthetic facts an earlier model's cloze got right (from ``--compare``)."""
     started = now()
     model, tokenizer = load_for_evaluation(model_path, config.device, config.dtype, config.add_bos)
     loaded_tasks = [load_task(spec, f"tasks.{index}.source") for index, spec in enumerate(config.tasks)]
@@ -199,14 +205,41 @@ def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path)
             settings.repetition_ngram, config.seed, max_batch=config.batch_size)
         results["generation"] = {"prompts_file": str(settings.prompts_file or DEFAULT_PROMPTS), **summary}
         atomic_write_jsonl(output_dir / "generations.jsonl", outputs)
+    for spec in config.sft_loss:
+        log.info("SFT loss: %s", spec.name)
+        results.setdefault("sft_loss", {})[spec.name] = sft_split_loss(model, model_path, spec.sft_dir, spec.split,
+                                                                       config.batch_size, spec.max_rows)
+    if config.synthetic_qa is not None:
+        qa = config.synthetic_qa
+        log.info("synthetic-world question answering (%s facts)", qa.split)
+        summary, records = evaluate_synthetic_qa(model, tokenizer, qa.world, qa.split, qa.max_new_tokens,
+                                                 config.batch_size, qa.max_items, known)
+        results["synthetic_qa"] = summary
+        atomic_write_jsonl(samples_dir / "synthetic_qa.jsonl", records)
+    for spec in config.preference:
+        log.info("preference pairs: %s", spec.name)
+        summary, records = evaluate_preferences(model, tokenizer, model_path, spec.dpo_dir, spec.split,
+                                                spec.reference_model, spec.beta, config.batch_size, spec.max_pairs,
+                                                spec.generate, spec.max_new_tokens, config.dtype)
+        results.setdefault("preference", {})[spec.name] = summary
+        atomic_write_jsonl(samples_dir / f"preference_{spec.name}.jsonl", records)
     results["finished"] = now()
     return results
+
+
+def compared_known_facts(compare: Path | None) -> set[str] | None:
+    """The facts the compared (pretrained) model knew: its ``samples/synthetic_cloze.jsonl``, when it has one."""
+    if compare is None:
+        return None
+    samples = (compare if compare.is_dir() else compare.parent) / "samples" / "synthetic_cloze.jsonl"
+    return known_facts(samples) if samples.is_file() else None
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, default_config=PRETRAIN_CONFIG, default_output="out/evaluation/pretrain")
     parser.add_argument("--model-path", type=Path, required=True,
-                        help="checkpoint directory (save_pretrained model + tokenizer files)")
+                        help="checkpoint directory (save_pretrained model + tokenizer files), or a LoRA adapter "
+                             "dir (evaluated merged into the base it records)")
     parser.add_argument("--compare", type=Path, metavar="PREVIOUS_RESULTS",
                         help=f"an earlier {RESULTS_FILE} (or the directory holding it) to compare against")
     parser.add_argument("--max-samples", type=int, metavar="N", help="cap every task at N seeded items")
@@ -222,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
             task.max_samples = min(task.max_samples or args.max_samples, args.max_samples)
     previous = load_previous_results(args.compare) if args.compare else None
     with staged_output_dir(args.output_dir, args.force) as staging:
-        results = evaluate_model(config, args.model_path, staging)
+        results = evaluate_model(config, args.model_path, staging, compared_known_facts(args.compare))
         if previous is not None:
             results["comparison"] = compare_results(results, previous, str(args.compare))
         atomic_write_json(staging / RESULTS_FILE, results)

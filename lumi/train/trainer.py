@@ -228,6 +228,7 @@ class Trainer:
             log.info("%d processes (%s), %d rows per process per step", self.world_size, config.distributed,
                      config.micro_batch_size * config.grad_accumulation)
         flops = objective.flops_per_token()
+        interval_metrics = getattr(objective, "interval_metrics", dict)  # optional: DPO's training rewards
         peak = peak_flops(self.device) if flops else None
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         start_time = time.perf_counter()
@@ -264,6 +265,7 @@ class Trainer:
                                   "time/elapsed_s": time.perf_counter() - start_time}
                         if peak:
                             record["train/mfu"] = flops * record["train/tok_per_s"] / (peak * self.world_size)
+                        record.update(interval_metrics())
                         self._log(metrics, self.step, record)
                         status = {"loss": f"{record['train/loss']:.4f}", "lr": f"{lr:.2e}",
                                   "tok/s": f"{record['train/tok_per_s']:,.0f}",

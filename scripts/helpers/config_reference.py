@@ -23,7 +23,11 @@ CONFIGS = [
     ("Stage 30 — packing", "lumi.stages.pack:PackingConfig", "config/pretrain/packing/default.json"),
     ("Model architecture", "lumi.model:ArchitectureConfig", "config/architectures/*.json"),
     ("Stage 40 — pretraining", "lumi.train.objectives.pretrain:PretrainConfig", "config/pretrain/training/*.json"),
-    ("Stages 50/80 — evaluation", "lumi.eval.config:EvaluationConfig", "config/evaluation/*.json"),
+    ("Stage 60 — SFT corpus", "lumi.data.sft_corpus:SFTCorpusConfig", "config/sft/datasets/*.json"),
+    ("Stage 70 — supervised fine-tuning", "lumi.train.objectives.sft:SFTConfig", "config/sft/training/*.json"),
+    ("Stage 85 — DPO corpus", "lumi.data.preference:PreferenceCorpusConfig", "config/dpo/datasets/*.json"),
+    ("Stage 90 — preference tuning (DPO)", "lumi.train.objectives.dpo:DPOConfig", "config/dpo/training/*.json"),
+    ("Stages 50/80/95 — evaluation", "lumi.eval.config:EvaluationConfig", "config/evaluation/*.json"),
 ]
 OUTPUT = ROOT / "docs" / "CONFIG.md"
 

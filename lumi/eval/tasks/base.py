@@ -16,7 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from lumi.core.config import ConfigModel
 from lumi.core.errors import LumiError
 from lumi.core.files import parse_json, parse_json_lines, read_text
-from lumi.corpus.config import synthetic_source_of
+from lumi.corpus.config import resolve_world
 from lumi.data.synthetic import SyntheticSourceConfig
 
 TaskKind = Literal["multiple_choice", "greedy_continuation"]
@@ -43,9 +43,7 @@ trained on, so the world is defined once)."""
     @field_validator("world", mode="before")
     @classmethod
     def _world_from_corpus_config(cls, world: Any) -> Any:
-        if not (isinstance(world, dict) and "from" in world):
-            return world
-        return {**synthetic_source_of(world["from"]), **{k: v for k, v in world.items() if k != "from"}}
+        return resolve_world(world)
 
     @model_validator(mode="after")
     def _one_origin(self) -> "TaskSource":

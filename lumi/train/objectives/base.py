@@ -64,6 +64,9 @@ class Objective(Protocol):
     def flops_per_token(self) -> int | None:
         """Training FLOPs per token for MFU (None: no MFU)."""
 
+    # Optional: ``interval_metrics() -> dict[str, float]``, objective-specific training metrics merged into each
+    # log line (DPO: rewards, margins, reward accuracy since the previous line).
+
     def batch_shape(self) -> str:
         """How a micro-batch is sized, named in the out-of-memory advice ("micro_batch_size=8 x seq_len=512 (tiny)")."""
 

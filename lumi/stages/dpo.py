@@ -1,0 +1,53 @@
+"""Stage 90: preference tuning (``lumi dpo``) -- the shared ``lumi.train.trainer.Trainer`` loop with the DPO objective
+(``lumi.train.objectives.dpo``: sigmoid, IPO or hinge loss; LoRA or full) from an SFT model.
+
+``--model-path`` is the SFT model: a merged/full model dir, or a LoRA adapter dir from stage 70, which is merged into
+its recorded base once, into ``<output-dir>/sft_merged/`` (the policy's start and the reference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from lumi.core.config import CONFIG_DIR
+from lumi.core.stage_args import add_common_arguments, stage_config
+from lumi.lora import adapter_base, is_adapter_dir, write_merged
+from lumi.train.launch import fit_objective
+from lumi.train.objectives.dpo import DPOConfig, DPOObjective
+
+log = logging.getLogger(__name__)
+DEFAULT_CONFIG = CONFIG_DIR / "dpo" / "training" / "lora_tiny.json"
+MERGED_SFT = "sft_merged"
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-path", type=Path, help="the SFT model: a model dir or a LoRA adapter dir "
+                                                        "(overrides model_path)")
+    parser.add_argument("--data-dir", type=Path, help="stage-85 DPO data dir (overrides data_dir)")
+    parser.add_argument("--max-steps", type=int, help="optimizer steps (overrides max_steps/epochs)")
+    parser.add_argument("--resume", metavar="auto|PATH",
+                        help="continue from the newest checkpoint of this run (auto) or from a checkpoint dir")
+    add_common_arguments(parser, DEFAULT_CONFIG, default_output="checkpoints/dpo")
+
+
+def sft_model_dir(model_path: Path, output_dir: Path) -> Path:
+    """A model dir for the SFT model: itself, or its adapter merged (once) into ``<output-dir>/sft_merged``."""
+    if not is_adapter_dir(model_path):
+        return model_path
+    adapter_base(model_path)  # refuses a missing or changed base before anything is written
+    merged = output_dir / MERGED_SFT
+    if not (merged / "config.json").is_file():
+        log.info("merging the SFT adapter %s into its base: %s", model_path, merged)
+        write_merged(model_path, merged, force=True)
+    return merged
+
+
+def run(args: argparse.Namespace) -> int:
+    model_path = sft_model_dir(args.model_path, args.output_dir) if args.model_path else None
+    flags = {"model_path": str(model_path) if model_path else None,
+             "data_dir": str(args.data_dir) if args.data_dir else None, "max_steps": args.max_steps}
+    config = stage_config(args, DPOConfig, flags)
+    return fit_objective(config, lambda rank, world: DPOObjective(config, rank=rank, world_size=world),
+                         args.output_dir, args.resume, args.force)

@@ -1,0 +1,228 @@
+"""Supervised fine-tuning (stage 70): the shared trainer loop on stage 60's packed conversations, loss on the
+assistant tokens only, LoRA through PEFT or full fine-tuning.
+
+A batch is ``{"input_ids", "loss_mask"}`` rows of several conversations each; every conversation starts with BOS,
+so ``lumi.lm.loss`` restarts the position ids there and, with ``attention_mask=None`` and no cache, transformers
+builds the block-diagonal causal mask: no conversation attends to another. Targets are the inputs shifted once,
+kept only where the loss mask marks the predicted token (an assistant content token or its ``<|im_end|>``).
+
+Checkpoints: LoRA ones are PEFT adapter dirs (``adapter_config.json``, ``adapter_model.safetensors``) plus the chat
+tokenizer files and the base's fingerprint (``lumi.lora``); full ones are ``save_pretrained`` dirs with the chat
+tokenizer; both carry a generation config whose ``eos_token_id`` holds the end-of-turn id, and beside them the
+trainer state for exact resume and ``sft_config.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from lumi.core.config import ConfigModel, config_to_dict
+from lumi.core.errors import LumiError
+from lumi.core.files import sha256_file
+from lumi.data.chat import loss_targets, save_chat_model
+from lumi.data.packed_stream import MixedRowSampler
+from lumi.data.sft_corpus import MANIFEST, TOKENIZER_SUBDIR, load_split, read_sft_manifest
+from lumi.lm.loss import summed_nats
+from lumi.lora import base_fingerprint, is_adapter_dir, save_adapter, wrap_lora
+from lumi.train.config import TrainerConfig
+
+
+class LoraSettings(ConfigModel):
+    r: int = Field(16, gt=0, description="LoRA rank")
+    alpha: float = Field(32.0, gt=0, description="LoRA scale numerator (the update is scaled by alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
+    target_modules: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                      min_length=1, description="names of the linear layers that get adapters")
+
+
+class SFTConfig(TrainerConfig):
+    """Stage 70 (``config/sft/training/*.json``): the shared trainer part plus the base model, the SFT data, the
+    method and the length of training."""
+
+    base_model: str | None = Field(None, description="base checkpoint dir (a save_pretrained LlamaForCausalLM); "
+                                                     "--model-path")
+    data_dir: str | None = Field(None, description="stage-60 SFT data dir; --data-dir")
+    method: Literal["lora", "full"] = Field("lora", description="LoRA adapters through PEFT, or every weight")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings (method lora)")
+    epochs: float | None = Field(None, gt=0, description="passes over the train rows (max_steps wins when set)")
+    eval_max_rows: int = Field(256, gt=0, description="val rows scored at every eval interval")
+    merge_adapters: bool = Field(False, description="LoRA: also write the merged model to <run>/merged/")
+
+
+def open_sft_data(data_dir: str | Path) -> dict[str, Any]:
+    directory = Path(data_dir)
+    manifest = read_sft_manifest(directory)
+    splits = {split: load_split(directory, split) for split in ("train", "val")}
+    if len(splits["train"][0]) == 0:
+        raise LumiError(f"{directory}: the train split has no rows")
+    return {"manifest": manifest, "splits": splits, "tokenizer_dir": directory / TOKENIZER_SUBDIR}
+
+
+def check_base(base: str | Path, data: dict[str, Any]) -> Path:
+    """A base model the SFT data was tokenized for: a model dir, not an adapter, with the same tokenizer."""
+    base = Path(base)
+    if is_adapter_dir(base):
+        raise LumiError(f"{base}: is a LoRA adapter dir, not a base model; merge it first (lumi merge-lora) or "
+                        "pass the model it was trained on")
+    if not (base / "config.json").is_file():
+        raise LumiError(f"{base}: not a model dir (no config.json)")
+    spm_model = base / "spm.model"
+    if spm_model.is_file() and sha256_file(spm_model) != data["manifest"]["tokenizer_sha256"]:
+        raise LumiError(f"{base}: its tokenizer (spm.model) is not the one the SFT data was built with; rebuild the "
+                        "data with --tokenizer-dir pointing at this model")
+    return base
+
+
+class SFTLoss(nn.Module):
+    """What DDP/FSDP2 wrap: summed nats over the assistant targets of a batch of packed conversations."""
+
+    def __init__(self, model: PreTrainedModel, compile_chunks: bool = False):
+        super().__init__()
+        self.model, self.compile_chunks = model, compile_chunks
+
+    def forward(self, batch: dict[str, torch.Tensor], training: bool) -> torch.Tensor:
+        # A PeftModel's LoRA layers sit inside its base model: the loss runs the base's backbone and head.
+        causal_lm = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return summed_nats(causal_lm, batch["input_ids"], targets=loss_targets(batch["input_ids"],
+                                                                                batch["loss_mask"]),
+                           compile_chunks=self.compile_chunks)
+
+
+def target_count(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Targets of a batch (the summed loss is averaged over them): loss-mask positions after a row's first."""
+    return (batch["loss_mask"][:, 1:] != 0).sum()
+
+
+def rows_batch(tokens: np.ndarray, mask: np.ndarray, rows: list[int] | range) -> dict[str, torch.Tensor]:
+    index = np.asarray(list(rows), dtype=np.int64)
+    return {"input_ids": torch.from_numpy(tokens[index].astype(np.int64)),
+            "loss_mask": torch.from_numpy(mask[index].astype(np.int64))}
+
+
+class SFTObjective:
+    """Packed conversations in, assistant-only loss out; the Objective of ``lumi.train.objectives.base``."""
+
+    name = "sft"
+    config_file = "sft_config.json"
+
+    def __init__(self, config: SFTConfig, rank: int = 0, world_size: int = 1):
+        if config.base_model is None or config.data_dir is None:
+            raise LumiError("lumi sft needs --model-path (the base model) and --data-dir (stage 60 output)")
+        self.config, self.rank, self.world_size = config, rank, world_size
+        self.data = open_sft_data(config.data_dir)
+        self.base = check_base(config.base_model, self.data)
+        self.tokenizer_dir = self.data["tokenizer_dir"]
+        self.train_tokens, self.train_mask = self.data["splits"]["train"]
+        self.val_tokens, self.val_mask = self.data["splits"]["val"]
+        self.seq_len = int(self.train_tokens.shape[1])
+        self.sampler = MixedRowSampler([len(self.train_tokens)], [1.0], config.seed)
+        self.global_rows = config.micro_batch_size * config.grad_accumulation * world_size
+        if config.max_steps is not None:
+            self.total_steps = config.max_steps
+        elif config.epochs is not None:
+            self.total_steps = max(1, math.ceil(config.epochs * len(self.train_tokens) / self.global_rows))
+        else:
+            raise LumiError("set max_steps or epochs in the SFT config (or pass --max-steps)")
+        self.run_name = f"{config.method}"
+        self.resolved = {"config": config_to_dict(config), "base_sha256": base_fingerprint(self.base),
+                         "data_manifest_sha256": sha256_file(Path(config.data_dir) / MANIFEST),
+                         "seq_len": self.seq_len, "world_size": world_size, "global_batch_rows": self.global_rows,
+                         "total_steps": self.total_steps}
+
+    # --- model ---------------------------------------------------------------------------------------------------
+
+    def _load_base(self) -> PreTrainedModel:
+        model = AutoModelForCausalLM.from_pretrained(str(self.base), dtype=torch.float32,
+                                                     attn_implementation=self.config.attn_implementation)
+        if model.config.max_position_embeddings < self.seq_len:
+            raise LumiError(f"{self.config.data_dir}: rows of {self.seq_len} tokens exceed the base model's context "
+                            f"of {model.config.max_position_embeddings}; rebuild the data with --seq-len")
+        if model.config.vocab_size <= max(int(self.train_tokens.max()), 5):
+            raise LumiError(f"{self.base}: vocabulary of {model.config.vocab_size} does not cover the SFT data's ids")
+        return model
+
+    def build_model(self, checkpoint: Path | None) -> PreTrainedModel:
+        lora = self.config.lora
+        if self.config.method == "full":
+            if checkpoint is None:
+                return self._load_base()
+            return AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32,
+                                                        attn_implementation=self.config.attn_implementation)
+        if checkpoint is None:
+            return wrap_lora(self._load_base(), lora.r, lora.alpha, lora.dropout, lora.target_modules)
+        from peft import PeftModel
+        return PeftModel.from_pretrained(self._load_base(), str(checkpoint), is_trainable=True)
+
+    def loss_module(self, model: PreTrainedModel, compile: bool) -> nn.Module:
+        return SFTLoss(model, compile_chunks=compile)
+
+    def count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return target_count(batch)
+
+    # --- data ----------------------------------------------------------------------------------------------------
+
+    def next_step(self) -> list[dict[str, torch.Tensor]]:
+        """This rank's micro-batches of the next global batch (rows in the sampler's seeded order, as pretraining
+        slices them: micro-batch ``a`` of rank ``r`` is slice ``(a * world + r) * micro``)."""
+        rows = [row for _, row in self.sampler.next_rows(self.global_rows)]
+        micro = self.config.micro_batch_size
+        return [rows_batch(self.train_tokens, self.train_mask,
+                           rows[(step * self.world_size + self.rank) * micro:][:micro])
+                for step in range(self.config.grad_accumulation)]
+
+    def step_tokens(self, micro_batches: list[dict[str, torch.Tensor]]) -> int:
+        return self.global_rows * self.seq_len
+
+    def evaluate(self, score: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> dict[str, float]:
+        """Val loss over the assistant targets of the first ``eval_max_rows`` val rows."""
+        rows = min(self.config.eval_max_rows, len(self.val_tokens))
+        nats = targets = 0.0
+        for start in range(0, rows, self.config.micro_batch_size):
+            batch = rows_batch(self.val_tokens, self.val_mask, range(start, min(start + self.config.micro_batch_size,
+                                                                                rows)))
+            nats += float(score(batch))
+            targets += int(target_count(batch))
+        return {"val/loss": nats / targets, "val/perplexity": math.exp(min(nats / targets, 50.0))} if targets else {}
+
+    # --- checkpoints and reporting -------------------------------------------------------------------------------
+
+    def save_model(self, directory: Path, model: PreTrainedModel, state_dict: dict[str, torch.Tensor] | None) -> None:
+        if self.config.method == "lora":
+            save_adapter(model, self.tokenizer_dir, directory, self.base, state_dict)
+        else:
+            save_chat_model(model, self.tokenizer_dir, directory, state_dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
+
+    def describe(self) -> list[str]:
+        manifest = self.data["manifest"]
+        method = (f"LoRA r={self.config.lora.r} alpha={self.config.lora.alpha} on "
+                  f"{', '.join(self.config.lora.target_modules)}" if self.config.method == "lora" else "full")
+        return [f"SFT ({method}) of {self.base} on {self.config.data_dir}: {len(self.train_tokens)} train rows of "
+                f"{self.seq_len} tokens ({manifest['splits']['train']['target_tokens']:,} assistant targets), "
+                f"template {manifest['template']}, {self.total_steps} steps of {self.global_rows} rows"]
+
+    def summary(self) -> str:
+        return f"{self.sampler.epochs()[0]:.2f} epochs of the SFT train rows"
+
+    def flops_per_token(self) -> int | None:
+        return None
+
+    def batch_shape(self) -> str:
+        return f"micro_batch_size={self.config.micro_batch_size} x seq_len={self.seq_len} (SFT rows)"
+
+    def oom_advice(self) -> str:
+        return ("rebuild the SFT data with a shorter --seq-len (lumi sft-corpus), or use method lora / "
+                "activation_checkpointing")
