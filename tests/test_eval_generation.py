@@ -1,6 +1,7 @@
 """The evaluator's generation checks run on the shared engine: a whole run submitted at once (continuous batching,
 fewer KV-cache slots than requests, greedy and sampled requests side by side) gives greedy outputs equal to
-``model.generate(do_sample=False)`` token for token, and sampled ones that a seed reproduces."""
+``model.generate(do_sample=False)`` token for token, and sampled ones that a seed reproduces; stage 80's synthetic QA
+answers equal the left-padded batched ``generate`` it used before."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import torch
 from serve_helpers import make_serving_dirs
 
 from lumi.eval.generation import GREEDY, encode, format_prompt, generate_all, run_generation, stop_token_ids
+from lumi.eval.loglikelihood import padding_id
+from lumi.eval.synthetic_qa import greedy_answers
 from lumi.serve.checkpoint import load_for_serving
 
 PROMPTS = {"story": ["Once upon a time there was a small village by the sea where", "The king"],
@@ -71,3 +74,19 @@ def test_sampled_outputs_are_reproducible_for_a_seed(chat_model):
     first = sampled(seed=5, max_batch=4)
     assert sampled(seed=5, max_batch=2) == first  # batching does not change a seeded request
     assert sampled(seed=6, max_batch=4) != first
+
+
+def test_synthetic_qa_answers_equal_left_padded_generate(chat_model):
+    model, tokenizer = chat_model
+    prompts = ["Where does Tova live?", "A", "Who is the king of the old town by the sea?", "Why?"]  # short questions
+    stop_ids, pad = stop_token_ids(tokenizer, "chat"), padding_id(tokenizer)
+    encoded = [encode(tokenizer, format_prompt(tokenizer, prompt, "chat")) for prompt in prompts]
+    width = max(map(len, encoded))
+    output = model.generate(input_ids=torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded]),
+                            attention_mask=torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded]),
+                            max_new_tokens=8, do_sample=False, eos_token_id=stop_ids, pad_token_id=pad)
+    expected = []
+    for row in output[:, width:].tolist():
+        cut = next((i for i, token in enumerate(row) if token in stop_ids), len(row))
+        expected.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
+    assert greedy_answers(model, tokenizer, prompts, max_new_tokens=8, batch_size=3) == expected
