@@ -33,8 +33,8 @@ from bench_eval_batching import build_checkpoint  # noqa: E402
 from bench_serve import PROMPTS  # noqa: E402
 
 from lumi.serve.checkpoint import load_for_serving  # noqa: E402
-from lumi.serve.engine import Engine  # noqa: E402
-from lumi.serve.sampling import SamplingParams  # noqa: E402
+from lumi.generation.engine import Engine  # noqa: E402
+from lumi.generation.sampling import SamplingParams  # noqa: E402
 
 
 def timed(run) -> tuple[float, int]:

@@ -15,9 +15,9 @@ from serve_helpers import make_serving_dirs
 
 from lumi.serve.api import ServerSettings, create_app
 from lumi.serve.checkpoint import load_for_serving
-from lumi.serve.engine import Engine
+from lumi.generation.engine import Engine
 from lumi.serve.prompts import chat_ids, completion_ids
-from lumi.serve.sampling import SamplingParams
+from lumi.generation.sampling import SamplingParams
 from lumi.serve.server import running_server
 
 KEY = "test-key-123"

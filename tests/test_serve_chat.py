@@ -16,9 +16,9 @@ from packed_helpers import subprocess_env
 from serve_helpers import make_serving_dirs
 
 from lumi.serve.checkpoint import load_for_serving
-from lumi.serve.engine import Engine
+from lumi.generation.engine import Engine
 from lumi.serve.prompts import chat_ids
-from lumi.serve.sampling import SamplingParams
+from lumi.generation.sampling import SamplingParams
 
 PROMPT = ">>> "
 

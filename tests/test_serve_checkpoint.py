@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lumi.core.errors import LumiError
 from lumi.serve.checkpoint import load_for_serving
-from lumi.serve.engine import stop_token_ids
+from lumi.generation.engine import stop_token_ids
 from lumi.serve.prompts import chat_ids
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is the mill?"}]

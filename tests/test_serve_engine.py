@@ -9,10 +9,10 @@ from serve_helpers import make_serving_dirs
 
 from lumi.core.errors import LumiError
 from lumi.serve.checkpoint import load_for_serving
-from lumi.serve.detokenize import IncrementalDetokenizer, StopStringMatcher
-from lumi.serve.engine import Engine, PromptTooLong, QueueFull
-from lumi.serve.kv_cache import SlotKVCache, forward_with_cache
-from lumi.serve.sampling import SamplingParams, TokenSampler
+from lumi.generation.detokenize import IncrementalDetokenizer, StopStringMatcher
+from lumi.generation.engine import Engine, PromptTooLong, QueueFull
+from lumi.generation.kv_cache import SlotKVCache, forward_with_cache
+from lumi.generation.sampling import SamplingParams, TokenSampler
 
 PROMPTS = ["The king", "Once upon a time there was a small village by the sea where", "A",
            "Where is the library? It is next to the old bridge, the market and"]

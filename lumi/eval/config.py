@@ -69,7 +69,7 @@ class GenerationSettings(ConfigModel):
     max_new_tokens: int = Field(64, ge=1, description="tokens generated at most per output")
     greedy: bool = Field(True, description="one greedy output per prompt")
     samples_per_prompt: int = Field(1, ge=0, description="sampled outputs per prompt (seeded)")
-    temperature: float = Field(0.8, gt=0, description="sampling temperature")
+    temperature: float = Field(0.8, gt=0, le=2, description="sampling temperature (at most 2, as the API allows)")
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling mass")
     top_k: int = Field(50, ge=0, description="sample among the k most likely tokens (0: no limit)")
     repetition_ngram: int = Field(3, ge=1, description="n of the repeated n-gram rate")

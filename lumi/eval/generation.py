@@ -1,5 +1,7 @@
 """Generation smoke checks: greedy and sampled continuations of fixed prompts, described only by what can be measured.
 
+All outputs of a run go through the shared generation engine (``lumi.generation``, the one the server uses) at once.
+
 Per output: did it stop at a stop token (EOS, plus ``<|im_end|>`` for chat prompts) before ``max_new_tokens``, its
 length in tokens, and its repeated n-gram rate (the share of its token n-grams that repeat an earlier one: 0 for no
 repetition, close to 1 for a loop). No invented quality score.
@@ -11,7 +13,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lumi.core.config import strip_comments
@@ -19,7 +20,9 @@ from lumi.core.errors import LumiError
 from lumi.core.files import read_json
 from lumi.core.special_tokens import IM_END_TOKEN, IM_START_TOKEN
 from lumi.eval.loglikelihood import encode
-from lumi.formats.model_io import context_length, model_device
+from lumi.formats.model_io import context_length
+from lumi.generation.engine import Engine
+from lumi.generation.sampling import SamplingParams
 
 PromptFormat = Literal["plain", "chat"]
 
@@ -61,42 +64,54 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase, prompt_format: PromptForm
     return ids
 
 
-@torch.no_grad()
-def generate_one(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, stop_ids: list[int],
-                 max_new_tokens: int, sampling: dict[str, Any] | None) -> list[int]:
-    """New token ids (stop token included when reached); the prompt is cut from the left to leave room."""
-    room = context_length(model) - max_new_tokens
-    if room < 1:
-        raise LumiError(f"generation: max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
-                        f"context of {context_length(model)} tokens")
-    prompt_ids = encode(tokenizer, text)[-room:]
-    input_ids = torch.tensor([prompt_ids], device=model_device(model))
-    options: dict[str, Any] = {"do_sample": False} if sampling is None else {"do_sample": True, **sampling}
-    output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                            max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
-                            pad_token_id=tokenizer.pad_token_id, **options)
-    return output[0, len(prompt_ids):].tolist()
+GREEDY = SamplingParams(temperature=0)
+
+
+def generate_all(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_ids: list[list[int]],
+                 params: list[SamplingParams], stop_ids: list[int], max_new_tokens: int,
+                 max_batch: int) -> list[list[int]]:
+    """New token ids per prompt (stop token included when reached), all prompts through the shared generation
+    engine at once: continuous batching over ``max_batch`` KV-cache slots, each request with its own
+    ``SamplingParams`` (greedy: ``model.generate(do_sample=False)``'s tokens exactly; sampled: its own seed)."""
+    if not prompt_ids:
+        return []
+    context = min(context_length(model), max(map(len, prompt_ids)) + max_new_tokens)  # the KV cache holds no more
+    engine = Engine(model, tokenizer, max_batch=max_batch, context=context)
+    requests = [(ids, request.model_copy(update={"max_tokens": max_new_tokens})) for ids, request in
+                zip(prompt_ids, params, strict=True)]
+    return [completion.token_ids for completion in engine.run_all(requests, stop_ids=set(stop_ids))]
 
 
 def run_generation(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: dict[str, list[str]],
                    prompt_format: PromptFormat, max_new_tokens: int, greedy: bool, samples_per_prompt: int,
-                   sampling: dict[str, Any], repetition_ngram: int, seed: int) -> tuple[list[dict], dict[str, Any]]:
-    """All outputs (one record each) and a summary per mode (greedy / sample) and per category."""
+                   sampling: dict[str, Any], repetition_ngram: int, seed: int,
+                   max_batch: int = 8) -> tuple[list[dict], dict[str, Any]]:
+    """All outputs (one record each) and a summary per mode (greedy / sample) and per category. Sample ``i`` of
+    every prompt is seeded ``seed + i`` (reproducible); each prompt is cut from the left to leave room for
+    ``max_new_tokens``."""
+    room = context_length(model) - max_new_tokens
+    if room < 1:
+        raise LumiError(f"generation: max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
+                        f"context of {context_length(model)} tokens")
     stop_ids = stop_token_ids(tokenizer, prompt_format)
-    modes = ([("greedy", None)] if greedy else []) + [("sample", sampling)] * samples_per_prompt
-    outputs = []
+    modes = ([("greedy", GREEDY)] if greedy else []) + [("sample", SamplingParams(**sampling))] * samples_per_prompt
+    runs = []  # (category, prompt, mode, prompt ids, params) in output order
     for category, category_prompts in prompts.items():
         for prompt in category_prompts:
-            text = format_prompt(tokenizer, prompt, prompt_format)
-            for sample_index, (mode, options) in enumerate(modes):
-                torch.manual_seed(seed + sample_index)  # sampled outputs are reproducible for a given seed
-                new_ids = generate_one(model, tokenizer, text, stop_ids, max_new_tokens, options)
-                stopped = bool(new_ids) and new_ids[-1] in stop_ids
-                content = new_ids[:-1] if stopped else new_ids
-                outputs.append({"category": category, "prompt": prompt, "mode": mode,
-                                "text": tokenizer.decode(content, skip_special_tokens=True),
-                                "stopped_at_eos": stopped, "num_tokens": len(content),
-                                "repeated_ngram_rate": repeated_ngram_rate(content, repetition_ngram)})
+            prompt_ids = encode(tokenizer, format_prompt(tokenizer, prompt, prompt_format))[-room:]
+            for sample_index, (mode, params) in enumerate(modes):
+                runs.append((category, prompt, mode, prompt_ids,
+                             params if mode == "greedy" else params.model_copy(update={"seed": seed + sample_index})))
+    generated = generate_all(model, tokenizer, [run[3] for run in runs], [run[4] for run in runs], stop_ids,
+                             max_new_tokens, max_batch)
+    outputs = []
+    for (category, prompt, mode, _, _), new_ids in zip(runs, generated):
+        stopped = bool(new_ids) and new_ids[-1] in stop_ids
+        content = new_ids[:-1] if stopped else new_ids
+        outputs.append({"category": category, "prompt": prompt, "mode": mode,
+                        "text": tokenizer.decode(content, skip_special_tokens=True),
+                        "stopped_at_eos": stopped, "num_tokens": len(content),
+                        "repeated_ngram_rate": repeated_ngram_rate(content, repetition_ngram)})
     return outputs, summarize_generations(outputs, repetition_ngram)
 
 

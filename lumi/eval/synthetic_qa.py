@@ -13,13 +13,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lumi.data.synthetic import RELATIONS, UNHELPFUL, SyntheticSourceConfig
-from lumi.eval.generation import format_prompt, stop_token_ids
-from lumi.eval.loglikelihood import encode, padding_id
-from lumi.formats.model_io import model_device
+from lumi.eval.generation import GREEDY, format_prompt, generate_all, stop_token_ids
+from lumi.eval.loglikelihood import encode
 from lumi.eval.scoring import mean_and_stderr
 from lumi.core.files import read_text
 
@@ -41,26 +39,16 @@ def normalize(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
-@torch.no_grad()
 def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
                    max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy chat answers, batched with left padding (generate takes the positions from the attention mask)."""
+    """Greedy chat answers through the shared generation engine: all prompts at once, continuously batched over
+    ``batch_size`` KV-cache slots (no padding; the tokens ``model.generate(do_sample=False)`` gives)."""
     stop_ids = stop_token_ids(tokenizer, "chat")
-    pad = padding_id(tokenizer)
-    answers = []
-    for start in range(0, len(prompts), batch_size):
-        encoded = [encode(tokenizer, format_prompt(tokenizer, prompt, "chat")) for prompt in
-                   prompts[start:start + batch_size]]
-        width = max(map(len, encoded))
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=model_device(model))
-        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded],
-                                 device=model_device(model))
-        output = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                                do_sample=False, eos_token_id=stop_ids, pad_token_id=pad)
-        for row in output[:, width:].tolist():
-            cut = next((i for i, token in enumerate(row) if token in stop_ids), len(row))
-            answers.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
-    return answers
+    prompt_ids = [encode(tokenizer, format_prompt(tokenizer, prompt, "chat")) for prompt in prompts]
+    rows = generate_all(model, tokenizer, prompt_ids, [GREEDY] * len(prompt_ids), stop_ids, max_new_tokens,
+                        batch_size)
+    return [tokenizer.decode(row[:-1] if row and row[-1] in stop_ids else row, skip_special_tokens=True)
+            for row in rows]
 
 
 def known_facts(cloze_samples: Path) -> set[str]:

@@ -27,9 +27,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from transformers import PreTrainedTokenizerBase
 
 from lumi.core.errors import LumiError
-from lumi.serve.engine import Engine, Output, QueueFull
+from lumi.generation.engine import Engine, Output, QueueFull
 from lumi.serve.prompts import chat_ids, completion_ids, has_chat_template
-from lumi.serve.sampling import SamplingParams
+from lumi.generation.sampling import SamplingParams
 
 WEB_PAGE = Path(__file__).resolve().parent / "web" / "index.html"
 DEFAULT_MAX_BODY_BYTES = 1 << 20

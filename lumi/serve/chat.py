@@ -17,9 +17,9 @@ from typing import Callable, TextIO
 from pydantic import ValidationError
 
 from lumi.core.errors import LumiError
-from lumi.serve.engine import Engine
+from lumi.generation.engine import Engine
 from lumi.serve.prompts import completion_ids, fit_history, has_chat_template
-from lumi.serve.sampling import SamplingParams
+from lumi.generation.sampling import SamplingParams
 
 PROMPT = ">>> "
 DEFAULT_PARAMS = SamplingParams(temperature=0.7, top_p=0.95, repetition_penalty=1.1, max_tokens=256)

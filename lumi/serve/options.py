@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lumi.core.errors import LumiError
 from lumi.serve.checkpoint import load_for_serving
-from lumi.serve.engine import Engine
+from lumi.generation.engine import Engine
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -202,7 +202,7 @@ def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path,
             model, tokenizer, prompts, settings.prompt_format, settings.max_new_tokens, settings.greedy,
             settings.samples_per_prompt,
             {"temperature": settings.temperature, "top_p": settings.top_p, "top_k": settings.top_k},
-            settings.repetition_ngram, config.seed)
+            settings.repetition_ngram, config.seed, max_batch=config.batch_size)
         results["generation"] = {"prompts_file": str(settings.prompts_file or DEFAULT_PROMPTS), **summary}
         atomic_write_jsonl(output_dir / "generations.jsonl", outputs)
     for spec in config.sft_loss:

@@ -5,7 +5,8 @@ chunks of at most ``prefill_chunk`` tokens in all, so a long prompt never holds 
 (3) runs ONE batched decode step for every request that is generating and (4) evicts finished and cancelled
 requests, freeing their slots. Each new token goes through the request's sampler, its incremental detokenizer and its
 stop-string matcher, and the resulting ``Output`` is pushed to the request's sink (a queue by default; the API gives
-a sink that feeds an asyncio queue). Chat, the API and the benchmarks all drive this one engine.
+a sink that feeds an asyncio queue). Chat, the API and the benchmarks drive the loop in its own thread (``start``);
+the evaluator's generation checks submit a whole run and drive it in their own thread (``run_all``).
 
 transformers' own continuous batching (``generate_batch`` / paged attention) was measured slower than plain
 ``generate`` on a tiny CPU model; it remains the better option on a GPU at scale (docs/SERVING.md).
@@ -26,9 +27,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lumi.core.errors import LumiError
 from lumi.core.special_tokens import IM_END_TOKEN
-from lumi.serve.detokenize import IncrementalDetokenizer, StopStringMatcher
-from lumi.serve.kv_cache import SlotKVCache, forward_with_cache
-from lumi.serve.sampling import SamplingParams, TokenSampler
+from lumi.generation.detokenize import IncrementalDetokenizer, StopStringMatcher
+from lumi.generation.kv_cache import SlotKVCache, forward_with_cache
+from lumi.generation.sampling import SamplingParams, TokenSampler
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,12 @@ class Completion:
 class Request:
     """A submitted request: iterate it for its outputs (the default sink), ``cancel()`` it when its client is gone."""
 
-    def __init__(self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[Output], None] | None):
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[Output], None] | None,
+                 stop_ids: set[int]):
         self.id = uuid.uuid4().hex
         self.prompt_ids = list(prompt_ids)
         self.params = params
+        self.stop_ids = stop_ids
         self._queue: queue.Queue[Output] = queue.Queue()
         self.sink = sink or self._queue.put
         self.cancelled = False
@@ -144,8 +147,9 @@ class Engine:
 
     # --- client side -------------------------------------------------------------------------------------------
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams,
-               sink: Callable[[Output], None] | None = None) -> Request:
+    def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[Output], None] | None = None,
+               stop_ids: set[int] | None = None) -> Request:
+        """Queue a request; ``stop_ids`` replaces the engine's stop token ids for it (the evaluator's own set)."""
         if not prompt_ids:
             raise PromptTooLong("the prompt is empty: give at least one token")
         if len(prompt_ids) >= self.context:
@@ -154,7 +158,7 @@ class Engine:
         if params.max_tokens is not None and len(prompt_ids) + params.max_tokens > self.context:
             raise PromptTooLong(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
                                 f"model's context of {self.context} tokens: lower max_tokens or shorten the prompt")
-        request = Request(prompt_ids, params, sink)
+        request = Request(prompt_ids, params, sink, self.stop_ids if stop_ids is None else set(stop_ids))
         with self._wake:
             if len(self.waiting) >= self.max_waiting + max(0, len(self.free_slots)):
                 raise QueueFull(f"{len(self.waiting)} requests are waiting; try again later")
@@ -164,16 +168,21 @@ class Engine:
 
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> Completion:
         """Submit and wait (the engine loop must be running)."""
-        text, ids = [], []
-        for output in self.submit(prompt_ids, params):
-            text.append(output.text)
-            ids.extend(output.token_ids)
-            if output.finish_reason is not None:
-                if output.error:
-                    raise LumiError(f"generation failed: {output.error}")
-                return Completion("".join(text), ids, output.finish_reason, output.prompt_tokens,
-                                  output.completion_tokens)
-        raise AssertionError("unreachable: a request always ends with a finish_reason")
+        return _completion(self.submit(prompt_ids, params))
+
+    def run_all(self, prompts: list[tuple[list[int], SamplingParams]],
+                stop_ids: set[int] | None = None) -> list[Completion]:
+        """Submit every ``(prompt ids, params)`` and run the loop in this thread until all have finished (batch use,
+        on an engine whose loop thread is not started): continuous batching over the whole list, completions in
+        its order. A failed step raises here instead of failing the requests."""
+        if self._thread is not None:
+            raise LumiError("engine: run_all drives the loop itself; do not start() this engine")
+        self.max_waiting = max(self.max_waiting, len(prompts))
+        requests = [self.submit(ids, params, stop_ids=stop_ids) for ids, params in prompts]
+        with torch.inference_mode():
+            while self.waiting or self.running:
+                self.step()
+        return [_completion(request) for request in requests]
 
     def load(self) -> dict[str, int]:
         return {"running": len(self.running), "waiting": len(self.waiting), "slots": self.max_batch}
@@ -269,7 +278,7 @@ class Engine:
         """Choose the next token, turn it into text and push the output; decide whether the request is done."""
         token = state.sampler.choose(logits, state.tokens, state.num_prompt)
         state.tokens.append(token)
-        if token in self.stop_ids:
+        if token in state.request.stop_ids:
             text, finish = self._final_text(state), FINISH_STOP
         else:
             text, stopped = state.stop_matcher.feed(state.detokenizer.add(token))
@@ -308,3 +317,17 @@ class Engine:
         for request in failed:
             self.stats["errors"] += 1
             request.sink(Output("", [], FINISH_ERROR, len(request.prompt_ids), error=error))
+
+
+def _completion(outputs: Iterator[Output] | Request) -> Completion:
+    """A request's outputs joined into one completion (raises when generation failed)."""
+    text, ids = [], []
+    for output in outputs:
+        text.append(output.text)
+        ids.extend(output.token_ids)
+        if output.finish_reason is not None:
+            if output.error:
+                raise LumiError(f"generation failed: {output.error}")
+            return Completion("".join(text), ids, output.finish_reason, output.prompt_tokens,
+                              output.completion_tokens)
+    raise AssertionError("unreachable: a request always ends with a finish_reason")
