@@ -224,6 +224,25 @@ def test_evaluate_dpo_matches_the_trainer_and_compares_with_sft(workspace, lora_
     assert "Preference pairs" in (tmp_path / "dpo" / "report.md").read_text()
 
 
+def test_held_out_answers_equal_model_generate(workspace):
+    """Stage 95's answers come from the shared engine (all prompts batched) and equal greedy `model.generate` run one
+    prompt at a time on the same chat-template ids."""
+    from lumi.data.chat import generation_eos_ids
+    from lumi.eval.preference import held_out_answers
+
+    model, tokenizer = sft_model(workspace), AutoTokenizer.from_pretrained(workspace["sft"])
+    rows = [json.loads(line) for line in (workspace["data"] / "val.jsonl").read_text().splitlines()[:5]]
+    prompts = [row["prompt"] for row in rows]
+    expected = []
+    for prompt in prompts:
+        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)["input_ids"]
+        output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6,
+                                do_sample=False, eos_token_id=generation_eos_ids(), pad_token_id=tokenizer.pad_token_id)
+        expected.append(tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    assert held_out_answers(model, tokenizer, prompts, max_new_tokens=6, max_batch=2) == expected
+
+
 def test_precomputed_reference_equals_frozen_copy(workspace, tmp_path):
     runs = {}
     for precompute in (False, True):

@@ -21,7 +21,8 @@ from lumi.core.errors import LumiError
 from lumi.core.files import sha256_file
 from lumi.data.chat import generation_eos_ids
 from lumi.data.preference import load_pairs, pairs_batch, read_dpo_manifest
-from lumi.formats.model_io import load_model, model_device
+from lumi.eval.generation import GREEDY, generate_all
+from lumi.formats.model_io import context_length, load_model, model_device
 from lumi.lm.preference import pair_logps
 
 
@@ -52,16 +53,15 @@ def split_logps(model: PreTrainedModel, arrays: dict[str, np.ndarray], pairs: in
 
 @torch.no_grad()
 def held_out_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[dict]],
-                     max_new_tokens: int) -> list[str]:
-    """Greedy answers, one prompt at a time (multi-turn prompts differ in length; no padding to get wrong)."""
-    answers = []
-    for prompt in prompts:
-        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)["input_ids"].to(model_device(model))
-        output = model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                eos_token_id=generation_eos_ids(), pad_token_id=tokenizer.pad_token_id)
-        answers.append(tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True).strip())
-    return answers
+                     max_new_tokens: int, max_batch: int = 8) -> list[str]:
+    """Greedy answers through the shared generation engine (all prompts at once, continuously batched: the tokens
+    ``model.generate(do_sample=False)`` gives); each prompt is cut from the left to leave room for the answer."""
+    room = max(1, context_length(model) - max_new_tokens)
+    prompt_ids = [tokenizer.apply_chat_template(prompt, add_generation_prompt=True,
+                                                return_dict=True)["input_ids"][-room:] for prompt in prompts]
+    rows = generate_all(model, tokenizer, prompt_ids, [GREEDY] * len(prompt_ids), generation_eos_ids(),
+                        max_new_tokens, max_batch)
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
 
 
 def evaluate_preferences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_path: Path,
