@@ -28,14 +28,14 @@ from lumi.core.config import config_to_dict
 from lumi.core.errors import LumiError
 from lumi.core.files import sha256_file
 from lumi.core.special_tokens import PAD_ID
-from lumi.data.chat import save_chat_model
 from lumi.data.packed_stream import MixedRowSampler
 from lumi.data.preference import MANIFEST, load_pairs, pairs_batch, read_dpo_manifest
 from lumi.data.sft_corpus import TOKENIZER_SUBDIR
 from lumi.lm.preference import LOSS_TYPES, pair_logps, preference_losses
-from lumi.lora import base_fingerprint, is_adapter_dir, save_adapter, wrap_lora
+from lumi.lora import base_fingerprint, is_adapter_dir
 from lumi.train.config import TrainerConfig
-from lumi.train.objectives.sft import LoraSettings
+from lumi.train.finetune import (LoraSettings, build_finetune_model, method_description,
+                                 save_finetune_model)
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
@@ -184,16 +184,7 @@ class DPOObjective:
         return model
 
     def build_model(self, checkpoint: Path | None) -> PreTrainedModel:
-        lora = self.config.lora
-        if self.config.method == "full":
-            if checkpoint is None:
-                return self.load_sft_model()
-            return AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32,
-                                                        attn_implementation=self.config.attn_implementation)
-        if checkpoint is None:
-            return wrap_lora(self.load_sft_model(), lora.r, lora.alpha, lora.dropout, lora.target_modules)
-        from peft import PeftModel
-        return PeftModel.from_pretrained(self.load_sft_model(), str(checkpoint), is_trainable=True)
+        return build_finetune_model(self.config, self.load_sft_model, checkpoint)
 
     def loss_module(self, model: PreTrainedModel, compile: bool) -> nn.Module:
         device = next(model.parameters()).device
@@ -260,10 +251,7 @@ class DPOObjective:
     # --- checkpoints and reporting -------------------------------------------------------------------------------
 
     def save_model(self, directory: Path, model: PreTrainedModel, state_dict: dict[str, torch.Tensor] | None) -> None:
-        if self.config.method == "lora":
-            save_adapter(model, self.tokenizer_dir, directory, self.policy_dir, state_dict)
-        else:
-            save_chat_model(model, self.tokenizer_dir, directory, state_dict)
+        save_finetune_model(self.config, model, self.tokenizer_dir, directory, self.policy_dir, state_dict)
 
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict()
@@ -272,11 +260,9 @@ class DPOObjective:
         self.sampler.load_state_dict(state)
 
     def describe(self) -> list[str]:
-        method = (f"LoRA r={self.config.lora.r} alpha={self.config.lora.alpha} on "
-                  f"{', '.join(self.config.lora.target_modules)}" if self.config.method == "lora" else "full")
         reference = ("precomputed log-probs" if self.config.precompute_reference else
                      "the adapter-disabled policy" if self.config.method == "lora" else "a frozen copy")
-        return [f"DPO ({self.config.loss}, beta {self.config.beta}, {method}) of {self.policy_dir} on "
+        return [f"DPO ({self.config.loss}, beta {self.config.beta}, {method_description(self.config)}) of {self.policy_dir} on "
                 f"{self.config.data_dir}: {len(self.train['chosen_ids'])} train pairs, "
                 f"{len(self.val['chosen_ids'])} val pairs of up to {self.seq_len} tokens; reference: {reference}; "
                 f"{self.total_steps} steps of {self.global_pairs} pairs"]

@@ -24,23 +24,17 @@ from pydantic import Field
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from lumi.core.config import ConfigModel, config_to_dict
+from lumi.core.config import config_to_dict
 from lumi.core.errors import LumiError
 from lumi.core.files import sha256_file
-from lumi.data.chat import loss_targets, save_chat_model
+from lumi.data.chat import loss_targets
 from lumi.data.packed_stream import MixedRowSampler
 from lumi.data.sft_corpus import MANIFEST, TOKENIZER_SUBDIR, load_split, read_sft_manifest
 from lumi.lm.loss import summed_nats
-from lumi.lora import base_fingerprint, is_adapter_dir, save_adapter, wrap_lora
+from lumi.lora import base_fingerprint, is_adapter_dir
 from lumi.train.config import TrainerConfig
-
-
-class LoraSettings(ConfigModel):
-    r: int = Field(16, gt=0, description="LoRA rank")
-    alpha: float = Field(32.0, gt=0, description="LoRA scale numerator (the update is scaled by alpha / r)")
-    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
-    target_modules: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                                      min_length=1, description="names of the linear layers that get adapters")
+from lumi.train.finetune import (LoraSettings, build_finetune_model, method_description,
+                                 save_finetune_model)
 
 
 class SFTConfig(TrainerConfig):
@@ -150,16 +144,7 @@ class SFTObjective:
         return model
 
     def build_model(self, checkpoint: Path | None) -> PreTrainedModel:
-        lora = self.config.lora
-        if self.config.method == "full":
-            if checkpoint is None:
-                return self._load_base()
-            return AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32,
-                                                        attn_implementation=self.config.attn_implementation)
-        if checkpoint is None:
-            return wrap_lora(self._load_base(), lora.r, lora.alpha, lora.dropout, lora.target_modules)
-        from peft import PeftModel
-        return PeftModel.from_pretrained(self._load_base(), str(checkpoint), is_trainable=True)
+        return build_finetune_model(self.config, self._load_base, checkpoint)
 
     def loss_module(self, model: PreTrainedModel, compile: bool) -> nn.Module:
         return SFTLoss(model, compile_chunks=compile)
@@ -195,10 +180,7 @@ class SFTObjective:
     # --- checkpoints and reporting -------------------------------------------------------------------------------
 
     def save_model(self, directory: Path, model: PreTrainedModel, state_dict: dict[str, torch.Tensor] | None) -> None:
-        if self.config.method == "lora":
-            save_adapter(model, self.tokenizer_dir, directory, self.base, state_dict)
-        else:
-            save_chat_model(model, self.tokenizer_dir, directory, state_dict)
+        save_finetune_model(self.config, model, self.tokenizer_dir, directory, self.base, state_dict)
 
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict()
@@ -208,9 +190,7 @@ class SFTObjective:
 
     def describe(self) -> list[str]:
         manifest = self.data["manifest"]
-        method = (f"LoRA r={self.config.lora.r} alpha={self.config.lora.alpha} on "
-                  f"{', '.join(self.config.lora.target_modules)}" if self.config.method == "lora" else "full")
-        return [f"SFT ({method}) of {self.base} on {self.config.data_dir}: {len(self.train_tokens)} train rows of "
+        return [f"SFT ({method_description(self.config)}) of {self.base} on {self.config.data_dir}: {len(self.train_tokens)} train rows of "
                 f"{self.seq_len} tokens ({manifest['splits']['train']['target_tokens']:,} assistant targets), "
                 f"template {manifest['template']}, {self.total_steps} steps of {self.global_rows} rows"]
 
