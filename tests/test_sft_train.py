@@ -200,6 +200,22 @@ def test_sigkill_then_resume_is_bitwise(workspace, tmp_path, method, weights):
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
 
+def test_early_stop_keeps_the_best_evaluated_weights(workspace, tmp_path):
+    """Full SFT at a learning rate that overshoots: the val loss stops improving, the run stops ``patience``
+    evaluations after its best one, and final/ holds that evaluation's weights (the base's, if step 0 was best)."""
+    patience = 2
+    config = write_config(workspace, tmp_path, method="full", lr=0.05, warmup_steps=0, max_steps=12, eval_interval=1,
+                          save_interval=1, keep_last_k=20, early_stop_patience=patience)
+    assert main(sft_args(workspace, config, tmp_path / "out")) == 0
+    run = tmp_path / "out" / "full"
+    val = {r["step"]: r["val/loss"] for r in read_metrics(run / "metrics.jsonl") if "val/loss" in r}
+    best = min(val, key=lambda step: (val[step], step))
+    assert max(val) == best + patience < 12, val  # stopped early, right after the patience ran out
+    kept = workspace["base"] if best == 0 else run / f"step_{best}"
+    got, want = load_file(run / "final" / "model.safetensors"), load_file(kept / "model.safetensors")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
 # --- bad input
 
 def test_bad_input_is_one_line_exit_2(workspace, tmp_path, capsys):

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
 import signal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 import torch
@@ -120,6 +121,21 @@ def losses(run_dir: Path) -> list[float]:
     return [r["train/loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "train/loss" in r]
 
 
+@contextlib.contextmanager
+def interrupted_after(monkeypatch, step: int) -> Iterator[None]:
+    """Within the block, a run gets SIGINT during the step after ``step`` (it saves and exits 130)."""
+    original = Trainer.train_step
+
+    def interrupted_step(self, batches):
+        if self.step == step:
+            signal.raise_signal(signal.SIGINT)
+        return original(self, batches)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    yield
+    monkeypatch.setattr(Trainer, "train_step", original)
+
+
 def test_a_second_objective_trains_saves_and_resumes_exactly(tmp_path, monkeypatch):
     whole = trainer(tmp_path / "whole")
     assert whole.fit() == 0
@@ -131,16 +147,8 @@ def test_a_second_objective_trains_saves_and_resumes_exactly(tmp_path, monkeypat
     assert whole.tokens_seen == 8 * 2 * 4 * SEQ
 
     # the same run stopped by SIGINT during step 5, then resumed: same losses, same data position
-    original = Trainer.train_step
-
-    def interrupted_step(self, batches):
-        if self.step == 4:
-            signal.raise_signal(signal.SIGINT)
-        return original(self, batches)
-
-    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
-    assert trainer(tmp_path / "split").fit() == 128 + signal.SIGINT
-    monkeypatch.setattr(Trainer, "train_step", original)
+    with interrupted_after(monkeypatch, 4):
+        assert trainer(tmp_path / "split").fit() == 128 + signal.SIGINT
     resumed = trainer(tmp_path / "split", resume="auto")
     assert resumed.step == 5 and resumed.objective.position == 10
     assert resumed.fit() == 0
@@ -170,3 +178,62 @@ def test_every_objective_implements_the_whole_interface():
     assert {"oom_advice", "batch_shape", "next_step"} <= methods
     for cls in objectives:
         assert {name for name in methods if not callable(getattr(cls, name, None))} == set(), cls
+
+
+class ScriptedValObjective(CopyObjective):
+    """The copy task whose val loss at step N is ``VAL_BY_STEP[N]``: early stopping must act on what it is told."""
+
+    VAL_BY_STEP = {0: 5.0, 1: 4.0, 2: 3.0, 3: 3.5, 4: 2.99, 5: 3.2, 6: 3.1, 7: 3.05}
+
+    def evaluate(self, score: Callable[[Any], torch.Tensor]) -> dict[str, float]:
+        return {"val/loss": self.VAL_BY_STEP[self.position // self.config.grad_accumulation]}
+
+
+def early_stopping_trainer(output: Path, resume: str | None = None, **settings: Any) -> Trainer:
+    config = TrainerConfig(micro_batch_size=4, grad_accumulation=2, lr=3e-3, log_interval=1, eval_interval=1,
+                           save_interval=1, keep_last_k=10, tensorboard=False, seed=7, **settings)
+    return Trainer(config, ScriptedValObjective(config, total_steps=7), output, resume=resume,
+                   device=torch.device("cpu"))
+
+
+def weights(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    return load_file(directory / "model.safetensors")
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    first, second = weights(a), weights(b)
+    assert first.keys() == second.keys()
+    return all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_early_stopping_stops_after_patience_and_keeps_the_best_weights(tmp_path, monkeypatch):
+    # val: 5, 4, 3 (best, step 2), 3.5, 2.99 (not better by more than 0.05), 3.2 -> third miss in a row: stop at 5
+    run = early_stopping_trainer(tmp_path / "whole", early_stop_patience=3, early_stop_min_delta=0.05)
+    assert run.fit() == 0
+    assert run.step == 5 and run.early_stop.stopped and run.early_stop.best_step == 2
+    assert same_weights(run.run_dir / "final", run.run_dir / "step_2")
+    assert not same_weights(run.run_dir / "final", run.run_dir / "step_5")  # the last weights are not the ones kept
+    assert len(losses(run.run_dir)) == 5
+
+    # without min_delta step 4's 2.99 is the best, and patience 4 is not used up before the budget ends at step 7
+    budget = early_stopping_trainer(tmp_path / "budget", early_stop_patience=4)
+    assert budget.fit() == 0 and budget.step == 7 and not budget.early_stop.stopped
+    assert same_weights(budget.run_dir / "final", budget.run_dir / "step_4")
+
+    # interrupted after step 3 and resumed: the same stop, the same final weights
+    split_dir = tmp_path / "split"
+    with interrupted_after(monkeypatch, 3):
+        assert early_stopping_trainer(split_dir, early_stop_patience=3, early_stop_min_delta=0.05).fit() == 130
+    resumed = early_stopping_trainer(split_dir, resume="auto", early_stop_patience=3, early_stop_min_delta=0.05)
+    assert resumed.fit() == 0 and resumed.step == 5 and resumed.early_stop.best_step == 2
+    assert same_weights(resumed.run_dir / "final", run.run_dir / "final")
+    # a finished, early-stopped run resumed again trains nothing more
+    again = early_stopping_trainer(split_dir, resume="auto", early_stop_patience=3, early_stop_min_delta=0.05)
+    assert again.fit() == 0 and again.step == 5
+
+
+def test_early_stopping_without_a_val_loss_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(ScriptedValObjective, "evaluate", lambda self, score: {})
+    with pytest.raises(LumiError, match="early_stop_patience watches val/loss"):
+        early_stopping_trainer(tmp_path / "run", early_stop_patience=2).fit()

@@ -46,6 +46,12 @@ class TrainerConfig(ConfigModel):
         "ddp", description="under torchrun: ddp replicates the model on every process; fsdp2 shards parameters, "
                            "gradients and optimizer state (for models whose training state does not fit one device)")
 
+    early_stop_patience: int | None = Field(
+        None, gt=0, description="stop once val/loss has not improved for this many evaluations in a row "
+                                "(eval_interval apart); final/ then holds the best evaluated weights. Default: off")
+    early_stop_min_delta: float = Field(0.0, ge=0, description="with early_stop_patience: a val/loss counts as an "
+                                                               "improvement only when below the best by more than this")
+
     log_interval: int = Field(10, gt=0, description="steps between train-metric records")
     eval_interval: int = Field(200, gt=0, description="steps between val loss / bits-per-byte evaluations")
     save_interval: int = Field(1000, gt=0, description="steps between step_<N>/ checkpoints")

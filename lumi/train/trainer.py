@@ -44,6 +44,7 @@ from lumi.formats.model_io import resolve_device
 from lumi.train.config import RESUMABLE_CHANGES, TrainerConfig
 from lumi.train.distributed import (barrier, decide_on_main, full_model_state_dict, load_optimizer_state_dict,
                                     max_over_processes, optimizer_state_dict)
+from lumi.train.early_stop import WATCHED, EarlyStopping
 from lumi.train.metrics import IntervalMeter, MetricsLog, peak_flops
 from lumi.train.objectives.base import Batch, Objective
 from lumi.train.step import StepResult, TrainStep
@@ -90,6 +91,8 @@ class Trainer:
         self.stepper = TrainStep(objective.loss_module(self.model, config.compile), objective.count, config,
                                  self.total_steps, self.device, world_size)
         self.step, self.tokens_seen = 0, 0
+        self.early_stop = (EarlyStopping(config.early_stop_patience, config.early_stop_min_delta)
+                           if config.early_stop_patience else None)
         self.resumed_from = checkpoint
         if checkpoint is not None:
             self._load_state(checkpoint)
@@ -132,6 +135,8 @@ class Trainer:
         load_optimizer_state_dict(self.stepper.module, self.stepper.optimizer, state["optimizer"])
         self.stepper.scheduler.load_state_dict(state["scheduler"])
         self.objective.load_state_dict(state["data"])
+        if self.early_stop is not None:
+            self.early_stop.load_state_dict(state["early_stop"])
         restore_rng_state(state["rng"])
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
         log.info("resumed from %s at step %d (%d tokens seen)", checkpoint, self.step, self.tokens_seen)
@@ -163,6 +168,27 @@ class Trainer:
             loss, grad_norm = self._checked(step, result)
             meter.add(loss, grad_norm, tokens)
 
+    def _evaluate_and_log(self, metrics: MetricsLog | None) -> None:
+        """Evaluate, log, and count the result towards early stopping (keeping the weights of a new best)."""
+        values = self._guarded(self.evaluate)
+        self._log(metrics, self.step, values)
+        if self.early_stop is None:
+            return
+        try:
+            improved = self.early_stop.update(self.step, values)
+        except KeyError:
+            raise LumiError(f"early_stop_patience watches {WATCHED}, which this run's evaluation does not give "
+                            f"(it gave: {', '.join(values) or 'nothing'}; an empty val split?); unset "
+                            "early_stop_patience or give the run val data") from None
+        if improved:
+            weights = self._whole_weights()  # every process calls it: FSDP2 gathers
+            self.early_stop.keep(weights if self.is_main else None)
+
+    def _whole_weights(self) -> dict[str, torch.Tensor]:
+        """The model's whole weights on rank 0 (gathered under FSDP2, where every process must call this)."""
+        weights = full_model_state_dict(self.stepper.module)
+        return self.model.state_dict() if weights is None else weights
+
     def evaluate(self) -> dict[str, float]:
         """The objective's evaluation, scored through the wrapped module (under FSDP2 only the wrapper holds whole
         weights). Every process runs it; rank 0 logs it."""
@@ -179,11 +205,14 @@ class Trainer:
         return {"step": self.step, "tokens_seen": self.tokens_seen,
                 "optimizer": optimizer_state_dict(self.stepper.module, self.stepper.optimizer),
                 "scheduler": self.stepper.scheduler.state_dict(), "data": self.objective.state_dict(),
-                "rng": rng_state()}
+                "rng": rng_state(), **({"early_stop": self.early_stop.state_dict()} if self.early_stop else {})}
 
-    def save(self, name: str) -> Path:
-        """Write checkpoint ``name`` from rank 0 (every process must call it; the others wait until it is written)."""
-        weights, state = full_model_state_dict(self.stepper.module), self.trainer_state()
+    def save(self, name: str, best_weights: bool = False) -> Path:
+        """Write checkpoint ``name`` from rank 0 (every process must call it; the others wait until it is written).
+        ``best_weights``: the early-stopping best instead of the current weights (``final/`` of such a run)."""
+        weights = (self.early_stop.best_weights if best_weights and self.early_stop is not None
+                   else full_model_state_dict(self.stepper.module))
+        state = self.trainer_state()
         directory = self.run_dir / name
         if self.is_main:
             check_finite_weights(self.model.state_dict() if weights is None else weights, self.step, self.run_dir)
@@ -234,12 +263,16 @@ class Trainer:
         start_time = time.perf_counter()
         first_step = self.step
         try:
+            if self.early_stop is not None:
+                log.info("early stopping: after %d evaluations without a %s below the best by more than %g; "
+                         "final/ then holds the best evaluated weights", self.early_stop.patience, WATCHED,
+                         self.early_stop.min_delta)
             if self.step == 0:
-                self._log(metrics, 0, self._guarded(self.evaluate))
+                self._evaluate_and_log(metrics)
             meter = IntervalMeter()
             with tqdm(total=self.total_steps, initial=self.step, desc=f"{objective.name} {self.run_dir.name}",
                       unit="step", disable=not self.is_main or None, dynamic_ncols=True) as bar:
-                while self.step < self.total_steps:
+                while self.step < self.total_steps and not (self.early_stop and self.early_stop.stopped):
                     micro_batches = objective.next_step()
                     step_tokens = objective.step_tokens(micro_batches)
                     lr = self.stepper.scheduler.get_last_lr()[0]
@@ -279,7 +312,7 @@ class Trainer:
                         meter.reset()
                     if eval_now:
                         with meter.paused():
-                            self._log(metrics, self.step, self._guarded(self.evaluate))
+                            self._evaluate_and_log(metrics)
                     if stop_signal and not last:
                         saved = self.save(step_dir_name(self.step))
                         if self.is_main:
@@ -289,10 +322,13 @@ class Trainer:
                     if save_now:
                         with meter.paused():
                             self.save(step_dir_name(self.step))
-            final = self.save(FINAL)
+            final = self.save(FINAL, best_weights=True)
             if self.is_main:
                 print(f"trained {self.step} steps ({self.tokens_seen:,} tokens; {objective.summary()}); "
                       f"final model in {final}")
+                if self.early_stop is not None:
+                    print(f"{'stopped early: ' if self.early_stop.stopped else ''}{final} holds the weights of "
+                          f"step {self.early_stop.best_step}, the best {WATCHED} ({self.early_stop.best_loss:.4f})")
                 if self._replaced_run_dir is not None:
                     shutil.rmtree(self._replaced_run_dir, ignore_errors=True)
             return 0
