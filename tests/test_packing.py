@@ -444,3 +444,17 @@ def test_pack_encodes_long_documents_in_parts_with_the_whole_documents_ids(three
     processor = spm.SentencePieceProcessor(model_file=str(three_books["tokenizer"] / "spm.model"))
     streams = {name: split_stream(tmp_path / "packed", name) for name in ("train", "val")}
     assign_documents(documents, processor, streams, plan)
+
+
+def test_text_without_whitespace_is_cut_elsewhere_and_text_without_a_safe_cut_is_encoded_whole(three_books,
+                                                                                                 long_document):
+    """The cut needs no whitespace, only a position no piece spans; where none lies within CUT_WINDOW of a part's
+    target end the part grows (here: a character repeated, whose pair is a piece, can be cut nowhere)."""
+    processor = spm.SentencePieceProcessor(model_file=str(three_books["tokenizer"] / "spm.model"))
+    encoder = DocumentEncoder(processor, threads=2, part_chars=1 << 14)
+    pair = next(piece for piece in encoder.pieces if len(piece) == 2 and piece[0] == piece[1] and piece.isalpha())
+    for text, parts in (("".join(long_document[:1 << 18].split()), "several"), (pair[0] * (1 << 16), "one")):
+        bounds = encoder.cuts(text)
+        assert (len(bounds) > 2) == (parts == "several"), parts
+        whole = [special_tokens.BOS_ID, *processor.encode(text), special_tokens.EOS_ID]
+        assert encoder.encode([text])[0].tolist() == whole
