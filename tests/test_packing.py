@@ -458,3 +458,15 @@ def test_text_without_whitespace_is_cut_elsewhere_and_text_without_a_safe_cut_is
         assert (len(bounds) > 2) == (parts == "several"), parts
         whole = [special_tokens.BOS_ID, *processor.encode(text), special_tokens.EOS_ID]
         assert encoder.encode([text])[0].tolist() == whole
+
+
+def test_a_tokenizer_that_normalizes_across_characters_encodes_long_documents_whole(workspace, documents, caplog):
+    """A bare SentencePiece model (NFKC rules, a dummy prefix): cutting could change its ids, so it is not done."""
+    processor = spm.SentencePieceProcessor(model_file=str(workspace["other_tokenizer"] / "spm.model"))
+    encoder = DocumentEncoder(processor, threads=2, part_chars=1 << 10)
+    text = "\n".join(documents)
+    assert len(text) > 4 << 10 and "normalizer" in encoder.whole_reason
+    with caplog.at_level("WARNING"):
+        assert encoder.encode([text, "short"])[0].tolist() == [special_tokens.BOS_ID, *processor.encode(text),
+                                                               special_tokens.EOS_ID]
+    assert caplog.text.count("cannot encode long documents in parts") == 1

@@ -213,8 +213,8 @@ class DocumentEncoder:
     every merge result is a vocabulary piece. A position that no piece occurring in the text spans is therefore a
     boundary of every candidate segmentation: BPE never merges across it, and unigram's best path is the best path of
     the text before it followed by the best path of the text after it. That needs a normalizer that maps characters
-    one by one, as stage 20's does (identity rules, no dummy prefix, no whitespace removal); for any other model, or a
-    word/char model, documents are encoded whole (memory then grows with the longest one) and a warning says so.
+    one by one, as stage 20's does (identity rules, no dummy prefix, no whitespace removal); with any other model, or a
+    word/char model, long documents are encoded whole (memory then grows with the longest one) and a warning says so.
 
     One caveat, unigram only: SentencePiece sums path scores in float32, so where two segmentations of a span score
     within float32 resolution of the running total (which differs between the whole document and a part), the tie
@@ -233,13 +233,11 @@ class DocumentEncoder:
             "its normalizer is not one character at a time (stage 20's identity rules, no dummy prefix, no "
             "whitespace removal)" if (spec.precompiled_charsmap or spec.add_dummy_prefix
                                       or spec.remove_extra_whitespaces) else None)
-        if self.whole_reason:
-            log.warning("the tokenizer cannot encode long documents in parts (%s): each document is encoded whole, "
-                        "so memory grows with the longest one", self.whole_reason)
         # Every piece (control and byte pieces never match text; keeping them only makes cuts rarer), in text form.
         self.pieces = {piece.piece for piece in proto.pieces}
         self.longest = max(map(len, self.pieces))
         self.space = "\u2581" if spec.escape_whitespaces else " "
+        self.warned = False
 
     def can_cut(self, text: str, at: int) -> bool:
         """No vocabulary piece occurs in ``text`` across position ``at`` (0 < at < len(text))."""
@@ -252,6 +250,10 @@ class DocumentEncoder:
     def cuts(self, text: str) -> list[int]:
         """Part boundaries of ``text``: ``[0, ..., len(text)]``. A part grows past ``part_chars`` only where no
         safe cut lies in the last ``CUT_WINDOW`` characters before its target end."""
+        if self.whole_reason and not self.warned:
+            log.warning("the tokenizer cannot encode long documents in parts (%s): each is encoded whole, so memory "
+                        "grows with the longest one", self.whole_reason)
+            self.warned = True
         bounds, target = [0], self.part_chars
         while target < len(text) and not self.whole_reason:
             cut = next((at for at in range(target, max(bounds[-1], target - CUT_WINDOW), -1)
