@@ -22,7 +22,7 @@ Memory stays bounded whatever the corpus size: texts are streamed in batches fro
 appended to the ``.bin`` files as they are produced. SentencePiece's working memory, which grows with the text it
 encodes, stays bounded whatever the longest document: a document longer than ``PART_CHARS`` is encoded in parts cut
 where the ids cannot change (``DocumentEncoder``). What still grows with the longest document is its text (as read
-from its shard, and the head and tail of a split) and its ids: ~10 bytes per byte of it, against ~30 before
+from its shard, or the head and tail of a split) and its ids: ~9 bytes per byte of it, against ~28 before
 (benchmarks/bench_packing.py --long-mb).
 """
 
@@ -170,15 +170,17 @@ def split_tail(text: str, share: float) -> tuple[str, str]:
 
 
 def route_batch(texts: list[str], is_val: np.ndarray, plan: dict[str, Any]) -> tuple[list[str], list[str], int]:
-    """(train texts, val texts, documents split by bytes) of one batch, in corpus order."""
+    """(train texts, val texts, documents split by bytes) of one batch, in corpus order. A document split by bytes is
+    replaced by None in ``texts``: its head and tail are copies, and the whole text need not be held beside them."""
     train, val, split = [], [], 0
     limit, share = plan["split_documents_over_bytes"], plan["share"]
-    for text, to_val in zip(texts, is_val):
+    for index, (text, to_val) in enumerate(zip(texts, is_val)):
         if share > 0 and len(text) * 4 > limit and len(text.encode("utf-8")) > limit and len(text) > 1:
             head, tail = split_tail(text, share)
             train.append(head)
             val.append(tail)
             split += 1
+            texts[index] = None
         else:
             (val if to_val else train).append(text)
     return train, val, split
