@@ -201,7 +201,7 @@ def bytes_per_token(processor: spm.SentencePieceProcessor, texts: list[str], sam
 
 # --- encoding --------------------------------------------------------------------------------------------------
 
-PART_CHARS = 1 << 18  # a longer document is encoded in parts of about this many characters (~17 MB of encoder memory)
+PART_CHARS = 1 << 18  # a longer document is encoded in parts of about this many characters
 CUT_WINDOW = 4096  # characters searched back from a part's target end for a safe cut
 
 
@@ -220,9 +220,10 @@ class DocumentEncoder:
 
     One caveat, unigram only: SentencePiece sums path scores in float32, so where two segmentations of a span score
     within float32 resolution of the running total (which differs between the whole document and a part), the tie
-    can resolve either way (tests/test_packing.py: 32 such spans in 1.3 M tokens of 3.2 MB of books, each within 2%
-    of that resolution; at a running total of millions it is a sizeable fraction of a nat, so the whole document's
-    choice is not the more exact one). BPE has no sums and gives exactly the whole document's ids.
+    can resolve either way (tests/test_packing.py: 32 such spans in 1.3 M tokens of 3.2 MB of books, each score gap
+    under 3% of the float32 bound the test derives; at a running total of millions that resolution is a sizeable
+    fraction of a nat, so the whole document's choice is not the more exact one). BPE has no sums and gives exactly
+    the whole document's ids.
     """
 
     def __init__(self, processor: spm.SentencePieceProcessor, threads: int, part_chars: int):
