@@ -8,8 +8,14 @@ with each copy's sentences shuffled so no two documents are identical), then tim
 Memory (``--memory``): writes a ``--memory-mb`` MB corpus to disk in a streaming way, packs it in a child process
 (``python -m lumi pack``) and reports the child's peak RSS (``getrusage(RUSAGE_CHILDREN).ru_maxrss``). Target: <= 1.5 GB.
 
+Long document (``--long-mb N``): a corpus of ~1 MB of ordinary documents plus one N MB document (the books of the
+samples, repeated), packed in a child process per run, each reporting its own peak RSS (``VmHWM``): documents encoded
+whole (``PART_CHARS`` set beyond any document: the path before long documents were encoded in parts) against the
+parts of ``lumi.stages.pack.PART_CHARS`` characters, with wall time and tokens per second of each.
+
     .venv/bin/python benchmarks/bench_packing.py --mb 60
     .venv/bin/python benchmarks/bench_packing.py --memory --memory-mb 1024 --workdir /tmp/bench-packing
+    .venv/bin/python benchmarks/bench_packing.py --long-mb 10 --threads 2
 """
 
 from __future__ import annotations
@@ -166,11 +172,55 @@ def memory(args: argparse.Namespace, workdir: Path, tokenizer_dir: Path) -> None
           f"(target <= 1536 MiB)")
 
 
+# The child reports its own peak (VmHWM): ru_maxrss would also count the parent's pages it was forked from.
+PACK_CHILD = """
+import os, re, sys
+from lumi.stages import pack
+pack.PART_CHARS = int(os.environ["PART_CHARS"])
+from lumi.cli import main
+status = main(["pack", *sys.argv[1:]])
+print("peak_kib", re.search(r"VmHWM:\\s*(\\d+)", open("/proc/self/status").read()).group(1))
+sys.exit(status)
+"""
+
+
+def long_document(args: argparse.Namespace, workdir: Path, tokenizer_dir: Path) -> None:
+    from lumi.stages.pack import PART_CHARS
+
+    corpus = workdir / f"corpus-long-{args.long_mb}mb"
+    books = "".join((args.samples_dir / name).read_text(encoding="utf-8")
+                    for name in ("gutenberg_pg11.txt", "gutenberg_pg84.txt", "tinyshakespeare_train90.txt"))
+    long_text = (books * (1 + (args.long_mb << 20) // len(books)))[:args.long_mb << 20]
+    if not (corpus / MANIFEST).is_file():
+        write_corpus(corpus, iter([*generate_texts(args.samples_dir, 1 << 20), long_text]))
+    command = [sys.executable, "-c", PACK_CHILD, "--corpus-dir", str(corpus), "--tokenizer-dir", str(tokenizer_dir),
+               "--output-dir", str(workdir / "packed-long"), "--force", "--seq-len", "1024",
+               "--set", f"batch_docs={args.batch_docs}", "--set", f"num_threads={args.threads}"]
+    print(f"one document of {len(long_text.encode('utf-8')) / 1e6:.1f} MB among ~1 MB of others; "
+          f"{args.threads or available_cores()} threads")
+    runs: dict[str, list[tuple[float, int]]] = {"whole": [], "parts": []}
+    for _ in range(args.repeats):  # interleaved: the machine may be shared
+        for name, part_chars in (("whole", 1 << 62), ("parts", PART_CHARS)):
+            start = time.perf_counter()
+            child = subprocess.run(command, cwd=REPO_ROOT, env={**os.environ, "PART_CHARS": str(part_chars)},
+                                   check=True, stdout=subprocess.PIPE, text=True)
+            peak_kib = int(child.stdout.split("peak_kib ")[-1])
+            runs[name].append((time.perf_counter() - start, peak_kib))
+    manifest = json.loads((workdir / "packed-long" / "final_manifest.json").read_text())
+    tokens = sum(s["tokens"] + s["dropped_tail_tokens"] for s in manifest["splits"].values())
+    for name, label in (("whole", "each document whole (before)"), ("parts", f"parts of {PART_CHARS:,} chars (now)")):
+        wall = min(w for w, _ in runs[name])
+        print(f"{label:34s} peak RSS {max(kb for _, kb in runs[name]) / 1024:5.0f} MiB "
+              f"(runs: {', '.join(f'{kb / 1024:.0f}' for _, kb in runs[name])}); {tokens / wall / 1e6:.2f} M tokens/s "
+              f"({wall:.1f} s; runs: {', '.join(f'{w:.1f}' for w, _ in runs[name])})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=int, default=60, help="MB of text for the throughput run (default 60)")
     parser.add_argument("--memory", action="store_true", help="measure peak RSS of packing a large corpus instead")
     parser.add_argument("--memory-mb", type=int, default=1024, help="MB of text for --memory (default 1024)")
+    parser.add_argument("--long-mb", type=int, help="measure packing one document of this many MB instead")
     parser.add_argument("--batch-docs", type=int, default=PackingConfig().batch_docs)
     parser.add_argument("--threads", type=int, default=0, help="encoding threads (0 = all cores)")
     parser.add_argument("--repeats", type=int, default=2)
@@ -193,7 +243,7 @@ def main() -> None:
                       f"{time.perf_counter() - start:.0f} s")
         print(f"machine: {os.cpu_count()} CPUs ({available_cores()} available), python {sys.version.split()[0]}, "
               f"sentencepiece {spm.__version__}")
-        (memory if args.memory else throughput)(args, workdir, tokenizer_dir)
+        (long_document if args.long_mb else memory if args.memory else throughput)(args, workdir, tokenizer_dir)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 from helpers import make_corpus_dir
+from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
 from lumi.cli import main
 from lumi.core import special_tokens
@@ -20,11 +21,14 @@ from lumi.core.errors import LumiError
 from lumi.core.files import sha256_file
 from lumi.formats.corpus import MANIFEST as CORPUS_MANIFEST
 from lumi.formats.packed import MANIFEST, check_packed_tokenizer, load_packed_split, read_packed_manifest, token_dtype
-from lumi.stages.pack import DocumentSplitter, PackedSplitWriter, PackingConfig, pack_corpus, split_tail
+from lumi.stages import pack as packing
+from lumi.stages.pack import (CUT_WINDOW, DocumentEncoder, DocumentSplitter, PackedSplitWriter, PackingConfig,
+                              pack_corpus, split_tail)
 from lumi.stages.tokenizer import TokenizerConfig, train_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEQ_LEN = 64
+BPE = model_pb2.TrainerSpec.BPE
 
 
 def train_raw_spm(directory: Path, texts: list[str], **ids: int) -> Path:
@@ -193,7 +197,7 @@ def test_val_split_is_never_empty_unless_asked(total, fraction, expected_val):
 
 
 def test_uint32_writer_keeps_large_ids(tmp_path, processor):
-    with PackedSplitWriter(tmp_path, "train", token_dtype(100_000), seq_len=4, decode=processor.decode) as writer:
+    with PackedSplitWriter(tmp_path, "train", token_dtype(100_000), seq_len=4, processor=processor) as writer:
         writer.write([np.array([2, 70_000, 99_999, 3], dtype=np.int32), np.array([2, 65_536, 3, 2], dtype=np.int32)],
                      text_bytes=[10, 7])
         info = writer.close()
@@ -212,7 +216,7 @@ def test_writer_bytes_leave_out_the_dropped_tail(tmp_path, processor, documents)
     count = max(range(40, len(texts)), key=lambda n: ends[n - 1] % SEQ_LEN)  # the longest tail available
     texts, encoded = texts[:count], encoded[:count]
     sizes = [len(t.encode("utf-8")) for t in texts]
-    with PackedSplitWriter(tmp_path, "val", np.uint16, seq_len=SEQ_LEN, decode=processor.decode) as writer:
+    with PackedSplitWriter(tmp_path, "val", np.uint16, seq_len=SEQ_LEN, processor=processor) as writer:
         for first in range(0, count, 7):
             writer.write(encoded[first:first + 7], sizes[first:first + 7])
         info = writer.close()
@@ -352,3 +356,117 @@ def test_split_tail_cuts_at_a_line_end_near_the_share():
     head, tail = split_tail(text, 0.1)
     assert head + tail == text and head.endswith("\n") and abs(len(tail) / len(text) - 0.1) < 0.02
     assert split_tail("nospaces" * 10, 0.5) == ("nospaces" * 5, "nospaces" * 5)
+
+
+# --- long documents: encoded in parts, the ids of the whole ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def long_document(samples_dir) -> str:
+    """About 2 MB of real text as one document (the three books joined, twice): multi-MB, yet cheap to encode whole."""
+    books = [(samples_dir / name).read_text() for name in
+             ("gutenberg_pg11.txt", "gutenberg_pg84.txt", "tinyshakespeare_train90.txt")]
+    return "".join(books) * 2 + "\n"
+
+
+@pytest.fixture(scope="module", params=["demo/tokenizer.json", "pretrain/tokenizer/spm32k.json"])
+def shipped_tokenizer(request, three_books) -> spm.SentencePieceProcessor:
+    """Stage 20 with a shipped config's settings (the demo's BPE, pretraining's unigram), a small vocabulary."""
+    output = three_books["root"] / request.param.replace("/", "-")
+    assert main(["tokenizer", "--config", str(REPO_ROOT / "config" / request.param), "--corpus-dir",
+                 str(three_books["corpus"]), "--output-dir", str(output), "--vocab-size", "1000",
+                 "--set", "max_training_bytes=300000", "--set", "num_threads=2"]) == 0
+    return spm.SentencePieceProcessor(model_file=str(output / "spm.model"))
+
+
+def differing_spans(processor, whole: np.ndarray, parts: np.ndarray) -> list[tuple[float, float]]:
+    """Where two segmentations of the same text differ: (gap between the unigram scores of the two segmentations of
+    the span, in float64; float32 resolution of the whole document's running score there, per token of the span).
+
+    Byte-fallback pieces score as SentencePiece's unknown character (lowest piece score - 10, once per character)."""
+    vocab = processor.get_piece_size()
+    lengths = np.array([0 if processor.is_control(i) else 1 if processor.is_byte(i) else
+                        len(processor.id_to_piece(i).encode("utf-8")) for i in range(vocab)])
+    unknown = min(processor.get_score(i) for i in range(vocab)
+                  if not (processor.is_byte(i) or processor.is_control(i) or processor.is_unknown(i))) - 10.0
+    lead = {i for i in range(vocab) if processor.is_byte(i) and int(processor.id_to_piece(i)[1:-1], 16) & 0xC0 != 0x80}
+    scores = np.array([unknown if i in lead else 0.0 if processor.is_byte(i) or processor.is_control(i)
+                       else processor.get_score(i) for i in range(vocab)], dtype=np.float64)
+    ends = {name: np.cumsum(lengths[ids]) for name, ids in (("whole", whole), ("parts", parts))}
+    assert ends["whole"][-1] == ends["parts"][-1]  # the same text
+    common = np.intersect1d(ends["whole"], ends["parts"])
+    at = {name: np.searchsorted(ends[name], common) for name in ends}  # index of each shared end
+    running = np.cumsum(scores[whole])
+    spans = []
+    for k in range(1, common.size):
+        w = whole[at["whole"][k - 1] + 1:at["whole"][k] + 1]
+        p = parts[at["parts"][k - 1] + 1:at["parts"][k] + 1]
+        if not np.array_equal(w, p):
+            resolution = float(np.spacing(np.float32(abs(running[at["whole"][k]]))))
+            spans.append((abs(scores[w].sum() - scores[p].sum()), resolution * (w.size + p.size)))
+    return spans
+
+
+def test_a_long_document_encoded_in_parts_gives_the_whole_document_ids(shipped_tokenizer, long_document):
+    """Cut where no vocabulary piece can span, the parts' ids are the whole document's: exactly for BPE; for unigram
+    except where SentencePiece's float32 path scores tie within their resolution (its whole-document encode resolves
+    such near-ties by the running total, which a part does not share)."""
+    processor, part_chars = shipped_tokenizer, 1 << 16
+    encoder = DocumentEncoder(processor, threads=2, part_chars=part_chars)
+    assert encoder.whole_reason is None
+    bounds = encoder.cuts(long_document)
+    sizes = np.diff(bounds)
+    assert len(bounds) > len(long_document) // part_chars and sizes.max() <= part_chars
+    assert sizes[:-1].min() > part_chars - CUT_WINDOW  # a safe cut is always near in real text
+    assert "".join(long_document[a:b] for a, b in zip(bounds, bounds[1:])) == long_document
+    parts = encoder.encode([long_document])[0]
+    whole = np.array([special_tokens.BOS_ID, *processor.encode(long_document), special_tokens.EOS_ID])
+    assert processor.decode(parts.tolist()) == long_document
+    if model_pb2.ModelProto.FromString(processor.serialized_model_proto()).trainer_spec.model_type == BPE:
+        assert np.array_equal(parts, whole)
+    else:
+        spans = differing_spans(processor, whole, parts)
+        print(f"unigram: {len(spans)} near-tie spans in {whole.size:,} tokens")
+        assert all(gap <= bound for gap, bound in spans), spans
+
+
+def test_pack_encodes_long_documents_in_parts_with_the_whole_documents_ids(three_books, samples_dir, tmp_path,
+                                                                           monkeypatch):
+    """End to end, with parts of 32 Ki characters: a book split by bytes (head to train, tail to val) and the short
+    documents around it are each ``BOS ids EOS`` of its whole text in the packed streams."""
+    monkeypatch.setattr(packing, "PART_CHARS", 1 << 15)
+    documents = ["A short one.", (samples_dir / "gutenberg_pg84.txt").read_text(), "Another short one."]
+    corpus = make_corpus_dir(tmp_path / "corpus", documents)
+    manifest = pack_corpus(corpus, three_books["tokenizer"], tmp_path / "packed",
+                           PackingConfig(seq_len=SEQ_LEN, val_fraction=0.2, min_val_tokens=0, num_threads=2))
+    plan = manifest["val_split"]
+    assert plan["documents_split_by_bytes"] == 1 and len(documents[1]) * (1 - plan["share"]) > 4 * (1 << 15)
+    assert len(documents[1]) * plan["share"] > 1 << 15  # the val tail is cut into parts too
+    processor = spm.SentencePieceProcessor(model_file=str(three_books["tokenizer"] / "spm.model"))
+    streams = {name: split_stream(tmp_path / "packed", name) for name in ("train", "val")}
+    assign_documents(documents, processor, streams, plan)
+
+
+def test_text_without_whitespace_is_cut_elsewhere_and_text_without_a_safe_cut_is_encoded_whole(three_books,
+                                                                                                 long_document):
+    """The cut needs no whitespace, only a position no piece spans; where none lies within CUT_WINDOW of a part's
+    target end the part grows (here: a character repeated, whose pair is a piece, can be cut nowhere)."""
+    processor = spm.SentencePieceProcessor(model_file=str(three_books["tokenizer"] / "spm.model"))
+    encoder = DocumentEncoder(processor, threads=2, part_chars=1 << 14)
+    pair = next(piece for piece in encoder.pieces if len(piece) == 2 and piece[0] == piece[1] and piece.isalpha())
+    for text, parts in (("".join(long_document[:1 << 18].split()), "several"), (pair[0] * (1 << 16), "one")):
+        bounds = encoder.cuts(text)
+        assert (len(bounds) > 2) == (parts == "several"), parts
+        whole = [special_tokens.BOS_ID, *processor.encode(text), special_tokens.EOS_ID]
+        assert encoder.encode([text])[0].tolist() == whole
+
+
+def test_a_tokenizer_that_normalizes_across_characters_encodes_long_documents_whole(workspace, documents, caplog):
+    """A bare SentencePiece model (NFKC rules, a dummy prefix): cutting could change its ids, so it is not done."""
+    processor = spm.SentencePieceProcessor(model_file=str(workspace["other_tokenizer"] / "spm.model"))
+    encoder = DocumentEncoder(processor, threads=2, part_chars=1 << 10)
+    text = "\n".join(documents)
+    assert len(text) > 4 << 10 and "normalizer" in encoder.whole_reason
+    with caplog.at_level("WARNING"):
+        assert encoder.encode([text, "short"])[0].tolist() == [special_tokens.BOS_ID, *processor.encode(text),
+                                                               special_tokens.EOS_ID]
+    assert caplog.text.count("cannot encode long documents in parts") == 1

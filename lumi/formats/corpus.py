@@ -100,6 +100,8 @@ def iter_text_batches(corpus_dir: str | Path, batch_docs: int = 1024) -> Iterato
         try:
             parquet = pq.ParquetFile(path)
             for batch in parquet.iter_batches(batch_size=batch_docs, columns=["text"]):
-                yield batch.column(0).to_pylist()
+                texts = batch.column(0).to_pylist()
+                del batch  # not held (in Arrow form too) while the caller works on the texts
+                yield texts
         except (pa.ArrowException, OSError) as exc:  # changed after the hash check, or a manifest without hashes
             raise LumiError(f"{path}: not a readable corpus shard ({exc})") from None

@@ -19,7 +19,11 @@ too (``dropped_tail_bytes``); ``documents`` counts every document routed to the 
 both).
 
 Memory stays bounded whatever the corpus size: texts are streamed in batches from the corpus shards and tokens are
-appended to the ``.bin`` files as they are produced.
+appended to the ``.bin`` files as they are produced. SentencePiece's working memory, which grows with the text it
+encodes, stays bounded whatever the longest document: a document longer than ``PART_CHARS`` is encoded in parts cut
+where the ids cannot change (``DocumentEncoder``). What still grows with the longest document is its text (as read
+from its shard, or the head and tail of a split) and its ids: ~9 bytes per byte of it, against ~28 before
+(benchmarks/bench_packing.py --long-mb).
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Iterable, Iterator, TypeVar
 
 import numpy as np
 import sentencepiece as spm
 from pydantic import Field
+from sentencepiece import sentencepiece_model_pb2 as model_pb2
 from tqdm import tqdm
 
 from lumi.core import special_tokens
@@ -165,15 +170,17 @@ def split_tail(text: str, share: float) -> tuple[str, str]:
 
 
 def route_batch(texts: list[str], is_val: np.ndarray, plan: dict[str, Any]) -> tuple[list[str], list[str], int]:
-    """(train texts, val texts, documents split by bytes) of one batch, in corpus order."""
+    """(train texts, val texts, documents split by bytes) of one batch, in corpus order. A document split by bytes is
+    replaced by None in ``texts``: its head and tail are copies, and the whole text need not be held beside them."""
     train, val, split = [], [], 0
     limit, share = plan["split_documents_over_bytes"], plan["share"]
-    for text, to_val in zip(texts, is_val):
+    for index, (text, to_val) in enumerate(zip(texts, is_val)):
         if share > 0 and len(text) * 4 > limit and len(text.encode("utf-8")) > limit and len(text) > 1:
             head, tail = split_tail(text, share)
             train.append(head)
             val.append(tail)
             split += 1
+            texts[index] = None
         else:
             (val if to_val else train).append(text)
     return train, val, split
@@ -181,9 +188,108 @@ def route_batch(texts: list[str], is_val: np.ndarray, plan: dict[str, Any]) -> t
 
 def bytes_per_token(processor: spm.SentencePieceProcessor, texts: list[str], sample_chars: int = 1 << 20) -> float:
     """Measured on (at most ``sample_chars`` characters of) ``texts``: what turns the corpus size into tokens."""
-    sample = "".join(texts)[:sample_chars]
+    head, size = [], 0
+    for text in texts:  # joins only what the sample needs, not a whole long document
+        if size >= sample_chars:
+            break
+        head.append(text[:sample_chars - size])
+        size += len(head[-1])
+    sample = "".join(head)
     tokens = len(processor.encode(sample)) if sample else 0
     return len(sample.encode("utf-8")) / tokens if tokens else 4.0
+
+
+# --- encoding --------------------------------------------------------------------------------------------------
+
+PART_CHARS = 1 << 18  # a longer document is encoded in parts of about this many characters
+CUT_WINDOW = 4096  # characters searched back from a part's target end for a safe cut
+
+
+class DocumentEncoder:
+    """``BOS ids EOS`` of each document; one longer than ``part_chars`` is encoded in parts, cut at positions that no
+    vocabulary piece can span, and the parts' ids are concatenated between one BOS and one EOS.
+
+    Why such a cut leaves the ids unchanged: SentencePiece segments the normalized text into vocabulary pieces, plus
+    single characters outside the vocabulary (unknown, or their UTF-8 bytes with byte fallback). Unigram takes the
+    best-scoring path through the lattice of every piece matching at every position; BPE merges adjacent symbols, and
+    every merge result is a vocabulary piece. A position that no piece occurring in the text spans is therefore a
+    boundary of every candidate segmentation: BPE never merges across it, and unigram's best path is the best path of
+    the text before it followed by the best path of the text after it. That needs a normalizer that maps characters
+    one by one, as stage 20's does (identity rules, no dummy prefix, no whitespace removal); with any other model, or a
+    word/char model, long documents are encoded whole (memory then grows with the longest one) and a warning says so.
+
+    One caveat, unigram only: SentencePiece sums path scores in float32, so where two segmentations of a span score
+    within float32 resolution of the running total (which differs between the whole document and a part), the tie
+    can resolve either way (tests/test_packing.py: 32 such spans in 1.3 M tokens of 3.2 MB of books, each score gap
+    under 3% of the float32 bound the test derives; at a running total of millions that resolution is a sizeable
+    fraction of a nat, so the whole document's choice is not the more exact one). BPE has no sums and gives exactly
+    the whole document's ids.
+    """
+
+    def __init__(self, processor: spm.SentencePieceProcessor, threads: int, part_chars: int):
+        self.processor, self.threads, self.part_chars = processor, threads, part_chars
+        proto = model_pb2.ModelProto.FromString(processor.serialized_model_proto())
+        spec = proto.normalizer_spec
+        self.whole_reason = (
+            "it is not a unigram or BPE model" if proto.trainer_spec.model_type not in (
+                model_pb2.TrainerSpec.UNIGRAM, model_pb2.TrainerSpec.BPE) else
+            "its normalizer is not one character at a time (stage 20's identity rules, no dummy prefix, no "
+            "whitespace removal)" if (spec.precompiled_charsmap or spec.add_dummy_prefix
+                                      or spec.remove_extra_whitespaces) else None)
+        # Every piece (control and byte pieces never match text; keeping them only makes cuts rarer), in text form.
+        self.pieces = {piece.piece for piece in proto.pieces}
+        self.longest = max(map(len, self.pieces))
+        self.space = "\u2581" if spec.escape_whitespaces else " "
+        self.warned = False
+
+    def can_cut(self, text: str, at: int) -> bool:
+        """No vocabulary piece occurs in ``text`` across position ``at`` (0 < at < len(text))."""
+        start = max(0, at - self.longest + 1)
+        window = text[start:at + self.longest - 1].replace(" ", self.space)  # what the normalizer makes of spaces
+        at -= start
+        return not any(window[first:end] in self.pieces for first in range(at)
+                       for end in range(at + 1, min(len(window), first + self.longest) + 1))
+
+    def cuts(self, text: str) -> list[int]:
+        """Part boundaries of ``text``: ``[0, ..., len(text)]``. A part grows past ``part_chars`` only where no
+        safe cut lies in the last ``CUT_WINDOW`` characters before its target end."""
+        if self.whole_reason and not self.warned:
+            log.warning("the tokenizer cannot encode long documents in parts (%s): each is encoded whole, so memory "
+                        "grows with the longest one", self.whole_reason)
+            self.warned = True
+        bounds, target = [0], self.part_chars
+        while target < len(text) and not self.whole_reason:
+            cut = next((at for at in range(target, max(bounds[-1], target - CUT_WINDOW), -1)
+                        if self.can_cut(text, at)), None)
+            if cut is not None:
+                bounds.append(cut)
+            target = (cut or target) + self.part_chars
+        return bounds + [len(text)]
+
+    def encode(self, texts: list[str]) -> list[np.ndarray]:
+        """``BOS ids EOS`` of each text."""
+        # sentencepiece's batch encode is multi-threaded C++ that releases the GIL and returns int32 buffers
+        # (out_type="numpy"): no Python int per token, and BOS/EOS are added in C++ (ids checked in
+        # load_packing_tokenizer). Measured on 63 MB, 2 cores (CPU seconds, 3 runs): this 3.7-4.5; Python-int lists +
+        # np.fromiter 5.3-5.9; multiprocessing.Pool(2) of single-threaded encoders 4.3-6.4 (pickling texts and
+        # tokens). It also beats raw `sp.encode(texts)` to Python lists, the benchmark's baseline
+        # (benchmarks/bench_packing.py).
+        short = [text for text in texts if len(text) <= self.part_chars]
+        encoded = iter(self.processor.encode(short, out_type="numpy", add_bos=True, add_eos=True,
+                                             num_threads=self.threads) if short else [])
+        return [next(encoded) if len(text) <= self.part_chars else self.encode_long(text) for text in texts]
+
+    def encode_long(self, text: str) -> np.ndarray:
+        """``BOS ids EOS`` of a text longer than a part, encoded ``threads`` parts at a time: only those parts are
+        copied out of the text at once."""
+        bounds = self.cuts(text)
+        ids = [np.array([self.processor.bos_id()], dtype=np.int32)]
+        for first in range(0, len(bounds) - 1, self.threads):
+            group = bounds[first:first + self.threads + 1]
+            ids += self.processor.encode([text[a:b] for a, b in zip(group, group[1:])], out_type="numpy",
+                                         num_threads=self.threads)
+        ids.append(np.array([self.processor.eos_id()], dtype=np.int32))
+        return np.concatenate(ids)
 
 
 # --- writing ---------------------------------------------------------------------------------------------------
@@ -193,13 +299,13 @@ class PackedSplitWriter:
 
     ``bytes`` counts the UTF-8 text the kept rows hold, so it is the right denominator for bits per byte even when
     the split is small: documents wholly in the dropped tail do not count, and for the document the last row cuts,
-    only the part kept (its kept tokens decoded with ``decode``) counts. The last documents covering ``seq_len``
-    tokens are remembered for that, never more.
+    only the part kept counts (``dropped_bytes``). The last documents covering ``seq_len`` tokens are remembered for
+    that, never more.
     """
 
     def __init__(self, directory: Path, name: str, dtype: np.dtype, seq_len: int,
-                 decode: Callable[[list[int]], str]):
-        self.name, self.dtype, self.seq_len, self.decode = name, np.dtype(dtype), seq_len, decode
+                 processor: spm.SentencePieceProcessor):
+        self.name, self.dtype, self.seq_len, self.processor = name, np.dtype(dtype), seq_len, processor
         self.path = directory / f"{name}.bin"
         self._handle = open(self.path, "wb")
         self.tokens = self.documents = self.bytes = 0
@@ -235,6 +341,18 @@ class PackedSplitWriter:
         while self._recent_tokens - self._recent[0][0].size >= self.seq_len:
             self._recent_tokens -= self._recent.popleft()[0].size
 
+    def dropped_bytes(self, document: np.ndarray, kept: int) -> int:
+        """UTF-8 bytes of the text of ``document[kept:]`` (``kept`` >= 1), decoding only the tokens from the last kept
+        one that is not a byte piece: decoding is piece by piece except that consecutive byte-fallback pieces decode
+        together (one character), so this equals the text size minus the decoded kept tokens, without decoding the
+        whole of a long document (a Python int per token, and SentencePiece's decoder, would grow with it)."""
+        start = kept - 1
+        while start > 0 and self.processor.is_byte(int(document[start])):
+            start -= 1
+        decode = self.processor.decode  # control ids (BOS, EOS) decode to ""
+        return (len(decode(document[start:].tolist()).encode("utf-8"))
+                - len(decode(document[start:kept].tolist()).encode("utf-8")))
+
     def close(self) -> dict[str, Any]:
         rows = self.tokens // self.seq_len
         self._handle.truncate(rows * self.seq_len * self.dtype.itemsize)
@@ -245,8 +363,7 @@ class PackedSplitWriter:
             if tail == 0:
                 break
             cut = min(tail, document.size)
-            kept = document[:document.size - cut].tolist()
-            dropped_bytes += size - len(self.decode(kept).encode("utf-8"))  # control ids (BOS) decode to ""
+            dropped_bytes += size if cut == document.size else self.dropped_bytes(document, document.size - cut)
             tail -= cut
         return {"file": self.path.name, "sha256": sha256_file(self.path), "rows": rows, "tokens": rows * self.seq_len,
                 "documents": self.documents,
@@ -284,12 +401,8 @@ def pack_corpus(corpus_dir: str | Path, tokenizer_dir: str | Path, output_dir: s
         raise LumiError(f"{corpus_dir}: the corpus has no documents; nothing to pack")
     dtype = token_dtype(processor.vocab_size())
     total_bytes = sum(int(shard["bytes"]) for shard in corpus["shards"])
-    # sentencepiece's batch encode is multi-threaded C++ that releases the GIL and returns int32 buffers
-    # (out_type="numpy"): no Python int per token, and BOS/EOS are added in C++ (ids checked in load_packing_tokenizer).
-    # Measured on 63 MB, 2 cores (CPU seconds, 3 runs): this 3.7-4.5; Python-int lists + np.fromiter 5.3-5.9;
-    # multiprocessing.Pool(2) of single-threaded encoders 4.3-6.4 (pickling texts and tokens). It also beats raw
-    # `sp.encode(texts)` to Python lists, the benchmark's baseline (benchmarks/bench_packing.py).
     threads = config.num_threads or available_cores()
+    encoder = DocumentEncoder(processor, threads, PART_CHARS)
     batches = prefetched(iter_text_batches(corpus_dir, config.batch_docs))
     first = next(batches, [])
     plan = val_split_plan(config, total_bytes, total, bytes_per_token(processor, first))
@@ -303,7 +416,7 @@ def pack_corpus(corpus_dir: str | Path, tokenizer_dir: str | Path, output_dir: s
 
     with staged_output_dir(output_dir, force) as staging:
         with ExitStack() as stack:
-            train, val = (stack.enter_context(PackedSplitWriter(staging, name, dtype, config.seq_len, processor.decode))
+            train, val = (stack.enter_context(PackedSplitWriter(staging, name, dtype, config.seq_len, processor))
                           for name in SPLITS)
             progress = stack.enter_context(tqdm(total=total, unit="doc", desc="pack", disable=None))
             seen = split_documents = 0
@@ -311,9 +424,7 @@ def pack_corpus(corpus_dir: str | Path, tokenizer_dir: str | Path, output_dir: s
                 routed = route_batch(texts, splitter.val_mask(seen, len(texts)), plan)
                 for writer, chosen in zip((train, val), routed[:2]):
                     if chosen:
-                        encoded = processor.encode(chosen, out_type="numpy", add_bos=True, add_eos=True,
-                                                   num_threads=threads)
-                        writer.write(list(encoded), [len(text.encode("utf-8")) for text in chosen])
+                        writer.write(encoder.encode(chosen), [len(text.encode("utf-8")) for text in chosen])
                 split_documents += routed[2]
                 seen += len(texts)
                 progress.update(len(texts))

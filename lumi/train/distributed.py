@@ -150,6 +150,12 @@ def wrap_for_training(module: nn.Module, strategy: str, compile_model: bool) -> 
         if compile_model:
             layer.compile()
         fully_shard(layer)
+    # A frozen model the loss runs beside it (DPO's reference copy) is sharded layer by layer as well: it is gathered
+    # one layer at a time for its forward, instead of whole with the root's parameters and kept through the backward.
+    for child in module.children():
+        if child is not model and hasattr(child, "get_decoder"):
+            for layer in child.get_decoder().layers:
+                fully_shard(layer)
     fully_shard(module)
     return module
 

@@ -34,6 +34,7 @@ from lumi.data.sft_corpus import TOKENIZER_SUBDIR
 from lumi.lm.preference import LOSS_TYPES, pair_logps, preference_losses
 from lumi.lora import base_fingerprint, is_adapter_dir
 from lumi.train.config import TrainerConfig
+from lumi.train.distributed import all_reduce_sum
 from lumi.train.finetune import (LoraSettings, build_finetune_model, method_description,
                                  save_finetune_model)
 
@@ -82,11 +83,14 @@ def check_policy(model_path: str | Path, manifest: dict, data_tokenizer: Path) -
 
 
 class PreferenceMeter:
-    """Device-side sums of a run of batches (no host reads until ``read``)."""
+    """Device-side sums of a run of batches (no host reads until ``read``). ``across_processes``: ``read`` sums them
+    over the processes first (training: each scores its own pairs, so every process must read together); evaluation
+    scores the same pairs on every process and reads its own."""
 
     NAMES = ("pairs", "loss", "chosen_reward", "rejected_reward", "correct")
 
-    def __init__(self):
+    def __init__(self, across_processes: bool):
+        self.across_processes = across_processes
         self.sums: dict[str, torch.Tensor] | None = None
 
     def add(self, terms: dict[str, torch.Tensor]) -> None:
@@ -100,7 +104,10 @@ class PreferenceMeter:
         """Means per pair, then reset."""
         if self.sums is None:
             return {}
-        sums = {k: float(v) for k, v in self.sums.items()}
+        stacked = torch.stack([self.sums[name] for name in self.NAMES])
+        if self.across_processes:
+            all_reduce_sum(stacked)
+        sums = dict(zip(self.NAMES, stacked.tolist()))
         self.sums = None
         pairs = max(sums["pairs"], 1.0)
         chosen, rejected = sums["chosen_reward"] / pairs, sums["rejected_reward"] / pairs
@@ -115,7 +122,7 @@ class DPOLoss(nn.Module):
     def __init__(self, model: PreTrainedModel, config: DPOConfig, reference: PreTrainedModel | None):
         super().__init__()
         self.model, self.config, self.reference = model, config, reference
-        self.meters = {True: PreferenceMeter(), False: PreferenceMeter()}  # training / evaluation
+        self.meters = {True: PreferenceMeter(across_processes=True), False: PreferenceMeter(across_processes=False)}
 
     def reference_logps(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if "ref_chosen" in batch:
@@ -236,7 +243,8 @@ class DPOObjective:
                                      for side in ("chosen", "rejected"))
 
     def interval_metrics(self) -> dict[str, float]:
-        """Training rewards, margins and reward accuracy since the last log line (rank 0's pairs)."""
+        """Training rewards, margins and reward accuracy since the last log line, over every process's pairs (every
+        process calls this at each log line)."""
         return self.loss.meters[True].read("train") if self.loss is not None else {}
 
     def evaluate(self, score: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> dict[str, float]:
