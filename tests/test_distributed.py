@@ -126,10 +126,10 @@ def test_ddp_on_two_processes_matches_one_process_with_the_same_global_batch(sin
 
 
 def test_ddp_with_muon_on_two_processes_matches_one_process(workspace):
-    """Muon orthogonalises the whole, all-reduced gradient on every rank, so DDP changes only rounding (Muon's
-    Newton-Schulz runs in bf16, so summation-order differences of the gradient flip bf16 roundings: measured 0.3%
-    apart at most over 20 steps, as one process with another accumulation split is (0.16%); AdamW agrees to 1e-5). Muon ignores the gradient's scale, so the gradient norm of
-    the first step checks the all-reduce's averaging.)"""
+    """Muon orthogonalises the whole, all-reduced gradient on every rank, so DDP changes only rounding. Muon's
+    Newton-Schulz runs in bf16, where summation-order differences of the gradient flip roundings: measured 0.3% apart
+    at most over 20 steps, as one process with another accumulation split is (0.16%); AdamW agrees to 1e-5. Muon
+    ignores the gradient's scale, so the gradient norm of the first step checks the all-reduce's averaging."""
     muon = ("--set", 'optimizer="muon"', "--set", "muon_lr=0.02")
     single, ddp = workspace["root"] / "muon_single", workspace["root"] / "muon_ddp"
     threads = torch.get_num_threads()
