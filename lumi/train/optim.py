@@ -60,10 +60,6 @@ class MuonAdamW(torch.optim.Optimizer):
     def _share_groups(self) -> None:
         self.param_groups = self.adamw.param_groups + self.muon.param_groups
 
-    @property
-    def state(self) -> dict:
-        return {**self.adamw.state, **self.muon.state}
-
     def step(self, closure=None) -> None:
         if closure is not None:
             raise ValueError("MuonAdamW takes no closure")
