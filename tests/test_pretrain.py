@@ -386,6 +386,8 @@ def test_existing_run_needs_resume_or_force_and_resume_checks_settings(workspace
     assert main([*command, "--resume", "auto"]) == 0 and "nothing to do" in capsys.readouterr().out
     assert main([*command, "--resume", "auto", "--set", "lr=0.5"]) == 2
     assert "settings changed (lr)" in capsys.readouterr().err
+    assert main([*command, "--resume", "auto", "--set", "optimizer=muon"]) == 2  # optimizer state would not fit
+    assert "settings changed (optimizer)" in capsys.readouterr().err
     assert main([*command, "--force", "--set", "lr=0.5"]) == 0
     run_dir = tmp_path / "out" / "nano"
     assert json.loads((run_dir / "final" / "pretrain_config.json").read_text())["config"]["lr"] == 0.5
