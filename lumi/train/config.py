@@ -62,7 +62,7 @@ class TrainerConfig(ConfigModel):
     wandb_project: str | None = Field(None, description="log to Weights & Biases (must be installed)")
 
     @model_validator(mode="after")
-    def _check_lr(self) -> "TrainerConfig":
+    def _check_settings(self) -> "TrainerConfig":
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) exceeds lr ({self.lr})")
         if self.optimizer == "muon" and self.distributed == "fsdp2":
