@@ -5,7 +5,8 @@ packed rows), then compares, on the same core:
 
 (a) **bare loop**: the same model (``build_model`` of the same architecture, same seed), the same loss
     (``summed_nats`` over the scored-token count, document masking on, as the trainer's default),
-    ``torch.optim.AdamW`` and gradient clipping, one micro-batch of ``--micro-batch`` rows per step read straight
+    the trainer's optimizer (``lumi.train.optim.build_optimizer``: AdamW, or Muon + AdamW with ``--optimizer
+    muon``) and gradient clipping, one micro-batch of ``--micro-batch`` rows per step read straight
     from the packed memory map; no scheduler, no logging, nothing else;
 (b) **our trainer** end to end: ``Trainer.fit()`` with the demo config (data mixing and stream, scored-token
     counting, LR schedule, non-finite checks, signal handling, and logging at the default interval of 10 steps to
@@ -48,14 +49,15 @@ from lumi.formats.tokenizer import load_tokenizer_meta  # noqa: E402
 from lumi.lm.loss import count_scored_tokens, summed_nats  # noqa: E402
 from lumi.model import build_model, load_architecture  # noqa: E402
 from lumi.train.objectives.pretrain import PretrainConfig, PretrainObjective  # noqa: E402
+from lumi.train.optim import build_optimizer  # noqa: E402
 from lumi.train.trainer import Trainer  # noqa: E402
 
 
-def build_data(workdir: Path, documents: int) -> tuple[Path, Path]:
-    """Stages 10 -> 20 -> 30 with the demo configs on ``documents`` synthetic-world documents."""
+def build_data(workdir: Path, corpus_config: Path, corpus_overrides: list[str]) -> tuple[Path, Path]:
+    """Stages 10 -> 20 -> 30: ``corpus_config`` (with ``--set`` overrides), then the demo's tokenizer and packing
+    configs; a stage whose output dir already exists is skipped."""
     corpus, tokenizer, packed = workdir / "corpus", workdir / "tokenizer", workdir / "packed"
-    steps = [["corpus", "--config", str(CONFIG_DIR / "demo" / "corpus.json"), "--output-dir", str(corpus),
-              "--set", f"sources.0.documents={documents}"],
+    steps = [["corpus", "--config", str(corpus_config), "--output-dir", str(corpus), *corpus_overrides],
              ["tokenizer", "--config", str(CONFIG_DIR / "demo" / "tokenizer.json"), "--corpus-dir", str(corpus),
               "--output-dir", str(tokenizer)],
              ["pack", "--config", str(CONFIG_DIR / "demo" / "packing.json"), "--corpus-dir", str(corpus),
@@ -70,7 +72,7 @@ def bench_config(args: argparse.Namespace, tokenizer: Path, packed: Path) -> Pre
     return load_config(PretrainConfig, CONFIG_DIR / "demo" / "pretrain.json", [], {
         "tokenizer_dir": str(tokenizer), "data_dirs": [str(packed)], "max_steps": args.steps,
         "micro_batch_size": args.micro_batch, "grad_accumulation": 1, "eval_interval": 10 * args.steps,
-        "save_interval": 10 * args.steps, "eval_max_rows": args.micro_batch})
+        "save_interval": 10 * args.steps, "eval_max_rows": args.micro_batch, "optimizer": args.optimizer})
 
 
 class BareLoop:
@@ -80,9 +82,7 @@ class BareLoop:
         arch = load_architecture(config.model, vocab_size=load_tokenizer_meta(tokenizer)["vocab_size"])
         torch.manual_seed(config.seed)
         self.model = build_model(arch, config.attn_implementation).train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
-                                           betas=(config.adam_beta1, config.adam_beta2),
-                                           weight_decay=config.weight_decay)
+        self.optimizer = build_optimizer(self.model, config)  # the trainer's, so only the loop around it differs
         self.rows = load_packed_split(packed, "train").rows
         self.micro, self.grad_clip, self.steps = config.micro_batch_size, config.grad_clip, 0
 
@@ -119,7 +119,7 @@ def lockstep(config: PretrainConfig, packed: Path, tokenizer: Path, output: Path
     records = {r["step"]: r for r in read_metrics(run.run_dir / "metrics.jsonl") if "time/elapsed_s" in r}
     window = records[config.max_steps]["time/elapsed_s"] - records[warmup]["time/elapsed_s"]
     bare_time = sum(bare_seconds[step] for step in range(warmup + 1, config.max_steps + 1))
-    tokens = (config.max_steps - warmup) * run.tokens_per_step
+    tokens = records[config.max_steps]["train/tokens"] - records[warmup]["train/tokens"]
     return tokens / bare_time, tokens / (window - bare_time)
 
 
@@ -132,13 +132,16 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=16, help="rows of 256 tokens per step")
     parser.add_argument("--documents", type=int, default=3000, help="synthetic-world documents in the corpus")
     parser.add_argument("--workdir", type=Path, help="keep the built data here (default: a temporary dir)")
+    parser.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw",
+                        help="the optimizer of both loops (muon: Muon for hidden matrices + AdamW, at the same lr)")
     args = parser.parse_args()
     if args.warmup % 10 or not 0 < args.warmup < args.steps:
         parser.error("--warmup must be a positive multiple of 10 below --steps")
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     with tempfile.TemporaryDirectory() as scratch:
         workdir = args.workdir or Path(scratch)
-        tokenizer, packed = build_data(workdir, args.documents)
+        tokenizer, packed = build_data(workdir, CONFIG_DIR / "demo" / "corpus.json",
+                                       ["--set", f"sources.0.documents={args.documents}"])
         config = bench_config(args, tokenizer, packed)
         results: dict[str, list[float]] = {"bare": [], "trainer": []}
         for repeat in range(args.repeats):
@@ -147,7 +150,7 @@ def main() -> None:
             results["trainer"].append(ours)
             print(f"repeat {repeat + 1}: bare {bare:,.0f} tok/s, trainer {ours:,.0f} tok/s", flush=True)
     overheads = [b / t - 1 for b, t in zip(results["bare"], results["trainer"])]
-    print(json.dumps({"model": config.model, "micro_batch": args.micro_batch, "seq_len": 256,
+    print(json.dumps({"model": config.model, "optimizer": config.optimizer, "micro_batch": args.micro_batch, "seq_len": 256,
                       "timed_steps": args.steps - args.warmup, "threads": torch.get_num_threads(),
                       "bare_tok_per_s": round(statistics.median(results["bare"])),
                       "trainer_tok_per_s": round(statistics.median(results["trainer"])),

@@ -24,10 +24,10 @@ from lumi.eval.perplexity import evaluate_packed_split
 from lumi.formats.checkpoint import checkpoint_step
 from lumi.formats.metrics import read_metrics
 from lumi.formats.packed import load_packed_split, unigram_entropy
-from lumi.model import load_architecture, parameter_counts
+from lumi.model import ArchitectureConfig, build_model, load_architecture, parameter_counts
 from lumi.stages.pack import PackingConfig, pack_corpus
 from lumi.train.objectives.pretrain import PretrainConfig
-from lumi.train.optim import lr_at, parameter_groups
+from lumi.train.optim import build_optimizer, build_scheduler, lr_at, muon_split, parameter_groups
 from lumi.train.step import TrainStep
 from lumi.train.trainer import Trainer
 from eval_helpers import training_text, write_tokenizer
@@ -148,8 +148,6 @@ def test_lr_schedules_warm_up_then_follow_their_shape():
 
 
 def test_no_weight_decay_on_norms_and_embeddings():
-    from lumi.model import ArchitectureConfig, build_model
-
     for tied in (True, False):
         model = build_model(ArchitectureConfig(**nano_architecture(300, SEQ_LEN, tie_embeddings=tied)))
         decay, no_decay = parameter_groups(model, 0.1)
@@ -159,6 +157,54 @@ def test_no_weight_decay_on_norms_and_embeddings():
         assert not any("norm" in n or "embed_tokens" in n for n in decayed)
         assert ("lm_head.weight" in decayed) == (not tied)
         assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == model.num_parameters()
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_embeddings_head_and_norms():
+    for tied in (True, False):
+        model = build_model(ArchitectureConfig(**nano_architecture(300, SEQ_LEN, tie_embeddings=tied)))
+        names = {id(p): n for n, p in model.named_parameters()}
+        (muon,), adamw = muon_split(model, 0.1)
+        to_muon = {names[id(p)] for p in muon["params"]}
+        to_adamw = {names[id(p)]: group["weight_decay"] for group in adamw for p in group["params"]}
+        assert to_muon == {n for n, p in model.named_parameters() if n.endswith("_proj.weight")} and to_muon
+        assert all(model.get_parameter(n).ndim == 2 for n in to_muon) and muon["weight_decay"] == 0.1
+        assert "model.embed_tokens.weight" in to_adamw and to_adamw["model.embed_tokens.weight"] == 0.0
+        assert ("lm_head.weight" in to_adamw) == (not tied) and to_adamw.get("lm_head.weight", 0.1) == 0.1
+        assert all(decay == 0.0 for n, decay in to_adamw.items() if "norm" in n)
+        assert sum(model.get_parameter(n).numel() for n in [*to_muon, *to_adamw]) == model.num_parameters()
+
+
+def test_every_optimizer_group_follows_the_schedule_from_its_own_peak_lr():
+    model = build_model(ArchitectureConfig(**nano_architecture(300, SEQ_LEN, tie_embeddings=False)))
+    config = schedule_config("wsd").model_copy(update={"lr": 0.5, "min_lr": 0.05, "optimizer": "muon",
+                                                       "muon_lr": 0.02})
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, 100)
+    peaks = [group["initial_lr"] for group in optimizer.param_groups]
+    assert sorted(set(peaks)) == [0.02, 0.5] and peaks[0] == 0.5  # group 0, the logged lr, is AdamW's
+    for step in range(100):
+        factor = lr_at(step, config, 100) / config.lr
+        assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([p * factor for p in peaks])
+        assert optimizer.muon.param_groups[0]["lr"] == pytest.approx(0.02 * factor)  # reaches Muon itself
+        if step == 50:  # as a resume does: the schedule must still reach both optimizers after loading
+            optimizer.load_state_dict(optimizer.state_dict())
+        optimizer.step()
+        scheduler.step()
+
+
+@pytest.mark.parametrize("changes, message", [
+    (["optimizer=muon", "distributed=fsdp2"], "fsdp2 shards them"),
+    (["optimizer=sgd"], "optimizer"),
+    (["optimizer=muon", "muon_momentum=1.0"], "muon_momentum"),
+    (["optimizer=muon", "muon_lr=0"], "muon_lr"),
+])
+def test_nonsense_optimizer_settings_are_refused_naming_the_field(workspace, tmp_path, capsys, changes, message):
+    config = write_config(workspace, tmp_path)
+    overrides = [arg for change in changes for arg in ("--set", change)]
+    assert main(["pretrain", "--config", str(config), "--output-dir", str(tmp_path / "out"), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(config) in err
+    assert not (tmp_path / "out").exists()
 
 
 # --- training ----------------------------------------------------------------------------------------------------
@@ -219,9 +265,11 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_sigkill_then_resume_reproduces_the_uninterrupted_run_bitwise(workspace, tmp_path):
+@pytest.mark.parametrize("recipe", [{}, {"optimizer": "muon", "muon_lr": 0.01, "schedule": "wsd"}],
+                         ids=["adamw", "muon"])
+def test_sigkill_then_resume_reproduces_the_uninterrupted_run_bitwise(workspace, tmp_path, recipe):
     config = write_config(workspace, tmp_path, data_dirs=[str(workspace["web"]), str(workspace["books"])],
-                          data_weights=[2.0, 1.0], max_steps=12, save_interval=4)
+                          data_weights=[2.0, 1.0], max_steps=12, save_interval=4, **recipe)
     args = ["pretrain", "--config", str(config), "--output-dir"]
     reference = run_cli(*args, str(tmp_path / "reference"))
     assert reference.returncode == 0, reference.stderr
@@ -338,6 +386,8 @@ def test_existing_run_needs_resume_or_force_and_resume_checks_settings(workspace
     assert main([*command, "--resume", "auto"]) == 0 and "nothing to do" in capsys.readouterr().out
     assert main([*command, "--resume", "auto", "--set", "lr=0.5"]) == 2
     assert "settings changed (lr)" in capsys.readouterr().err
+    assert main([*command, "--resume", "auto", "--set", "optimizer=muon"]) == 2  # optimizer state would not fit
+    assert "settings changed (optimizer)" in capsys.readouterr().err
     assert main([*command, "--force", "--set", "lr=0.5"]) == 0
     run_dir = tmp_path / "out" / "nano"
     assert json.loads((run_dir / "final" / "pretrain_config.json").read_text())["config"]["lr"] == 0.5

@@ -24,7 +24,15 @@ class TrainerConfig(ConfigModel):
     micro_batch_size: int = Field(gt=0, description="rows per forward pass per process")
     grad_accumulation: int = Field(1, gt=0, description="micro-batches per optimizer step")
 
-    lr: float = Field(gt=0, le=1, description="peak learning rate (AdamW: above 1 no run survives its first steps)")
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw", description="adamw: AdamW for every parameter; muon: Muon for the hidden 2-D weight matrices and "
+                             "AdamW (lr) for embeddings, output head and norms (docs/TRAINING.md, the recipe)")
+    lr: float = Field(gt=0, le=1, description="peak learning rate of AdamW's parameters (above 1 no run survives its "
+                                              "first steps)")
+    muon_lr: float | None = Field(None, gt=0, le=1, description="optimizer muon: peak learning rate of the Muon "
+                                                                "matrices, on AdamW's scale (update RMS matched to "
+                                                                "AdamW's); default: lr")
+    muon_momentum: float = Field(0.95, ge=0, lt=1, description="optimizer muon: Muon's (Nesterov) momentum")
     min_lr: float = Field(0.0, ge=0, description="learning rate at the last step (cosine, wsd)")
     schedule: Literal["cosine", "wsd", "constant"] = Field("cosine", description="shape after the warmup")
     warmup_steps: int = Field(0, ge=0, description="linear warmup from lr/warmup_steps to lr")
@@ -60,7 +68,10 @@ class TrainerConfig(ConfigModel):
     wandb_project: str | None = Field(None, description="log to Weights & Biases (must be installed)")
 
     @model_validator(mode="after")
-    def _check_lr(self) -> "TrainerConfig":
+    def _check_settings(self) -> "TrainerConfig":
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) exceeds lr ({self.lr})")
+        if self.optimizer == "muon" and self.distributed == "fsdp2":
+            raise ValueError("optimizer muon needs whole matrices to orthogonalise, and fsdp2 shards them; use "
+                             "distributed: ddp (every shipped architecture fits one device) or optimizer: adamw")
         return self

@@ -1,4 +1,5 @@
-"""One optimizer step of any objective, the hot path: forward, loss, backward, clipping, AdamW and the schedule,
+"""One optimizer step of any objective, the hot path: forward, loss, backward, clipping, the optimizer (AdamW, or
+Muon + AdamW: ``lumi.train.optim``) and the schedule,
 queued on the device without ever waiting for it.
 
 A bare training loop never reads its loss back, so the GPU never idles while Python prepares the next step. This
@@ -51,7 +52,8 @@ Batch = Any  # a tensor or a mapping of tensors: whatever the objective's loss m
 
 class TrainStep:
     """The hot path of one optimizer step: forward, loss and backward over this process's micro-batches, gradient
-    clipping, AdamW and the learning-rate schedule, on one process or wrapped for many (``lumi.train.distributed``).
+    clipping, the optimizer and the learning-rate schedule, on one process or wrapped for many
+    (``lumi.train.distributed``).
     ``loss_module`` is the objective's (``forward(batch, training)`` -> summed loss, ``.model`` the causal LM) and
     ``count(batch)`` the device count that summed loss is averaged over. ``benchmarks/bench_train_gpu.py`` times
     exactly this object against a bare training loop."""
