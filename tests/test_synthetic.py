@@ -104,18 +104,36 @@ def test_splits_partition_the_facts_and_cover_every_relation(world):
             assert Fact(fact.object, fact.relation, fact.subject) in heldout, "a symmetric pair was split"
 
 
+def word_runs(template: str, length: int = 3) -> set[str]:
+    """Every run of ``length`` words of a question template, lower-cased, not across the subject slot."""
+    runs = set()
+    for fragment in template.lower().split("{s}"):
+        words = fragment.split()
+        runs.update(" ".join(words[i:i + length]) for i in range(len(words) - length + 1))
+    return runs
+
+
 def test_heldout_question_wording_never_appears_in_the_corpus_or_in_training(world, corpus):
     train_prompts = {pair["prompt"] for pair in world.sft_pairs("train")}
     heldout = world.sft_pairs("heldout")
     assert heldout
     for pair in heldout:
         assert pair["prompt"] not in corpus and pair["prompt"] not in train_prompts, pair["prompt"]
+    texts = corpus.lower(), *(template.lower() for relation in RELATIONS.values()
+                              for template in relation.train_questions + relation.statements)
     for relation in RELATIONS.values():
         assert not set(relation.heldout_questions) & set(relation.train_questions)
         for template in relation.heldout_questions:
-            for fragment in template.split("{s}"):
-                if len(fragment.split()) >= 3:
-                    assert fragment.strip() not in corpus, f"held-out wording {fragment!r} occurs in the corpus"
+            assert word_runs(template), template
+            for run in word_runs(template):
+                assert not any(run in text for text in texts), f"held-out wording {run!r} occurs in training text"
+
+
+def test_corpus_asks_only_train_facts_with_train_wordings(world, documents):
+    """The quizzes (mixed training) answer train facts only: held-out facts are never in Q/A form before stage 80."""
+    asked = [pair for text in documents for pair in re.findall(r"Question: (.*?[.?]) Answer: (.*)", text)]
+    assert asked and len(asked) == sum(text.count("Question:") for text in documents)
+    assert set(asked) <= {(pair["prompt"], pair["response"]) for pair in world.sft_pairs("train")}
 
 
 def test_heldout_facts_are_stated_in_the_corpus_in_the_cloze_wording(world, corpus):

@@ -4,10 +4,14 @@ model learned.
 The world is a set of invented people, towns, jobs, objects and foods joined by facts (``Fact(subject, relation,
 object)``). From it come, all seeded:
 
-* corpus documents (short stories that state the facts in varied wordings, town portraits and arithmetic), lazily;
-* SFT pairs and DPO preference pairs, split into *train* and *heldout* facts. Held-out questions use question
-  templates that appear neither in training pairs nor anywhere in the corpus, so answering them needs the fact
-  (learned from the corpus) plus the answering skill (learned from other facts), not a memorised string;
+* corpus documents (short stories that state the facts in varied wordings, town portraits, arithmetic, and quizzes
+  that ask *train* facts with train wordings), lazily;
+* SFT pairs and DPO preference pairs, split into *train* and *heldout* facts. Held-out facts are stated in the corpus
+  but never asked anywhere in training. Held-out questions use wordings of which no three-word run appears in
+  training pairs or anywhere in the corpus; their key words (``profession``, ``hometown``, ``parents`` ...) do occur
+  in train wordings and statements, in other sentence frames. So answering them needs the fact (learned from
+  prose), the answering skill (learned from other facts) and the mapping from a new wording to its relation, not a
+  memorised string or a word the world never taught;
 * cloze items for held-out (or train) facts, whose context is the canonical corpus wording, so they test the fact and
   not the phrasing; their distractors come from the same category, so chance is ``1 / len(choices)``.
 
@@ -42,7 +46,8 @@ class Relation:
     """How one relation is stated and asked about.
 
     ``statements[0]`` is the canonical wording: it ends with `` {o}.`` and, cut before the object, gives the cloze
-    context. Train and held-out question templates must share no wording with each other or with any corpus text.
+    context. Held-out question templates share no three-word run with the train templates or any corpus text; the
+    train templates are many and varied so SFT learns key words -> relation rather than a few memorised strings.
     """
 
     name: str
@@ -92,39 +97,53 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
     Relation(
         "lives_in", "towns",
         statements=("{s} lives in {o}.", "{s} has a home in {o}.", "The home of {s} is in {o}.",
-                    "For many years now, {s} has lived in {o}."),
-        train_questions=("Where does {s} live?", "In which town does {s} live?", "Tell me where {s} lives."),
+                    "For many years now, {s} has lived in {o}.", "{s}'s hometown is {o}."),
+        train_questions=("Where does {s} live?", "In which town does {s} live?", "Tell me where {s} lives.",
+                         "What is {s}'s hometown?", "Where is the home of {s}?", "Name the place where {s} lives.",
+                         "Which town is home to {s}?", "In what place does {s} have a home?"),
         heldout_questions=("Name the town that {s} calls home.", "Which place is the hometown of {s}?")),
     Relation(
         "works_as", "jobs",
         statements=("{s} works as a {o}.", "{s} has a job as a {o}.", "{s} earns a living as a {o}.",
-                    "By trade, {s} is a {o}."),
-        train_questions=("What does {s} do for work?", "What is the job of {s}?", "What is {s}'s job?"),
+                    "By trade, {s} is a {o}.", "By profession, {s} is a {o}."),
+        train_questions=("What does {s} do for work?", "What is the job of {s}?", "What is {s}'s job?",
+                         "What is the occupation of {s}?", "What profession is {s} in?", "Name the profession of {s}.",
+                         "What trade does {s} follow?", "Tell me the job that {s} does."),
         heldout_questions=("What occupation does {s} have?", "Which profession does {s} practice?")),
     Relation(
         "owns", "objects",
         statements=("{s} owns a {o}.", "{s} keeps a {o} at home.", "There is a {o} that belongs to {s}.",
-                    "Among the things {s} has is a {o}."),
-        train_questions=("What does {s} own?", "What object belongs to {s}?"),
+                    "Among the things {s} has is a {o}.", "{s} possesses a {o}."),
+        train_questions=("What does {s} own?", "What object belongs to {s}?", "Which thing does {s} own?",
+                         "What thing does {s} possess?", "What is {s}'s property?", "Name the object that {s} owns.",
+                         "Tell me what {s} keeps at home.", "Which item is owned by {s}?"),
         heldout_questions=("Name an item that {s} possesses.", "Tell me which thing is the property of {s}.")),
     Relation(
         "likes", "foods",
         statements=("{s}'s favorite food is {o}.", "{s} loves to eat {o}.", "Of all foods, {s} likes {o} best.",
-                    "Nothing makes {s} happier than a meal of {o}."),
-        train_questions=("What food does {s} like best?", "What is {s}'s favorite food?"),
+                    "Nothing makes {s} happier than a meal of {o}.", "{s}'s favorite dish is {o}."),
+        train_questions=("What food does {s} like best?", "What is {s}'s favorite food?",
+                         "What is the favorite dish of {s}?", "What does {s} love to eat?",
+                         "Which meal makes {s} happiest?", "Name the food that {s} likes most.",
+                         "Tell me the dish {s} would choose.", "What would {s} eat every day if possible?"),
         heldout_questions=("Which dish would {s} pick above all others?",
                            "If {s} could only eat one thing, what would it be?")),
     Relation(
         "friend_of", "people", symmetric=True,
         statements=("{s} is a friend of {o}.", "{s} and {o} are good friends.",
-                    "{s} often spends time with {o}, a close friend."),
-        train_questions=("Who is {s}'s friend?", "Who is a friend of {s}?"),
+                    "{s} often spends time with {o}, a close friend.", "{s} is a pal of {o}."),
+        train_questions=("Who is {s}'s friend?", "Who is a friend of {s}?", "Who is a pal of {s}?",
+                         "Who does {s} spend time with?", "Which person is a close friend of {s}?",
+                         "Name a friend of {s}.", "Who shares a friendship with {s}?", "Tell me who is friends with {s}."),
         heldout_questions=("With whom does {s} share a close friendship?", "Name the pal of {s}.")),
     Relation(
         "sibling_of", "people", symmetric=True, cloze_by_first_name=True,
         statements=("{s} has a sibling named {o}.", "{s} and {o} are siblings.",
-                    "{s} grew up in the same family as {o}."),
-        train_questions=("Who is {s}'s sibling?", "Who is the sibling of {s}?"),
+                    "{s} grew up in the same family as {o}.", "{s} and {o} have the same parents.",
+                    "{s} has a brother or a sister called {o}."),
+        train_questions=("Who is {s}'s sibling?", "Who is the sibling of {s}?", "Who has the same parents as {s}?",
+                         "Who is a brother or a sister of {s}?", "Which person is in the same family as {s}?",
+                         "Name the sibling of {s}.", "Tell me who the sibling of {s} is.", "Who grew up with {s}?"),
         heldout_questions=("Which person shares parents with {s}?", "Name the brother or sister of {s}.")),
 )}
 
@@ -150,12 +169,15 @@ VENUES = ("market", "park", "library", "river", "bakery", "harbor", "garden", "s
 TOWN_INTROS = ("This is about the town of {t}.", "Let us visit {t} and meet some of the people there.",
                "Here is a short note about {t}.")
 TOWN_CLOSINGS = ("These are only a few of the people of {t}.", "There are many more stories to tell about {t}.")
+QUIZ_HEADERS = ("Questions and answers about the people of the valley.", "A short quiz, with its answers.",
+                "Here are some questions, each with its answer.")
 DRILL_HEADERS = ("Here are some number facts.", "Let us practice with numbers.", "Some arithmetic to learn:")
 UNHELPFUL = ("I do not know.", "I cannot say.", "That is a question for someone else.", "Sorry, I have no idea.")
 OPERATIONS = {"+": "plus", "-": "minus", "×": "times"}
 
 ARITHMETIC_SHARE = 0.15
 TOWN_SHARE = 0.1
+QUIZ_SHARE = 0.2  # question/answer documents about train facts: pretraining learns to answer, not only to state
 CANONICAL_SHARE = 0.5  # the cloze wording is stated this often, so a corpus soon holds it for every fact
 
 
@@ -224,12 +246,15 @@ class SyntheticWorld:
         rng = random.Random(f"lumi-synthetic/{self.seed if seed is None else seed}/documents")
         protagonists = _cycle_shuffled(self.people, rng)
         towns = _cycle_shuffled([town for town in self.towns if self._residents[town]], rng)
+        train_facts = self.split_facts("train")
         for _ in range(num_documents):
             draw = rng.random()
             if draw < ARITHMETIC_SHARE:
                 yield self._arithmetic(rng)
             elif draw < ARITHMETIC_SHARE + TOWN_SHARE:
                 yield self._town_portrait(next(towns), rng)
+            elif draw < ARITHMETIC_SHARE + TOWN_SHARE + QUIZ_SHARE:
+                yield self._quiz(train_facts, rng)
             else:
                 yield self._story(next(protagonists), rng)
 
@@ -282,6 +307,14 @@ class SyntheticWorld:
                               self.statement(self._fact(person, other), rng)])
         return _paragraphs([rng.choice(TOWN_INTROS).format(t=town)], *portraits,
                            [rng.choice(TOWN_CLOSINGS).format(t=town)])
+
+    def _quiz(self, train_facts: list[Fact], rng: random.Random) -> str:
+        """Train facts asked with train wordings and answered with the canonical statement: the "mixed training" of
+        Allen-Zhu & Li (Physics of Language Models 3.1), which lets a model answer questions about facts it read only
+        as prose (the held-out facts, never asked here)."""
+        pairs = [[f"Question: {rng.choice(RELATIONS[fact.relation].train_questions).format(s=fact.subject)}",
+                  f"Answer: {self.statement(fact)}"] for fact in rng.sample(train_facts, rng.randint(3, 6))]
+        return _paragraphs([rng.choice(QUIZ_HEADERS)], *pairs)
 
     def _arithmetic(self, rng: random.Random) -> str:
         if rng.random() < 0.5:
