@@ -99,11 +99,18 @@ def test_answer_logps_alone_padded_and_packed_agree(workspace):
 
 # --- TRL's DPOTrainer as the oracle
 
+SFT_WEIGHT = 0.7
+
+
 def _trl_trainer(tmp_path, model, ref_model, tokenizer, loss_type, beta, peft_config=None):
+    """TRL's trainer for ``loss_type`` (or "sigmoid+sft": RPO, the NLL term at ``SFT_WEIGHT``)."""
     import datasets
     from trl import DPOConfig, DPOTrainer
 
-    args = DPOConfig(output_dir=str(tmp_path / "trl"), loss_type=[loss_type], beta=beta, report_to=[], use_cpu=True,
+    losses = loss_type.split("+")
+    weights = [1.0, SFT_WEIGHT] if "sft" in losses else None
+    args = DPOConfig(output_dir=str(tmp_path / "trl"), loss_type=losses, loss_weights=weights, beta=beta, report_to=[],
+                     use_cpu=True,
                      per_device_train_batch_size=4, max_length=SEQ_LEN, bf16=False,
                      gradient_checkpointing=False)  # fp32, as ours on the CPU
     dataset = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": "Hi"}],
@@ -113,11 +120,12 @@ def _trl_trainer(tmp_path, model, ref_model, tokenizer, loss_type, beta, peft_co
                       peft_config=peft_config)
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge", "sigmoid+sft"])
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_loss_rewards_and_gradients_equal_trl(workspace, tmp_path, loss_type, method):
     """The same batch of 4 pairs (our tokens and answer masks as TRL's input_ids / completion_mask), a policy that
-    differs from its reference: TRL's loss, mean rewards, reward accuracy and every gradient are ours."""
+    differs from its reference: TRL's loss, mean rewards, reward accuracy and every gradient are ours. With the RPO
+    NLL term one pair: TRL averages it over the batch's chosen tokens, ours per pair, the same for one pair."""
     beta = 0.2
     reference = sft_model(workspace)
     tokenizer = AutoTokenizer.from_pretrained(workspace["data"] / "tokenizer")
@@ -140,7 +148,7 @@ def test_loss_rewards_and_gradients_equal_trl(workspace, tmp_path, loss_type, me
             param.data.add_(torch.randn_like(param) * 0.01)
         trainer = _trl_trainer(tmp_path, copy.deepcopy(ours_model), copy.deepcopy(reference), tokenizer, loss_type,
                                beta)
-    batch = pairs_batch(workspace["train"], range(4))
+    batch = pairs_batch(workspace["train"], range(1 if "sft" in loss_type else 4))
     ids = torch.cat([batch["chosen_ids"], batch["rejected_ids"]])
     inputs = {"input_ids": ids, "attention_mask": (ids != PAD_ID).long(),
               "completion_mask": torch.cat([batch["chosen_mask"], batch["rejected_mask"]])}
@@ -155,8 +163,9 @@ def test_loss_rewards_and_gradients_equal_trl(workspace, tmp_path, loss_type, me
                 ref_c, ref_r = pair_logps(ours_model, batch)
         else:
             ref_c, ref_r = pair_logps(reference, batch)
-    terms = preference_losses(policy_c, policy_r, ref_c, ref_r, loss_type, beta, 0.0,
-                              batch["chosen_mask"].sum(1), batch["rejected_mask"].sum(1))
+    terms = preference_losses(policy_c, policy_r, ref_c, ref_r, loss_type.split("+")[0], beta, 0.0,
+                              batch["chosen_mask"].sum(1), batch["rejected_mask"].sum(1),
+                              SFT_WEIGHT if "sft" in loss_type else 0.0)
     loss = terms["loss"].mean()
     loss.backward()
     assert abs(loss.item() - trl_loss.item()) <= 1e-5

@@ -47,8 +47,8 @@ def pair_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor
 
 def preference_losses(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
                       reference_rejected: torch.Tensor, loss_type: str, beta: float, label_smoothing: float = 0.0,
-                      chosen_tokens: torch.Tensor | None = None,
-                      rejected_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                      chosen_tokens: torch.Tensor | None = None, rejected_tokens: torch.Tensor | None = None,
+                      sft_weight: float = 0.0) -> dict[str, torch.Tensor]:
     """Per-pair ``loss``, ``chosen_reward`` and ``rejected_reward`` (beta * policy/reference log-ratio).
 
     * sigmoid (DPO, Rafailov et al. 2023): ``-log sigmoid(beta * margin)``; with ``label_smoothing`` eps the
@@ -56,6 +56,12 @@ def preference_losses(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor
     * ipo (Azar et al. 2023, eq. 17): ``(m' - 1 / (2 beta))^2`` with m' the difference of the *per-token* log-ratios
       (answer token counts ``chosen_tokens`` / ``rejected_tokens``), the normalisation TRL uses.
     * hinge (SLiC, Zhao et al. 2023): ``relu(1 - beta * margin)``.
+
+    ``sft_weight`` w adds ``w * NLL(chosen) / chosen_tokens`` per pair, the length-normalised NLL term of RPO (Pang et
+    al. 2024, "Iterative Reasoning Preference Optimization"; TRL: ``loss_type=[..., "sft"]``, whose term is the mean
+    over the batch's chosen tokens, the same for a single pair). The preference losses only see the *difference* of
+    the two answers' log-ratios, and are known to lower the likelihood of the chosen answer too ("likelihood
+    displacement"); the NLL term keeps the chosen answers likely.
     """
     chosen_ratio, rejected_ratio = policy_chosen - reference_chosen, policy_rejected - reference_rejected
     margin = chosen_ratio - rejected_ratio
@@ -70,4 +76,8 @@ def preference_losses(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor
         loss = torch.relu(1 - beta * margin)
     else:
         raise ValueError(f"unknown preference loss {loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")
+    if sft_weight:
+        if chosen_tokens is None:
+            raise ValueError("the sft term needs the chosen answers' token counts")
+        loss = loss - sft_weight * policy_chosen / chosen_tokens.clamp_min(1)
     return {"loss": loss, "chosen_reward": beta * chosen_ratio.detach(), "rejected_reward": beta * rejected_ratio.detach()}

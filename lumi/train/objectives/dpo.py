@@ -53,6 +53,10 @@ class DPOConfig(TrainerConfig):
     beta: float = Field(0.1, gt=0, description="strength of the pull towards the reference (DPO beta, IPO tau)")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="sigmoid loss: assumed share of flipped "
                                                                   "preference labels (conservative DPO)")
+    sft_weight: float = Field(0.0, ge=0, description="weight of an NLL term on the chosen answer (its per-token mean, "
+                                                     "per pair) added to the preference loss: RPO (Pang et al. 2024; "
+                                                     "TRL's loss_type [..., 'sft']). Keeps the chosen answers likely, "
+                                                     "which the preference loss alone can lower; 0 disables it")
     method: Literal["lora", "full"] = Field("lora", description="LoRA adapters through PEFT, or every weight")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings (method lora)")
     precompute_reference: bool = Field(False, description="score every pair with the reference once at start-up "
@@ -138,7 +142,8 @@ class DPOLoss(nn.Module):
         reference_chosen, reference_rejected = self.reference_logps(batch)
         return preference_losses(policy_chosen, policy_rejected, reference_chosen, reference_rejected,
                                  self.config.loss, self.config.beta, self.config.label_smoothing,
-                                 batch["chosen_mask"].sum(dim=1), batch["rejected_mask"].sum(dim=1))
+                                 batch["chosen_mask"].sum(dim=1), batch["rejected_mask"].sum(dim=1),
+                                 self.config.sft_weight)
 
     def forward(self, batch: dict[str, torch.Tensor], training: bool) -> torch.Tensor:
         terms = self.terms(batch)
