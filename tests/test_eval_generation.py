@@ -16,6 +16,7 @@ from lumi.serve.checkpoint import load_for_serving
 
 PROMPTS = {"story": ["Once upon a time there was a small village by the sea where", "The king"],
            "facts": ["A", "Where is the library? It is next to the old bridge, the market and"]}
+CONTEXT = 64  # the tiny model's context: short, so the longest chat prompt is cut
 SAMPLING = {"temperature": 1.0, "top_p": 0.95, "top_k": 50}
 
 
@@ -23,7 +24,7 @@ SAMPLING = {"temperature": 1.0, "top_p": 0.95, "top_k": 50}
 def chat_model(tmp_path_factory):
     """A tiny model whose tokenizer has a ChatML template (the serving loader: the template edit is not a trained
     tokenizer file, which the evaluator's integrity check would refuse)."""
-    return load_for_serving(make_serving_dirs(tmp_path_factory.mktemp("eval_generation"), max_seq_len=48)["chat"],
+    return load_for_serving(make_serving_dirs(tmp_path_factory.mktemp("eval_generation"), max_seq_len=CONTEXT)["chat"],
                             device="cpu")
 
 
@@ -38,7 +39,7 @@ def reference(model, tokenizer, prompt_ids, stop_ids, max_new_tokens) -> list[in
 @pytest.mark.parametrize("prompt_format", ["plain", "chat"])
 def test_greedy_equals_generate_in_a_batched_run(chat_model, prompt_format):
     model, tokenizer = chat_model
-    max_new_tokens = 30  # with a 48-token context the longest chat prompt is cut from the left
+    max_new_tokens = 30  # the longest chat prompt is longer than CONTEXT - 30 tokens: it is cut from the left
     outputs, _ = run_generation(model, tokenizer, PROMPTS, prompt_format, max_new_tokens, greedy=True,
                                 samples_per_prompt=2, sampling=SAMPLING, repetition_ngram=3, seed=0, max_batch=3)
     stop_ids = stop_token_ids(tokenizer, prompt_format)
@@ -46,7 +47,8 @@ def test_greedy_equals_generate_in_a_batched_run(chat_model, prompt_format):
     assert [(r["category"], r["prompt"]) for r in greedy] == [(c, p) for c, ps in PROMPTS.items() for p in ps]
     assert len(outputs) == 3 * len(greedy)
     for record in greedy:
-        prompt_ids = encode(tokenizer, format_prompt(tokenizer, record["prompt"], prompt_format))[-(48 - max_new_tokens):]
+        prompt_ids = encode(tokenizer, format_prompt(tokenizer, record["prompt"], prompt_format))
+        prompt_ids = prompt_ids[-(CONTEXT - max_new_tokens):]
         expected = reference(model, tokenizer, prompt_ids, stop_ids, max_new_tokens)
         stopped = expected[-1] in stop_ids
         content = expected[:-1] if stopped else expected

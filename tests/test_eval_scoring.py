@@ -70,7 +70,7 @@ def test_encode_pair_follows_lm_eval(loaded):
 
 def test_batched_scores_equal_unbatched_and_a_direct_forward(loaded):
     model, tokenizer = loaded
-    texts = [doc[:n] for doc, n in zip(training_text(12), (40, 90, 15, 60, 120, 33, 75, 20, 50, 100, 10, 65))]
+    texts = [doc[:n] for doc, n in zip(training_text(12), (40, 90, 15, 60, 200, 33, 75, 20, 50, 180, 10, 65))]
     pairs = [encode_pair(tokenizer, text, " and then they went home") for text in texts]
     one_by_one = score_continuations(model, pairs, max_length=CONTEXT, batch_size=1)
     batched = score_continuations(model, pairs, max_length=CONTEXT, batch_size=5)
