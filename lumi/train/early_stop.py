@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from lumi.core.errors import LumiError
+
 WATCHED = "val/loss"
 
 
@@ -32,7 +34,9 @@ class EarlyStopping:
     def update(self, step: int, metrics: dict[str, float]) -> bool:
         """Take one evaluation's metrics; True when it is the new best (the caller then keeps the weights)."""
         if WATCHED not in metrics:
-            raise KeyError(WATCHED)
+            raise LumiError(f"early_stop_patience watches {WATCHED}, which this run's evaluation does not give (it "
+                            f"gave: {', '.join(metrics) or 'nothing'}; an empty val split?); unset "
+                            "early_stop_patience or give the run val data")
         loss = float(metrics[WATCHED])
         if self.best_loss is None or loss < self.best_loss - self.min_delta:
             self.best_loss, self.best_step, self.evals_without_improvement = loss, step, 0

@@ -174,13 +174,7 @@ class Trainer:
         self._log(metrics, self.step, values)
         if self.early_stop is None:
             return
-        try:
-            improved = self.early_stop.update(self.step, values)
-        except KeyError:
-            raise LumiError(f"early_stop_patience watches {WATCHED}, which this run's evaluation does not give "
-                            f"(it gave: {', '.join(values) or 'nothing'}; an empty val split?); unset "
-                            "early_stop_patience or give the run val data") from None
-        if improved:
+        if self.early_stop.update(self.step, values):
             weights = self._whole_weights()  # every process calls it: FSDP2 gathers
             self.early_stop.keep(weights if self.is_main else None)
 
