@@ -44,7 +44,7 @@ stage "85 DPO corpus: the world's preference pairs for its train facts"
 lumi dpo-corpus --config config/dpo/datasets/demo.json --tokenizer-dir "$OUT/sft/demo/final" \
     --output-dir "$OUT/dpo_data" --force
 
-stage "90 DPO: prefer the stated fact over a wrong object or a refusal"
+stage "90 DPO: prefer the stated fact over a wrong one, another fact, a refusal or the bare name"
 lumi dpo --config config/dpo/training/demo.json --model-path "$OUT/sft/demo/final" --data-dir "$OUT/dpo_data" \
     --output-dir "$OUT/dpo" --force
 

@@ -48,6 +48,18 @@ def sft_lines(run_dir: Path, before: dict | None) -> list[str]:
     return lines
 
 
+def answers_changed(before_dir: Path, after_dir: Path) -> tuple[int, int]:
+    """Held-out questions answered exactly after DPO but not before, and the reverse: a rate that holds can hide
+    answers lost and others gained."""
+    def exact(run: Path) -> dict[str, float]:
+        rows = (run / "samples" / "synthetic_qa.jsonl").read_text().splitlines()
+        return {row["id"]: row["exact_match"] for row in map(json.loads, rows)}
+    before, after = exact(before_dir), exact(after_dir)
+    gained = sum(after[key] > before[key] for key in before.keys() & after.keys())
+    lost = sum(after[key] < before[key] for key in before.keys() & after.keys())
+    return gained, lost
+
+
 def dpo_lines(run_dir: Path, before: dict | None) -> list[str]:
     """Stages 85-100: the preference data, held-out reward accuracy, answers before and after DPO, the served answer."""
     lines = []
@@ -63,9 +75,11 @@ def dpo_lines(run_dir: Path, before: dict | None) -> list[str]:
                          f"(n={pref['pairs']} pairs)")
         qa, previous = after.get("synthetic_qa"), (before or {}).get("synthetic_qa")
         if qa and previous:
+            gained, lost = answers_changed(run_dir / "evaluation_sft", run_dir / "evaluation_dpo")
             lines.append(f"  - held-out questions: exact match {previous['exact_match']['value']:.3f} -> "
-                         f"**{qa['exact_match']['value']:.3f}**, refusals {previous['refusal_rate']['value']:.3f} -> "
-                         f"**{qa['refusal_rate']['value']:.3f}** (before -> after DPO)")
+                         f"**{qa['exact_match']['value']:.3f}** ({gained} gained, {lost} lost), refusals "
+                         f"{previous['refusal_rate']['value']:.3f} -> **{qa['refusal_rate']['value']:.3f}** "
+                         f"(before -> after DPO)")
     served = run_dir / "served_answer.txt"
     if served.is_file():
         lines.append(f"- 100 serve: " + " / ".join(line.strip() for line in served.read_text().splitlines()

@@ -173,20 +173,31 @@ def test_cloze_items_are_right_and_distractors_are_fair(world):
     assert len(world.cloze_items("heldout", num_choices=6)[0]["choices"]) == 6
 
 
-def test_sft_and_preference_pairs_state_true_facts_against_false_or_unhelpful_ones(world):
-    true_statements = {world.statement(fact) for fact in world.facts}
+def test_sft_and_preference_pairs_state_true_facts_against_wrong_unhelpful_or_off_question_ones(world):
+    fact_of = {world.statement(fact): fact for fact in world.facts}
+    objects = [*world.towns, *JOBS, *OBJECTS, *FOODS, *world.people]
     for split in ("train", "heldout"):
         sft, preferences = world.sft_pairs(split), world.preference_pairs(split)
         split_statements = {world.statement(fact) for fact in world.split_facts(split)}
         assert [pair["prompt"] for pair in sft] == [pair["prompt"] for pair in preferences]
+        kinds = Counter()
         for pair, preference in zip(sft, preferences):
             assert set(pair) == {"prompt", "response"} and set(preference) == {"prompt", "chosen", "rejected"}
             assert pair["response"] in split_statements and preference["chosen"] == pair["response"]
-            subject = " ".join(pair["response"].split(" ")[:2]).removesuffix("'s")
-            assert subject in world.people and subject in pair["prompt"], pair
-            assert preference["rejected"] not in true_statements, preference
-        kinds = Counter("unhelpful" if p["rejected"] in UNHELPFUL else "wrong fact" for p in preferences)
-        assert kinds["wrong fact"] > kinds["unhelpful"] > 0, kinds
+            fact, rejected = fact_of[pair["response"]], preference["rejected"]
+            assert fact.subject in pair["prompt"], pair
+            if rejected in UNHELPFUL:
+                kinds["unhelpful"] += 1
+            elif rejected == f"{fact.subject}.":
+                kinds["incomplete"] += 1
+            elif rejected in fact_of:  # true, but of another relation: answers another question
+                assert fact_of[rejected].subject == fact.subject and fact_of[rejected].relation != fact.relation
+                kinds["other_relation"] += 1
+            else:
+                wrong = {RELATIONS[fact.relation].statements[0].format(s=fact.subject, o=o) for o in objects}
+                assert rejected in wrong - {preference["chosen"]}, preference
+                kinds["wrong_object"] += 1
+        assert kinds["wrong_object"] > kinds["other_relation"] > kinds["unhelpful"] > kinds["incomplete"] > 0, kinds
 
 
 def test_config_validates_and_rebuilds_the_same_world(world):

@@ -74,8 +74,8 @@ class PreferenceFileSource(FileSource):
 
 
 class SyntheticPreferenceSource(SyntheticPairsSource):
-    """The synthetic world's preference pairs for its train facts: chosen states the fact, rejected a wrong object or
-    an unhelpful refusal."""
+    """The synthetic world's preference pairs for its train facts: chosen states the fact, rejected a wrong object,
+    another fact of the subject, a refusal or the bare name (``lumi.data.synthetic.REJECTED_KINDS``)."""
 
 
 PreferenceSource = PreferenceHubSource | PreferenceFileSource | SyntheticPreferenceSource

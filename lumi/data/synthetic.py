@@ -173,6 +173,13 @@ QUIZ_HEADERS = ("Questions and answers about the people of the valley.", "A shor
                 "Here are some questions, each with its answer.")
 DRILL_HEADERS = ("Here are some number facts.", "Let us practice with numbers.", "Some arithmetic to learn:")
 UNHELPFUL = ("I do not know.", "I cannot say.", "That is a question for someone else.", "Sorry, I have no idea.")
+# The rejected answers of preference pairs, by share: the ways the demo's SFT models answer wrongly on their own
+# (stating another fact of the subject was most of their held-out errors; "Milo Goldley." for "Milo Goldley owns a
+# map." the one DPO tended to add), plus the classic wrong fact and refusal.
+REJECTED_KINDS = {"wrong_object": 0.5,    # the asked relation with another object of its category
+                  "unhelpful": 0.15,      # one of UNHELPFUL
+                  "incomplete": 0.1,      # the subject's name and a full stop
+                  "other_relation": 0.25}  # a true fact of the subject, but not the one asked
 OPERATIONS = {"+": "plus", "-": "minus", "×": "times"}
 
 ARITHMETIC_SHARE = 0.15
@@ -366,17 +373,24 @@ class SyntheticWorld:
                 for fact in self.split_facts(split) for question in RELATIONS[fact.relation].questions(split)]
 
     def preference_pairs(self, split: Split) -> list[dict[str, str]]:
-        """``{"prompt", "chosen", "rejected"}``: chosen states the fact; rejected states a wrong object from the same
-        category (three times in four) or refuses unhelpfully."""
+        """``{"prompt", "chosen", "rejected"}``: chosen states the fact; rejected is one of ``REJECTED_KINDS``."""
         rng = random.Random(f"lumi-synthetic/{self.seed}/preferences/{split}")
+        kinds, weights = zip(*REJECTED_KINDS.items())
         pairs = []
         for fact in self.split_facts(split):
             for question in RELATIONS[fact.relation].questions(split):
-                if rng.random() < 0.75:
+                kind = rng.choices(kinds, weights)[0]
+                if kind == "wrong_object":
                     wrong = self._distractors(fact, 1, rng, by_first_name=False)[0]
                     rejected = self.statement(Fact(fact.subject, fact.relation, wrong))
-                else:
+                elif kind == "unhelpful":
                     rejected = rng.choice(UNHELPFUL)
+                elif kind == "incomplete":
+                    rejected = f"{fact.subject}."
+                else:
+                    other = rng.choice([relation for relation in self._objects[fact.subject]
+                                        if relation != fact.relation])
+                    rejected = self.statement(self._fact(fact.subject, other))
                 pairs.append({"prompt": question.format(s=fact.subject), "chosen": self.statement(fact),
                               "rejected": rejected})
         return pairs
