@@ -55,9 +55,8 @@ def answers_changed(before_dir: Path, after_dir: Path) -> tuple[int, int]:
         rows = (run / "samples" / "synthetic_qa.jsonl").read_text().splitlines()
         return {row["id"]: row["exact_match"] for row in map(json.loads, rows)}
     before, after = exact(before_dir), exact(after_dir)
-    gained = sum(after[key] > before[key] for key in before.keys() & after.keys())
-    lost = sum(after[key] < before[key] for key in before.keys() & after.keys())
-    return gained, lost
+    both = before.keys() & after.keys()
+    return sum(after[key] > before[key] for key in both), sum(after[key] < before[key] for key in both)
 
 
 def dpo_lines(run_dir: Path, before: dict | None) -> list[str]:
