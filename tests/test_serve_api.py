@@ -126,7 +126,7 @@ def test_errors_are_openai_error_json(server, client):
     assert status == 400 and body["error"]["type"] == "invalid_request_error"
     status, body = raw(server, "POST", "/v1/chat/completions",
                        json.dumps({"model": MODEL, "messages": QUESTION, "temperature": "hot"}).encode())
-    assert status == 422 and "temperature" in body["error"]["message"]
+    assert status == 400 and body["error"]["param"] == "temperature"
     status, body = raw(server, "POST", "/v1/completions", json.dumps({"model": MODEL, "prompt": "x"}).encode(),
                        key=None)
     assert status == 401 and body["error"]["type"] == "authentication_error"
@@ -217,8 +217,6 @@ def test_serve_flags_key_from_environment_and_loopback_default(monkeypatch, tmp_
     assert args.host == "127.0.0.1"
     monkeypatch.setenv("LUMI_API_KEY", "from-env")
     assert serve.settings_from_args(args).api_key == "from-env"
-    args = parser.parse_args(["serve", "--model-path", str(tmp_path), "--api-key", "from-flag"])
-    assert serve.settings_from_args(args).api_key == "from-flag"
     monkeypatch.delenv("LUMI_API_KEY")
     assert serve.settings_from_args(parser.parse_args(["serve", "--model-path", str(tmp_path)])).api_key is None
 

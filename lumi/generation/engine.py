@@ -8,6 +8,10 @@ stop-string matcher, and the resulting ``Output`` is pushed to the request's sin
 a sink that feeds an asyncio queue). Chat, the API and the benchmarks drive the loop in its own thread (``start``);
 the evaluator's generation checks submit a whole run and drive it in their own thread (``run_all``).
 
+Faults stay with their request: a request whose sampler fails (at admission or on a token) fails alone and frees
+its slot; only a failed forward pass (which the batch shares) fails every request in it. ``health()`` says whether
+the engine can serve: its loop is alive and its last step did not fail.
+
 transformers' own continuous batching (``generate_batch`` / paged attention) was measured slower than plain
 ``generate`` on a tiny CPU model; it remains the better option on a GPU at scale (docs/SERVING.md).
 """
@@ -69,10 +73,11 @@ class Request:
     """A submitted request: iterate it for its outputs (the default sink), ``cancel()`` it when its client is gone."""
 
     def __init__(self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[Output], None] | None,
-                 stop_ids: set[int]):
+                 stop_ids: set[int], sampler: TokenSampler):
         self.id = uuid.uuid4().hex
         self.prompt_ids = list(prompt_ids)
         self.params = params
+        self.sampler = sampler
         self.stop_ids = stop_ids
         self._queue: queue.Queue[Output] = queue.Queue()
         self.sink = sink or self._queue.put
@@ -144,6 +149,7 @@ class Engine:
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closing = False
+        self.last_error: str | None = None  # of the last step, None once a step succeeds again
 
     # --- client side -------------------------------------------------------------------------------------------
 
@@ -158,7 +164,11 @@ class Engine:
         if params.max_tokens is not None and len(prompt_ids) + params.max_tokens > self.context:
             raise PromptTooLong(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
                                 f"model's context of {self.context} tokens: lower max_tokens or shorten the prompt")
-        request = Request(prompt_ids, params, sink, self.stop_ids if stop_ids is None else set(stop_ids))
+        try:  # built here, so parameters the sampler cannot take fail this call, never the engine loop
+            sampler = TokenSampler(params, self.device)
+        except (RuntimeError, ValueError, OverflowError) as exc:
+            raise LumiError(f"sampling parameters not usable: {exc}") from None
+        request = Request(prompt_ids, params, sink, self.stop_ids if stop_ids is None else set(stop_ids), sampler)
         with self._wake:
             if len(self.waiting) >= self.max_waiting + max(0, len(self.free_slots)):
                 raise QueueFull(f"{len(self.waiting)} requests are waiting; try again later")
@@ -185,7 +195,14 @@ class Engine:
         return [_completion(request) for request in requests]
 
     def load(self) -> dict[str, int]:
-        return {"running": len(self.running), "waiting": len(self.waiting), "slots": self.max_batch}
+        return {"running": len(self.running), "waiting": len(self.waiting), "slots": self.max_batch,
+                "free_slots": len(self.free_slots)}
+
+    def health(self) -> str | None:
+        """None when the engine can serve, else why not (its loop died, or its last step failed)."""
+        if self._thread is not None and not self._thread.is_alive():
+            return "the engine loop has stopped" + (f" ({self.last_error})" if self.last_error else "")
+        return None if self.last_error is None else f"the last engine step failed: {self.last_error}"
 
     # --- engine loop -------------------------------------------------------------------------------------------
 
@@ -219,9 +236,11 @@ class Engine:
                         return
                 try:
                     self.step()
+                    self.last_error = None
                 except Exception as exc:  # a failed forward fails its requests, never the server
                     log.exception("engine step failed")
-                    self._fail_all(f"{type(exc).__name__}: {exc}")
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    self._fail_all(self.last_error)
 
     def step(self) -> None:
         self._admit()
@@ -240,11 +259,16 @@ class Engine:
                 self.free_slots.sort()
                 slot = self.free_slots.pop(0)  # lowest first: running slots stay consecutive (read without a copy)
                 room = self.context - len(request.prompt_ids)
-                self.running.append(_Running(
-                    request, slot, TokenSampler(request.params, self.device),
-                    IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
-                    StopStringMatcher(request.params.stop), min(request.params.max_tokens or room, room),
-                    tokens=list(request.prompt_ids)))
+                try:
+                    state = _Running(request, slot, request.sampler,
+                                     IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
+                                     StopStringMatcher(request.params.stop),
+                                     min(request.params.max_tokens or room, room), tokens=list(request.prompt_ids))
+                except Exception as exc:  # this request's fault: it fails alone and its slot is free again
+                    self.free_slots.append(slot)
+                    self._fail_one(request, exc, 0)
+                    continue
+                self.running.append(state)
 
     def _prefill(self) -> None:
         budget = self.prefill_chunk
@@ -276,7 +300,12 @@ class Engine:
 
     def _accept(self, state: _Running, logits: torch.Tensor) -> None:
         """Choose the next token, turn it into text and push the output; decide whether the request is done."""
-        token = state.sampler.choose(logits, state.tokens, state.num_prompt)
+        try:
+            token = state.sampler.choose(logits, state.tokens, state.num_prompt)
+        except Exception as exc:  # this request's sampler failed: it alone fails, the batch goes on
+            state.finished = True
+            self._fail_one(state.request, exc, state.num_output)
+            return
         state.tokens.append(token)
         if token in state.request.stop_ids:
             text, finish = self._final_text(state), FINISH_STOP
@@ -308,6 +337,12 @@ class Engine:
             self.free_slots.append(state.slot)
         with self._wake:
             self.running = kept
+
+    def _fail_one(self, request: Request, exc: Exception, completion_tokens: int) -> None:
+        log.warning("request %s failed: %s: %s", request.id, type(exc).__name__, exc)
+        self.stats["errors"] += 1
+        request.sink(Output("", [], FINISH_ERROR, len(request.prompt_ids), completion_tokens,
+                            error=f"{type(exc).__name__}: {exc}"))
 
     def _fail_all(self, error: str) -> None:
         with self._wake:

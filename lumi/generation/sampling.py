@@ -5,33 +5,55 @@ Temperature, top-k, top-p, min-p and the repetition penalty are transformers' ow
 order ``generate`` applies them, so a request means here what it means to ``model.generate``. The frequency and
 presence penalties are OpenAI's (transformers has none): ``logit -= frequency * count + presence * (count > 0)`` over
 the tokens generated so far. Temperature 0 is greedy (argmax after the penalties).
+
+Every field has a range inside which the sampler cannot fail later (a value out of range is refused when the request
+is validated, naming the field): no NaN or infinity, a seed torch accepts, a temperature and a repetition penalty that
+cannot overflow float32 logits into ``inf`` (a positive temperature below ``MIN_TEMPERATURE`` is raised to it, as vLLM
+does, so 1e-40 means "nearly greedy", not NaN), bounded stop strings.
 """
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from transformers import (MinPLogitsWarper, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
                           TopKLogitsWarper, TopPLogitsWarper)
+
+
+MIN_TEMPERATURE = 1e-2  # vLLM's floor: logits / 0.01 stay finite in float32
+MAX_SEED = 2**63 - 1  # int64, as OpenAI and vLLM take it (torch would refuse past 2**64 - 1)
+MAX_STOP_CHARS = 256  # the stop matcher's hold-back costs O(length^2) per token
+StopString = Annotated[str, StringConstraints(max_length=MAX_STOP_CHARS)]
 
 
 class SamplingParams(BaseModel):
     """How one request chooses its tokens and when it stops."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
-    max_tokens: int | None = Field(None, ge=1, description="most new tokens (None: up to the model's context)")
-    temperature: float = Field(1.0, ge=0.0, le=2.0, description="softmax temperature; 0 = greedy")
+    max_tokens: int | None = Field(None, ge=1, le=1 << 20,
+                                   description="most new tokens (None: up to the model's context)")
+    temperature: float = Field(1.0, ge=0.0, le=2.0,
+                               description=f"softmax temperature; 0 = greedy; (0, {MIN_TEMPERATURE}) is raised to "
+                                           f"{MIN_TEMPERATURE}")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling: keep the smallest set with this mass")
-    top_k: int = Field(0, ge=0, description="keep the k most likely tokens (0 = off)")
+    top_k: int = Field(0, ge=0, le=1 << 20, description="keep the k most likely tokens (0 = off)")
     min_p: float = Field(0.0, ge=0.0, le=1.0, description="drop tokens below min_p x the top token's probability")
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0,
+    repetition_penalty: float = Field(1.0, ge=0.01, le=10.0,
                                       description="CTRL-style penalty on every token already in prompt or output")
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI: minus this x a token's output count")
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI: minus this once a token has appeared")
-    seed: int | None = Field(None, ge=0, description="seed of this request's own random generator (reproducible)")
-    stop: list[str] = Field(default_factory=list, max_length=16,
-                            description="stop strings: generation ends before the first one (not included)")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED,
+                             description="seed of this request's own random generator (reproducible)")
+    stop: list[StopString] = Field(default_factory=list, max_length=16,
+                                   description="stop strings: generation ends before the first one (not included)")
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature_floor(cls, value: float) -> float:
+        return MIN_TEMPERATURE if 0.0 < value < MIN_TEMPERATURE else value
 
 
 class TokenSampler:

@@ -5,8 +5,11 @@ Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/model
 ``text_completion``; a stream ends with ``data: [DONE]``; ``stream_options.include_usage`` adds a last chunk with
 ``usage``), so the ``openai`` client and tools built on it work unchanged. Errors are OpenAI's error JSON.
 
-Safety: the key (when set) is compared in constant time; CORS is off unless origins are given; request bodies are
-capped; a client that goes away cancels its generation at the engine's next step.
+Safety: the key (when set) is checked before anything else reads the request (a middleware, so a request without
+it is a 401 whatever its body) and compared in constant time; CORS is off unless origins are given; request bodies
+are capped; every sampling field is range-checked (400 naming the field); prompts are tokenized off the event loop
+(one worker thread), so a huge prompt never stalls the other streams; a client that goes away cancels its
+generation at the engine's next step.
 """
 
 from __future__ import annotations
@@ -15,24 +18,28 @@ import asyncio
 import hmac
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Literal
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from transformers import PreTrainedTokenizerBase
 
 from lumi.core.errors import LumiError
-from lumi.generation.engine import Engine, Output, QueueFull
+from lumi.generation.engine import Engine, Output, PromptTooLong, QueueFull
+from lumi.generation.sampling import MAX_STOP_CHARS, SamplingParams, StopString
 from lumi.serve.prompts import chat_ids, completion_ids, has_chat_template
-from lumi.generation.sampling import SamplingParams
 
 WEB_PAGE = Path(__file__).resolve().parent / "web" / "index.html"
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+OPEN_PATHS = ("/", "/health")  # everything else needs the key when one is set
+RETRY_AFTER_S = 1
+CLIENT_CLOSED = 499  # nginx's "client closed request": logged for a non-streamed request whose client went away
 
 
 @dataclass
@@ -44,18 +51,21 @@ class ServerSettings:
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.kind, self.param = status, message, kind, param
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
 
 
-def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None) -> dict:
-    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def error_response(status: int, message: str, kind: str = "invalid_request_error",
-                   param: str | None = None) -> JSONResponse:
-    return JSONResponse(error_body(message, kind, param), status_code=status)
+def error_response(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+                   code: str | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse(error_body(message, kind, param, code), status_code=status, headers=headers)
 
 
 # --- request bodies: OpenAI's fields; the sampling fields (with their limits) are SamplingParams' own ---------------
@@ -71,7 +81,8 @@ class _GenerationRequest(SamplingParams):
     stream_options: StreamOptions | None = None
     n: Literal[1] = Field(1, description="one choice per request")
     user: str | None = None
-    stop: list[str] = Field(default_factory=list, max_length=16)
+    stop: list[StopString] = Field(default_factory=list, max_length=16,
+                                   description=f"up to 16 stop strings of at most {MAX_STOP_CHARS} characters")
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -102,6 +113,8 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = Field(False, description="log-probabilities of the chosen tokens")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="and of the most likely tokens at each step")
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
 
     def sampling(self) -> SamplingParams:
@@ -113,6 +126,8 @@ class ChatCompletionRequest(_GenerationRequest):
 
 class CompletionRequest(_GenerationRequest):
     prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=20,
+                                 description="log-probabilities of the chosen tokens and of this many likeliest")
 
     @field_validator("prompt")
     @classmethod
@@ -150,6 +165,25 @@ class BodySizeLimit:
         return await self.app(scope, _replay([{"type": "http.request", "body": b"".join(chunks)}], receive), send)
 
 
+class RequireKey:
+    """ASGI middleware: without ``Authorization: Bearer KEY`` (compared in constant time) a request to anything but
+    ``OPEN_PATHS`` is answered 401 before its body is read or validated."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.key):
+            response = error_response(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
+                                      "authentication_error")
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def _replay(messages: list[dict], receive):
     async def replayed():
         return messages.pop(0) if messages else await receive()
@@ -159,32 +193,26 @@ def _replay(messages: list[dict], receive):
 def create_app(engine: Engine, tokenizer: PreTrainedTokenizerBase, settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="Lumi-Lab", docs_url=None, redoc_url=None, openapi_url=None)
     created = int(time.time())
+    # One thread: tokenization leaves the event loop, and the tokenizer is never entered by two encodes at once.
+    tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="lumi-tokenize")
 
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, exc: APIError):
-        return error_response(exc.status, exc.message, exc.kind, exc.param)
+        return error_response(exc.status, exc.message, exc.kind, exc.param, exc.code)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError):
+        """400 as OpenAI answers any invalid request (FastAPI's default is 422), naming the field."""
         errors = exc.errors()
-        status = 400 if any(e.get("type") == "json_invalid" for e in errors) else 422
         message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
                             for e in errors)
         first = next((e.get("loc") for e in errors), ())
-        return error_response(status, message, param=str(first[-1]) if first and len(first) > 1 else None)
+        return error_response(400, message, param=str(first[1]) if first and len(first) > 1 else None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException):
         return error_response(exc.status_code, str(exc.detail), "not_found_error" if exc.status_code == 404
                               else "invalid_request_error")
-
-    async def authorized(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), settings.api_key.encode()):
-            raise APIError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
-                           "authentication_error")
 
     def check_model(name: str) -> None:
         if name != settings.model_id:
@@ -204,40 +232,46 @@ def create_app(engine: Engine, tokenizer: PreTrainedTokenizerBase, settings: Ser
             return engine.submit(prompt_ids, params, sink), outputs
         except QueueFull as exc:
             raise APIError(503, f"server busy: {exc}", "server_error") from None
+        except PromptTooLong as exc:
+            raise APIError(400, str(exc), code="context_length_exceeded") from None
         except LumiError as exc:
             raise APIError(400, str(exc)) from None
 
-    def encode(make) -> list[int]:
+    async def encode(make, *args) -> list[int]:
         try:
-            return make()
+            return await asyncio.get_running_loop().run_in_executor(tokenize_pool, make, *args)
         except LumiError as exc:
             raise APIError(400, str(exc)) from None
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": settings.model_id, "chat_template": has_chat_template(tokenizer),
-                **engine.load(), "cancelled": engine.stats["cancelled"]}
+        problem = engine.health()
+        body = {"status": "ok" if problem is None else "error", "model": settings.model_id,
+                "chat_template": has_chat_template(tokenizer), **engine.load(),
+                "cancelled": engine.stats["cancelled"], "errors": engine.stats["errors"],
+                **({"error": problem} if problem else {})}
+        return JSONResponse(body, status_code=200 if problem is None else 503)
 
     @app.get("/", response_class=HTMLResponse)
     async def web_page():
         return HTMLResponse(WEB_PAGE.read_text(encoding="utf-8"))
 
-    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    @app.get("/v1/models", )
     async def models():
         return {"object": "list", "data": [{"id": settings.model_id, "object": "model", "created": created,
                                             "owned_by": "lumi-lab", "max_model_len": engine.context}]}
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
+    @app.post("/v1/chat/completions", )
     async def chat_completions(body: ChatCompletionRequest, http: Request):
         check_model(body.model)
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
-        prompt_ids = encode(lambda: chat_ids(tokenizer, messages))
+        prompt_ids = await encode(chat_ids, tokenizer, messages)
         return await respond(http, body, prompt_ids, chat=True)
 
-    @app.post("/v1/completions", dependencies=[Depends(authorized)])
+    @app.post("/v1/completions", )
     async def completions(body: CompletionRequest, http: Request):
         check_model(body.model)
-        prompt_ids = encode(lambda: completion_ids(tokenizer, body.prompt))
+        prompt_ids = await encode(completion_ids, tokenizer, body.prompt)
         return await respond(http, body, prompt_ids, chat=False)
 
     async def respond(http: Request, body: _GenerationRequest, prompt_ids: list[int], chat: bool):
@@ -249,7 +283,10 @@ def create_app(engine: Engine, tokenizer: PreTrainedTokenizerBase, settings: Ser
             return StreamingResponse(stream_events(request, outputs, common, chat, include_usage),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        final, text = await collect(http, request, outputs)
+        collected = await collect(http, request, outputs)
+        if collected is None:  # the client went away: nobody reads this answer
+            return Response(status_code=CLIENT_CLOSED)
+        final, text = collected
         if final.finish_reason == "error":
             raise APIError(500, f"generation failed: {final.error}", "server_error")
         choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
@@ -262,12 +299,14 @@ def create_app(engine: Engine, tokenizer: PreTrainedTokenizerBase, settings: Ser
 
 
 def _with_middleware(app: FastAPI, settings: ServerSettings):
-    if settings.cors_origins:
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    if settings.api_key is not None:
+        app.add_middleware(RequireKey, key=settings.api_key)
+    if settings.cors_origins:  # outermost: preflights and 401s carry the CORS headers too
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
-    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     return app
 
 
@@ -276,8 +315,8 @@ def usage(final: Output) -> dict[str, int]:
             "total_tokens": final.prompt_tokens + final.completion_tokens}
 
 
-async def collect(http: Request, request, outputs: asyncio.Queue) -> tuple[Output, str]:
-    """Wait for a whole completion, cancelling it if the client disconnects meanwhile."""
+async def collect(http: Request, request, outputs: asyncio.Queue) -> tuple[Output, str] | None:
+    """Wait for a whole completion; None (and the request cancelled) if the client disconnects meanwhile."""
     async def disconnected() -> None:
         while (await http.receive())["type"] != "http.disconnect":
             pass
@@ -291,7 +330,7 @@ async def collect(http: Request, request, outputs: asyncio.Queue) -> tuple[Outpu
             if watcher in done:
                 getter.cancel()
                 request.cancel()
-                raise asyncio.CancelledError("client disconnected")
+                return None
             output = getter.result()
             text.append(output.text)
             if output.finish_reason is not None:

@@ -20,6 +20,25 @@ import uvicorn
 from lumi.core.errors import LumiError
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A bound, listening TCP socket for uvicorn (``Server.run(sockets=...)``): a taken or invalid address is one
+    LumiError line here instead of uvicorn's exit 3, and the port is known (``--port 0``) before serving starts."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except (OSError, OverflowError) as exc:
+        raise LumiError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except (OSError, OverflowError) as exc:
+        sock.close()
+        raise LumiError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 @contextlib.contextmanager
 def running_server(app, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 30.0) -> Iterator[str]:
     """Run ``app`` on uvicorn in a background thread; yields its base URL (``http://host:port``)."""

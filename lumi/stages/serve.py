@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from pathlib import Path
 
 import uvicorn
 
 from lumi.core.errors import LumiError
 from lumi.serve.api import DEFAULT_MAX_BODY_BYTES, ServerSettings, create_app
 from lumi.serve.options import add_model_arguments, engine_from_args
+from lumi.serve.server import listening_socket
 
 log = logging.getLogger(__name__)
 API_KEY_VARIABLE = "LUMI_API_KEY"
@@ -20,33 +22,66 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
+                        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it and then "
+                             "needs an API key)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 = any free port)")
-    parser.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE})")
-    parser.add_argument("--model-name", help="the model id clients name (default: the model dir's name)")
+    parser.add_argument("--api-key-file", type=Path,
+                        help=f"file whose first line is the key clients must send as 'Authorization: Bearer KEY' "
+                             f"(default: ${API_KEY_VARIABLE}; never on the command line, where ps shows it)")
+    parser.add_argument("--api-key", help=argparse.SUPPRESS)  # refused with a pointer to the two safe ways
+    parser.add_argument("--insecure-no-api-key", action="store_true",
+                        help="allow a non-loopback --host without an API key (anyone who reaches it can use it)")
+    parser.add_argument("--served-model-name", "--model-name", dest="served_model_name",
+                        help="the model id clients name (default: the model dir's parent/name, e.g. sft/final)")
     parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                         help="allow browser requests from ORIGIN (repeatable; default: CORS off)")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                         help=f"largest request body (default {DEFAULT_MAX_BODY_BYTES})")
 
 
+def default_model_name(model_path: Path) -> str:
+    """``parent/name`` of the model dir: every run's checkpoint is called ``final``, its run dir tells them apart."""
+    resolved = model_path.resolve()
+    return f"{resolved.parent.name}/{resolved.name}" if resolved.parent.name else resolved.name
+
+
+def api_key_from(args: argparse.Namespace) -> str | None:
+    if args.api_key is not None:
+        raise LumiError(f"--api-key puts the key where every user of this machine sees it (ps): set "
+                        f"${API_KEY_VARIABLE} or pass --api-key-file FILE")
+    if args.api_key_file is not None:
+        try:
+            lines = args.api_key_file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise LumiError(f"--api-key-file {args.api_key_file}: {exc.strerror}") from None
+        if not lines or not lines[0].strip():
+            raise LumiError(f"--api-key-file {args.api_key_file}: the first line (the key) is empty")
+        return lines[0].strip()
+    return os.environ.get(API_KEY_VARIABLE) or None
+
+
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
-    api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
+    if not 0 <= args.port <= 65535:
+        raise LumiError(f"--port must be in 0..65535 (0 = any free port), got {args.port}")
     if args.max_body_bytes < 1024:
         raise LumiError(f"--max-body-bytes must be >= 1024, got {args.max_body_bytes}")
-    return ServerSettings(model_id=args.model_name or args.model_path.resolve().name, api_key=api_key,
+    api_key = api_key_from(args)
+    if args.host not in LOOPBACK and api_key is None and not args.insecure_no_api_key:
+        raise LumiError(f"--host {args.host} exposes the server beyond this machine without an API key: set ${API_KEY_VARIABLE} or "
+                        "--api-key-file (or, knowingly, --insecure-no-api-key)")
+    return ServerSettings(model_id=args.served_model_name or default_model_name(args.model_path), api_key=api_key,
                           cors_origins=args.cors_origin, max_body_bytes=args.max_body_bytes)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    with engine_from_args(args) as engine:
+    sock = listening_socket(args.host, args.port)  # before loading the model: a taken port fails at once
+    with sock, engine_from_args(args) as engine:
         app = create_app(engine, engine.tokenizer, settings)
-        if args.host not in LOOPBACK and settings.api_key is None:
+        if settings.api_key is None and args.host not in LOOPBACK:
             log.warning("serving on %s without an API key: anyone who can reach it can use it", args.host)
-        print(f"serving {settings.model_id} on http://{args.host}:{args.port}/ (web chat), "
-              f"API at http://{args.host}:{args.port}/v1", flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        base = f"http://{host}:{sock.getsockname()[1]}"
+        print(f"serving {settings.model_id} on {base}/ (web chat), API at {base}/v1", flush=True)
+        uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
     return 0
-
-
