@@ -128,3 +128,23 @@ def test_demo_step_serves_asks_and_stops(dirs):
                             capture_output=True, text=True, timeout=300, env=subprocess_env())
     assert result.returncode == 0, result.stderr
     assert "answer: " in result.stdout and "finish_reason=" in result.stdout
+
+
+def test_default_settings_chat_ten_turns_in_a_small_context(dirs):
+    """With the defaults (no max_tokens) every turn of a long chat gets an answer: the prompt leaves room for one,
+    the oldest turns go when the history outgrows the context, and the session says so; /help is plain text."""
+    from lumi.serve.chat import ChatSession
+
+    model, tokenizer = load_for_serving(dirs["chat"], device="cpu")
+    written: list[str] = []
+    with Engine(model, tokenizer) as engine:
+        session = ChatSession(engine, written.append)
+        for turn in range(10):
+            before = len(written)
+            session.handle(f"turn {turn}: tell me about the old bridge and the market by the river")
+            said = "".join(written[before:])
+            assert "error" not in said, said
+            assert session.history[-2]["content"].startswith(f"turn {turn}")
+        assert any("history cut" in text for text in written)
+        session.handle("/help")
+    assert "/reset" in written[-1] and "``" not in written[-1]

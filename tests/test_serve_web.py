@@ -99,3 +99,38 @@ def test_web_page_streams_answers_keeps_the_conversation_and_stops(server, brows
     while engine.stats["cancelled"] == cancelled_before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert engine.stats["cancelled"] == cancelled_before + 1  # the stop button cancelled the generation
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory):
+    """The demo model's context (256 tokens), with the page's default settings a long chat must keep working."""
+    dirs = make_serving_dirs(tmp_path_factory.mktemp("web-small"), max_seq_len=256)
+    model, tokenizer = load_for_serving(dirs["chat"], device="cpu")
+    with Engine(model, tokenizer) as engine:
+        with running_server(create_app(engine, tokenizer, ServerSettings(model_id="tiny-chat"))) as url:
+            yield {"url": url, "engine": engine, "tokenizer": tokenizer}
+
+
+def test_ten_turn_chat_with_defaults_fits_the_context(small_server, browser_page):
+    page = browser_page
+    page.goto(small_server["url"] + "/")
+    page.wait_for_function("document.getElementById('model').textContent === 'tiny-chat'")
+    assert page.input_value("#max_tokens") == ""  # default: the room the context leaves
+    page.fill("#temperature", "0")
+    for turn in range(10):
+        ask(page, f"Turn {turn}: tell me about the old bridge, the market and the baker by the river.", turn + 1)
+    notes = page.locator(".msg.note")
+    assert notes.count() >= 1 and "dropped to fit the context of 256 tokens" in notes.first.inner_text()
+    assert page.locator(".msg.error").count() == 0
+    box, height = page.locator("#input").bounding_box(), page.viewport_size["height"]
+    assert box is not None and 0 <= box["y"] and box["y"] + box["height"] <= height  # still on screen
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web_chat_10_turns.png"))
+
+    kept = page.evaluate("history.length")
+    page.fill("#max_tokens", "5000")  # more than the context: this turn fails ...
+    page.fill("#input", "One more?")
+    page.press("#input", "Enter")
+    expect(page.locator(".msg.error")).to_have_count(1, timeout=30_000)
+    page.wait_for_selector("#send:not([disabled])")
+    assert page.evaluate("history.length") == kept  # ... and is not kept in the conversation sent next time

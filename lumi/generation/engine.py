@@ -49,8 +49,20 @@ class PromptTooLong(LumiError):
 
 
 @dataclass
+class TokenLogprob:
+    """A token's log-probability under the model (log-softmax of its raw logits, before any sampling setting, as
+    vLLM reports them and as ``lumi evaluate`` scores), and the ``top`` most likely ``(token id, log-prob)``."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass
 class Output:
-    """What one engine step produced for one request: new text and token ids; the last one has ``finish_reason``."""
+    """What one engine step produced for one request: new text and token ids; the last one has ``finish_reason``.
+    ``logprobs`` (one per token id) when the request asked for them; ``prompt_logprobs`` (None for the first prompt
+    token, which nothing predicts) on a request's first output when it asked for those."""
 
     text: str
     token_ids: list[int]
@@ -58,6 +70,18 @@ class Output:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+
+
+def token_logprobs(logits: torch.Tensor, chosen: torch.Tensor | list[int], top: int) -> list[TokenLogprob]:
+    """``logits`` ``[n, vocab]``: the log-prob of ``chosen[i]`` under row ``i``, and each row's ``top`` likeliest."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen = torch.as_tensor(chosen, device=logits.device)
+    picked = logprobs.gather(-1, chosen[:, None])[:, 0].tolist()
+    values, ids = logprobs.topk(top, dim=-1) if top else (logprobs[:, :0], chosen[:, None][:, :0])
+    return [TokenLogprob(int(c), lp, list(zip(i, v))) for c, lp, i, v in
+            zip(chosen.tolist(), picked, ids.tolist(), values.tolist())]
 
 
 @dataclass
@@ -73,11 +97,13 @@ class Request:
     """A submitted request: iterate it for its outputs (the default sink), ``cancel()`` it when its client is gone."""
 
     def __init__(self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[Output], None] | None,
-                 stop_ids: set[int], sampler: TokenSampler):
+                 stop_ids: set[int], sampler: TokenSampler, logprobs: int | None = None,
+                 prompt_logprobs: int | None = None):
         self.id = uuid.uuid4().hex
         self.prompt_ids = list(prompt_ids)
         self.params = params
         self.sampler = sampler
+        self.logprobs, self.prompt_logprobs = logprobs, prompt_logprobs  # None: not asked; n: with the top n
         self.stop_ids = stop_ids
         self._queue: queue.Queue[Output] = queue.Queue()
         self.sink = sink or self._queue.put
@@ -107,6 +133,7 @@ class _Running:
     tokens: list[int] = field(default_factory=list)  # prompt + output
     computed: int = 0  # tokens whose keys/values are in the cache
     finished: bool = False
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # filled during prefill when asked for
 
     @property
     def num_prompt(self) -> int:
@@ -154,10 +181,17 @@ class Engine:
     # --- client side -------------------------------------------------------------------------------------------
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[Output], None] | None = None,
-               stop_ids: set[int] | None = None) -> Request:
-        """Queue a request; ``stop_ids`` replaces the engine's stop token ids for it (the evaluator's own set)."""
+               stop_ids: set[int] | None = None, logprobs: int | None = None,
+               prompt_logprobs: int | None = None) -> Request:
+        """Queue a request; ``stop_ids`` replaces the engine's stop token ids for it (the evaluator's own set);
+        ``logprobs`` / ``prompt_logprobs``: report log-probs of output / prompt tokens with the top n of each."""
         if not prompt_ids:
             raise PromptTooLong("the prompt is empty: give at least one token")
+        vocab = self.model.config.vocab_size
+        if any(not 0 <= i < vocab for i in prompt_ids):
+            raise LumiError(f"prompt token ids must be in 0..{vocab - 1}")
+        if any(not 0 <= i < vocab for i in params.logit_bias):
+            raise LumiError(f"logit_bias token ids must be in 0..{vocab - 1}")
         if len(prompt_ids) >= self.context:
             raise PromptTooLong(f"the prompt has {len(prompt_ids)} tokens; this model's context is {self.context} "
                                 "tokens (prompt + output): shorten the prompt")
@@ -168,7 +202,8 @@ class Engine:
             sampler = TokenSampler(params, self.device)
         except (RuntimeError, ValueError, OverflowError) as exc:
             raise LumiError(f"sampling parameters not usable: {exc}") from None
-        request = Request(prompt_ids, params, sink, self.stop_ids if stop_ids is None else set(stop_ids), sampler)
+        request = Request(prompt_ids, params, sink, self.stop_ids if stop_ids is None else set(stop_ids), sampler,
+                          logprobs, prompt_logprobs)
         with self._wake:
             if len(self.waiting) >= self.max_waiting + max(0, len(self.free_slots)):
                 raise QueueFull(f"{len(self.waiting)} requests are waiting; try again later")
@@ -263,7 +298,8 @@ class Engine:
                     state = _Running(request, slot, request.sampler,
                                      IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
                                      StopStringMatcher(request.params.stop),
-                                     min(request.params.max_tokens or room, room), tokens=list(request.prompt_ids))
+                                     min(request.params.max_tokens or room, room), tokens=list(request.prompt_ids),
+                                     prompt_logprobs=None if request.prompt_logprobs is None else [None])
                 except Exception as exc:  # this request's fault: it fails alone and its slot is free again
                     self.free_slots.append(slot)
                     self._fail_one(request, exc, 0)
@@ -280,7 +316,13 @@ class Engine:
             count = min(budget, state.num_prompt - state.computed)
             chunk = torch.tensor([state.tokens[state.computed:state.computed + count]], device=self.device)
             positions = torch.arange(state.computed, state.computed + count, device=self.device)[None]
-            logits = forward_with_cache(self.model, self.cache, chunk, [state.slot], positions, logits_to_keep=1)
+            wants_prompt = state.prompt_logprobs is not None
+            logits = forward_with_cache(self.model, self.cache, chunk, [state.slot], positions,
+                                        logits_to_keep=0 if wants_prompt else 1)
+            if wants_prompt:  # position p's logits score prompt token p + 1
+                scored = state.tokens[state.computed + 1:state.computed + count + 1]
+                state.prompt_logprobs += token_logprobs(logits[0, :len(scored)], scored,
+                                                        state.request.prompt_logprobs)
             state.computed += count
             budget -= count
             if state.computed == state.num_prompt:
@@ -306,6 +348,9 @@ class Engine:
             state.finished = True
             self._fail_one(state.request, exc, state.num_output)
             return
+        logprobs = None if state.request.logprobs is None else \
+            token_logprobs(logits[None], [token], state.request.logprobs)
+        prompt_logprobs, state.prompt_logprobs = state.prompt_logprobs, None  # sent once, with the first output
         state.tokens.append(token)
         if token in state.request.stop_ids:
             text, finish = self._final_text(state), FINISH_STOP
@@ -317,7 +362,8 @@ class Engine:
         if finish is not None:
             state.finished = True
             self.stats[f"finished_{finish}"] += 1
-        state.request.sink(Output(text, [token], finish, state.num_prompt, state.num_output))
+        state.request.sink(Output(text, [token], finish, state.num_prompt, state.num_output, logprobs=logprobs,
+                                  prompt_logprobs=prompt_logprobs))
 
     @staticmethod
     def _final_text(state: _Running) -> str:

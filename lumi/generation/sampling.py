@@ -49,6 +49,9 @@ class SamplingParams(BaseModel):
                              description="seed of this request's own random generator (reproducible)")
     stop: list[StopString] = Field(default_factory=list, max_length=16,
                                    description="stop strings: generation ends before the first one (not included)")
+    logit_bias: dict[int, Annotated[float, Field(ge=-100.0, le=100.0)]] = Field(
+        default_factory=dict, max_length=300,
+        description="OpenAI's: token id -> a bias in -100..100 added to its logit (ids checked against the model)")
 
     @field_validator("temperature")
     @classmethod
@@ -61,6 +64,7 @@ class TokenSampler:
 
     def __init__(self, params: SamplingParams, device: torch.device):
         self.params = params
+        self.bias: torch.Tensor | None = None  # logit_bias as a [1, vocab] tensor, built on the first token
         self.generator = torch.Generator(device=device)
         if params.seed is None:
             self.generator.seed()
@@ -83,6 +87,12 @@ class TokenSampler:
         """The next token from ``logits`` ``[vocab]``; ``token_ids`` = prompt + output so far, the first
         ``num_prompt`` of them the prompt. Greedy without penalties touches nothing but the argmax."""
         scores = logits.float()[None]
+        if self.params.logit_bias:  # first, as OpenAI and vLLM apply it: to the model's own logits
+            if self.bias is None:
+                self.bias = torch.zeros_like(scores)
+                for token, bias in self.params.logit_bias.items():
+                    self.bias[0, token] = bias
+            scores = scores + self.bias
         uses_history = self.penalties or self.params.frequency_penalty or self.params.presence_penalty
         context_ids = torch.tensor([token_ids], device=logits.device) if uses_history or self.warpers else None
         for processor in self.penalties:

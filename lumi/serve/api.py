@@ -128,6 +128,8 @@ class CompletionRequest(_GenerationRequest):
     prompt: str | list[str]
     logprobs: int | None = Field(None, ge=0, le=20,
                                  description="log-probabilities of the chosen tokens and of this many likeliest")
+    parse_special: bool = Field(True, description="marker text in the prompt (<|im_start|>, </s>) becomes control "
+                                                  "tokens, as llama-server does; false: it stays text")
 
     @field_validator("prompt")
     @classmethod
@@ -137,6 +139,22 @@ class CompletionRequest(_GenerationRequest):
                 raise ValueError("one prompt per request (a list of exactly one string)")
             value = value[0]
         return value
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's ``/tokenize``: a ``prompt`` (as /v1/completions encodes it) or ``messages`` (as the chat route does)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    parse_special: bool = True
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    tokens: list[int] = Field(max_length=1 << 20)
 
 
 # --- the app -------------------------------------------------------------------------------------------------------
@@ -256,22 +274,40 @@ def create_app(engine: Engine, tokenizer: PreTrainedTokenizerBase, settings: Ser
     async def web_page():
         return HTMLResponse(WEB_PAGE.read_text(encoding="utf-8"))
 
-    @app.get("/v1/models", )
+    @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": settings.model_id, "object": "model", "created": created,
                                             "owned_by": "lumi-lab", "max_model_len": engine.context}]}
 
-    @app.post("/v1/chat/completions", )
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest):
+        check_model(body.model)
+        if (body.prompt is None) == (body.messages is None):
+            raise APIError(400, "give exactly one of prompt and messages", param="prompt")
+        if body.messages is not None:
+            ids = await encode(chat_ids, tokenizer, [m.model_dump(exclude_none=True) for m in body.messages])
+        else:
+            ids = await encode(completion_ids, tokenizer, body.prompt, body.parse_special)
+        return {"count": len(ids), "max_model_len": engine.context, "tokens": ids}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest):
+        check_model(body.model)
+        if any(not 0 <= i < len(tokenizer) for i in body.tokens):
+            raise APIError(400, f"token ids must be in 0..{len(tokenizer) - 1}", param="tokens")
+        return {"prompt": tokenizer.decode(body.tokens)}
+
+    @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, http: Request):
         check_model(body.model)
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
         prompt_ids = await encode(chat_ids, tokenizer, messages)
         return await respond(http, body, prompt_ids, chat=True)
 
-    @app.post("/v1/completions", )
+    @app.post("/v1/completions")
     async def completions(body: CompletionRequest, http: Request):
         check_model(body.model)
-        prompt_ids = await encode(completion_ids, tokenizer, body.prompt)
+        prompt_ids = await encode(completion_ids, tokenizer, body.prompt, body.parse_special)
         return await respond(http, body, prompt_ids, chat=False)
 
     async def respond(http: Request, body: _GenerationRequest, prompt_ids: list[int], chat: bool):

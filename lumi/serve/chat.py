@@ -4,9 +4,8 @@ A chat model (its tokenizer has a chat template) keeps a multi-turn history rend
 history outgrows the context the oldest turns are dropped (and the user is told). A base model without a chat
 template is chosen automatically to run in raw completion mode: each line is continued as plain text.
 
-Commands: ``/reset`` (forget the conversation), ``/system TEXT`` (set the system prompt; ``/system`` clears it),
-``/params k=v ...`` (sampling settings, e.g. ``/params temperature=0.2 max_tokens=100``; ``/params`` shows them),
-``/help`` and ``/quit`` (or Ctrl-D). Ctrl-C stops the answer being generated.
+The answer's room: ``max_tokens`` when set, else everything the prompt leaves of the context; either way the prompt
+(history) is cut to leave at least ``answer_room`` tokens for the answer, so the defaults fit any context.
 """
 
 from __future__ import annotations
@@ -22,8 +21,20 @@ from lumi.serve.prompts import completion_ids, fit_history, has_chat_template
 from lumi.generation.sampling import SamplingParams
 
 PROMPT = ">>> "
-DEFAULT_PARAMS = SamplingParams(temperature=0.7, top_p=0.95, repetition_penalty=1.1, max_tokens=256)
+DEFAULT_PARAMS = SamplingParams(temperature=0.7, top_p=0.95, repetition_penalty=1.1)  # max_tokens: the room left
 HELP = "commands: /reset  /system TEXT  /params k=v ...  /help  /quit"
+COMMANDS = """commands:
+  /reset            forget the conversation
+  /system TEXT      set the system prompt (/system alone clears it)
+  /params k=v ...   sampling settings, e.g. /params temperature=0.2 max_tokens=100 (/params alone shows them)
+  /help             this list
+  /quit             leave (or Ctrl-D); Ctrl-C stops the answer being generated
+"""
+
+
+def answer_room(context: int, max_tokens: int | None) -> int:
+    """Tokens kept free for the answer: ``max_tokens`` when set, else a quarter of the context."""
+    return max_tokens if max_tokens is not None else max(1, context // 4)
 
 
 class ChatSession:
@@ -63,7 +74,7 @@ class ChatSession:
         elif name == "/params":
             self._set_params(rest.split())
         elif name == "/help":
-            self.write(__doc__.split("Commands: ")[1].strip() + "\n")
+            self.write(COMMANDS)
         else:
             self.write(f"unknown command {name}; {HELP}\n")
         return True
@@ -90,7 +101,7 @@ class ChatSession:
         self.write(" ".join(f"{k}={v}" for k, v in self.params.model_dump().items()) + "\n")
 
     def _prompt_ids(self, text: str) -> list[int]:
-        budget = self.engine.context - (self.params.max_tokens or 1)
+        budget = self.engine.context - answer_room(self.engine.context, self.params.max_tokens)
         if budget < 1:
             raise LumiError(f"max_tokens={self.params.max_tokens} leaves no room in the context of "
                             f"{self.engine.context} tokens: /params max_tokens=N with a smaller N")
@@ -117,18 +128,19 @@ class ChatSession:
         except LumiError as exc:
             self.write(f"error: {exc}\n")
             return
-        answer = []
+        answer, failed = [], False
         try:
             for output in request:
                 answer.append(output.text)
                 self.write(output.text)
                 if output.finish_reason == "error":
+                    failed = True
                     self.write(f"\nerror: {output.error}")
         except KeyboardInterrupt:
             request.cancel()
             self.write(" [stopped]")
         self.write("\n")
-        if not self.raw:
+        if not self.raw and not failed:  # a failed turn is not part of the conversation
             self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(answer)}]
 
 
