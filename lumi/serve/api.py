@@ -16,29 +16,31 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from transformers import PreTrainedTokenizerBase
 
 from lumi.core.errors import LumiError
-from lumi.generation.engine import Engine, Output, PromptTooLong, QueueFull
-from lumi.generation.sampling import MAX_STOP_CHARS, SamplingParams, StopString
+from lumi.generation.engine import Engine, PromptTooLong, QueueFull
+from lumi.generation.sampling import MAX_SEED, MAX_STOP_CHARS, SamplingParams, StopString
+from lumi.serve.errors import APIError, error_response
+from lumi.serve.metrics import CONTENT_TYPE_LATEST, ServerMetrics
 from lumi.serve.prompts import chat_ids, completion_ids, has_chat_template
+from lumi.serve.responses import Choice, Pieces, choice_body, collect, stream_events, usage
 
 WEB_PAGE = Path(__file__).resolve().parent / "web" / "index.html"
 DEFAULT_MAX_BODY_BYTES = 1 << 20
-OPEN_PATHS = ("/", "/health")  # everything else needs the key when one is set
-RETRY_AFTER_S = 1
+OPEN_PATHS = ("/", "/health")  # everything else (/metrics too: scrapers send a bearer token) needs the key
+MAX_CHOICES = 64  # prompts x n in one request
 CLIENT_CLOSED = 499  # nginx's "client closed request": logged for a non-streamed request whose client went away
 
 
@@ -48,24 +50,6 @@ class ServerSettings:
     api_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
-
-
-def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def error_response(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-                   code: str | None = None) -> JSONResponse:
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
-    return JSONResponse(error_body(message, kind, param, code), status_code=status, headers=headers)
 
 
 # --- request bodies: OpenAI's fields; the sampling fields (with their limits) are SamplingParams' own ---------------
@@ -79,7 +63,7 @@ class _GenerationRequest(SamplingParams):
     model: str
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: Literal[1] = Field(1, description="one choice per request")
+    n: int = Field(1, ge=1, le=MAX_CHOICES, description="choices per prompt (with a seed, choice i uses seed + i)")
     user: str | None = None
     stop: list[StopString] = Field(default_factory=list, max_length=16,
                                    description=f"up to 16 stop strings of at most {MAX_STOP_CHARS} characters")
@@ -91,6 +75,10 @@ class _GenerationRequest(SamplingParams):
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(**self.model_dump(include=set(SamplingParams.model_fields)))
+
+    def engine_logprobs(self) -> int | None:
+        """How many top log-probs the engine reports per generated token (None: none asked)."""
+        raise NotImplementedError
 
 
 class TextPart(BaseModel):
@@ -115,7 +103,17 @@ class ChatCompletionRequest(_GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool | None = Field(False, description="log-probabilities of the chosen tokens")
     top_logprobs: int | None = Field(None, ge=0, le=20, description="and of the most likely tokens at each step")
-    max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
+    max_completion_tokens: int | None = Field(None, ge=1, le=1 << 20, description="OpenAI's newer name for max_tokens")
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return value
+
+    def engine_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def sampling(self) -> SamplingParams:
         params = super().sampling()
@@ -125,20 +123,24 @@ class ChatCompletionRequest(_GenerationRequest):
 
 
 class CompletionRequest(_GenerationRequest):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="a text, a list of texts, token ids, or a list of token-id lists (each one prompt)")
     logprobs: int | None = Field(None, ge=0, le=20,
                                  description="log-probabilities of the chosen tokens and of this many likeliest")
+    echo: bool = Field(False, description="the prompt before the answer (and its tokens' log-probs with logprobs)")
     parse_special: bool = Field(True, description="marker text in the prompt (<|im_start|>, </s>) becomes control "
                                                   "tokens, as llama-server does; false: it stays text")
 
     @field_validator("prompt")
     @classmethod
-    def _single_prompt(cls, value: str | list[str]) -> str:
-        if isinstance(value, list):
-            if len(value) != 1:
-                raise ValueError("one prompt per request (a list of exactly one string)")
-            value = value[0]
-        return value
+    def _prompts(cls, value: Any) -> list[str] | list[list[int]]:
+        prompts = [value] if isinstance(value, str) or (value and isinstance(value[0], int)) else value
+        if not 1 <= len(prompts) <= MAX_CHOICES:
+            raise ValueError(f"give 1..{MAX_CHOICES} prompts")
+        return prompts
+
+    def engine_logprobs(self) -> int | None:
+        return self.logprobs
 
 
 class TokenizeRequest(BaseModel):
@@ -213,6 +215,8 @@ def create_app(engine: Engine, tokenizer: PreTrainedTokenizerBase, settings: Ser
     created = int(time.time())
     # One thread: tokenization leaves the event loop, and the tokenizer is never entered by two encodes at once.
     tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="lumi-tokenize")
+    pieces = Pieces(tokenizer)
+    metrics = ServerMetrics(engine, settings.model_id)
 
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, exc: APIError):
@@ -237,23 +241,42 @@ def create_app(engine: Engine, tokenizer: PreTrainedTokenizerBase, settings: Ser
             raise APIError(404, f"model {name!r} not found; this server serves {settings.model_id!r}",
                            "not_found_error", "model")
 
-    def submit(prompt_ids: list[int], params: SamplingParams) -> tuple[Any, asyncio.Queue]:
-        loop, outputs = asyncio.get_running_loop(), asyncio.Queue()
+    def submit(body: "_GenerationRequest", prompts: list[list[int]], echoes: list[str | None],
+               outputs: asyncio.Queue) -> list[Choice]:
+        """One engine request per prompt and choice (``n`` per prompt); all or none (a refusal cancels the rest)."""
+        loop, choices = asyncio.get_running_loop(), []
 
-        def sink(output: Output) -> None:
-            try:
-                loop.call_soon_threadsafe(outputs.put_nowait, output)
-            except RuntimeError:  # the event loop is gone (server shutting down): nobody is listening
-                pass
+        def sink_for(index: int):
+            timer = metrics.timer()
 
+            def sink(output) -> None:
+                timer.observe(output)
+                try:
+                    loop.call_soon_threadsafe(outputs.put_nowait, (index, output))
+                except RuntimeError:  # the event loop is gone (server shutting down): nobody is listening
+                    pass
+            return sink
+
+        params = body.sampling()
+        logprobs = body.engine_logprobs()
+        prompt_logprobs = logprobs if getattr(body, "echo", False) and logprobs is not None else None
         try:
-            return engine.submit(prompt_ids, params, sink), outputs
-        except QueueFull as exc:
-            raise APIError(503, f"server busy: {exc}", "server_error") from None
-        except PromptTooLong as exc:
-            raise APIError(400, str(exc), code="context_length_exceeded") from None
-        except LumiError as exc:
+            for prompt_ids, echo in zip(prompts, echoes):
+                for sample in range(body.n):
+                    seeded = params if params.seed is None or sample == 0 else \
+                        params.model_copy(update={"seed": (params.seed + sample) % (MAX_SEED + 1)})
+                    request = engine.submit(prompt_ids, seeded, sink_for(len(choices)), logprobs=logprobs,
+                                            prompt_logprobs=prompt_logprobs)
+                    choices.append(Choice(len(choices), request, echo))
+        except (QueueFull, LumiError) as exc:
+            for choice in choices:
+                choice.request.cancel()
+            if isinstance(exc, QueueFull):
+                raise APIError(503, f"server busy: {exc}", "server_error") from None
+            if isinstance(exc, PromptTooLong):
+                raise APIError(400, str(exc), code="context_length_exceeded") from None
             raise APIError(400, str(exc)) from None
+        return choices
 
     async def encode(make, *args) -> list[int]:
         try:
@@ -269,6 +292,10 @@ def create_app(engine: Engine, tokenizer: PreTrainedTokenizerBase, settings: Ser
                 "cancelled": engine.stats["cancelled"], "errors": engine.stats["errors"],
                 **({"error": problem} if problem else {})}
         return JSONResponse(body, status_code=200 if problem is None else 503)
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", response_class=HTMLResponse)
     async def web_page():
@@ -302,34 +329,41 @@ def create_app(engine: Engine, tokenizer: PreTrainedTokenizerBase, settings: Ser
         check_model(body.model)
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
         prompt_ids = await encode(chat_ids, tokenizer, messages)
-        return await respond(http, body, prompt_ids, chat=True)
+        return await respond(http, body, [prompt_ids], [None], chat=True)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, http: Request):
         check_model(body.model)
-        prompt_ids = await encode(completion_ids, tokenizer, body.prompt, body.parse_special)
-        return await respond(http, body, prompt_ids, chat=False)
+        prompts, echoes = [], []
+        for prompt in body.prompt:  # token ids are taken as they are (no BOS added), as vLLM takes them
+            ids = prompt if isinstance(prompt, list) else \
+                await encode(completion_ids, tokenizer, prompt, body.parse_special)
+            prompts.append(ids)
+            echoes.append(None if not body.echo else prompt if isinstance(prompt, str) else tokenizer.decode(ids))
+        return await respond(http, body, prompts, echoes, chat=False)
 
-    async def respond(http: Request, body: _GenerationRequest, prompt_ids: list[int], chat: bool):
-        request, outputs = submit(prompt_ids, body.sampling())
-        response_id = f"{'chatcmpl' if chat else 'cmpl'}-{request.id}"
+    async def respond(http: Request, body: _GenerationRequest, prompts: list[list[int]], echoes: list[str | None],
+                      chat: bool):
+        outputs: asyncio.Queue = asyncio.Queue()
+        choices = submit(body, prompts, echoes, outputs)
+        response_id = f"{'chatcmpl' if chat else 'cmpl'}-{choices[0].request.id}"
         common = {"id": response_id, "created": int(time.time()), "model": settings.model_id}
+        wants_logprobs = body.engine_logprobs() is not None
+        prompt_counts = [len(p) for p in prompts]
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(stream_events(request, outputs, common, chat, include_usage),
+            return StreamingResponse(stream_events(choices, outputs, common, chat, wants_logprobs, include_usage,
+                                                   prompt_counts, pieces),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        collected = await collect(http, request, outputs)
-        if collected is None:  # the client went away: nobody reads this answer
+        if not await collect(http, choices, outputs):  # the client went away: nobody reads this answer
             return Response(status_code=CLIENT_CLOSED)
-        final, text = collected
-        if final.finish_reason == "error":
-            raise APIError(500, f"generation failed: {final.error}", "server_error")
-        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                   "finish_reason": final.finish_reason} if chat else
-                  {"index": 0, "text": text, "logprobs": None, "finish_reason": final.finish_reason})
-        return {**common, "object": "chat.completion" if chat else "text_completion", "choices": [choice],
-                "usage": usage(final)}
+        failed = next((c.final for c in choices if c.final.finish_reason == "error"), None)
+        if failed is not None:
+            raise APIError(500, f"generation failed: {failed.error}", "server_error")
+        return {**common, "object": "chat.completion" if chat else "text_completion",
+                "choices": [choice_body(c, chat, wants_logprobs, pieces) for c in choices],
+                "usage": usage(choices, prompt_counts)}
 
     return _with_middleware(app, settings)
 
@@ -344,70 +378,3 @@ def _with_middleware(app: FastAPI, settings: ServerSettings):
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
     return app
-
-
-def usage(final: Output) -> dict[str, int]:
-    return {"prompt_tokens": final.prompt_tokens, "completion_tokens": final.completion_tokens,
-            "total_tokens": final.prompt_tokens + final.completion_tokens}
-
-
-async def collect(http: Request, request, outputs: asyncio.Queue) -> tuple[Output, str] | None:
-    """Wait for a whole completion; None (and the request cancelled) if the client disconnects meanwhile."""
-    async def disconnected() -> None:
-        while (await http.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(disconnected())
-    text = []
-    try:
-        while True:
-            getter = asyncio.ensure_future(outputs.get())
-            done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if watcher in done:
-                getter.cancel()
-                request.cancel()
-                return None
-            output = getter.result()
-            text.append(output.text)
-            if output.finish_reason is not None:
-                return output, "".join(text)
-    finally:
-        watcher.cancel()
-
-
-async def stream_events(request, outputs: asyncio.Queue, common: dict, chat: bool,
-                        include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events; when the client goes away, Starlette cancels this generator and ``finally`` cancels the
-    request in the engine."""
-    kind = "chat.completion.chunk" if chat else "text_completion"
-
-    def event(choices: list[dict], **extra) -> str:
-        payload = {**common, "object": kind, "choices": choices, **({"usage": None} if include_usage else {}),
-                   **extra}
-        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-    def choice(text: str | None, finish_reason: str | None) -> dict:
-        if not chat:
-            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
-        return {"index": 0, "delta": {} if text is None else {"content": text}, "logprobs": None,
-                "finish_reason": finish_reason}
-
-    try:
-        if chat:
-            yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                          "finish_reason": None}])
-        while True:
-            output: Output = await outputs.get()
-            if output.finish_reason == "error":  # mid-stream: the status is sent already, so an error event
-                yield f"data: {json.dumps(error_body(f'generation failed: {output.error}', 'server_error'))}\n\n"
-                break
-            if output.text:
-                yield event([choice(output.text, None)])
-            if output.finish_reason is not None:
-                yield event([choice(None if chat else "", output.finish_reason)])
-                if include_usage:
-                    yield event([], usage=usage(output))
-                break
-        yield "data: [DONE]\n\n"
-    finally:
-        request.cancel()  # a no-op once finished; stops the engine's work when the client is gone
