@@ -226,6 +226,8 @@ def create_app(engine: Engine, tokenizer: PreTrainedTokenizerBase, settings: Ser
     async def _invalid(_request: Request, exc: RequestValidationError):
         """400 as OpenAI answers any invalid request (FastAPI's default is 422), naming the field."""
         errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(400, "the request body is not valid JSON")
         message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
                             for e in errors)
         first = next((e.get("loc") for e in errors), ())
