@@ -76,6 +76,9 @@ def test_several_prompts_and_n_choices(server):
     assert [c.index for c in many.choices] == list(range(6))
     assert many.choices[0].text == single.choices[0].text  # choice i of a prompt uses seed + i
     assert len({c.text for c in many.choices[:3]}) > 1
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=MODEL, prompt=["a"] * 8, max_tokens=1, n=9)
+    assert caught.value.body["param"] == "n"
     chunks = list(client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4, n=2, stream=True))
     finished = {c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason}
     assert finished == {0, 1}

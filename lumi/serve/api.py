@@ -346,6 +346,9 @@ def create_app(engine: Engine, tokenizer: PreTrainedTokenizerBase, settings: Ser
 
     async def respond(http: Request, body: _GenerationRequest, prompts: list[list[int]], echoes: list[str | None],
                       chat: bool):
+        if len(prompts) * body.n > MAX_CHOICES:
+            raise APIError(400, f"prompts x n must be at most {MAX_CHOICES}, got {len(prompts)} x {body.n}",
+                           param="n")
         outputs: asyncio.Queue = asyncio.Queue()
         choices = submit(body, prompts, echoes, outputs)
         response_id = f"{'chatcmpl' if chat else 'cmpl'}-{choices[0].request.id}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from lumi.core.errors import LumiError
@@ -22,17 +23,27 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="requests allowed to wait for a slot (more: 503 server busy)")
     parser.add_argument("--context", type=int,
                         help="most tokens (prompt + output) per request; sizes the KV cache (default: the model's)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int,
+                        help="torch CPU threads (default: half the CPUs this process may use, at least 1; "
+                             "chosen by benchmarks/bench_serve.py, docs/BENCHMARKS.md)")
+
+
+def default_threads() -> int:
+    """Half the usable CPUs: the other half is left to the event loop, tokenization and the clients. Measured on
+    2 shared cores (docs/BENCHMARKS.md): 1 thread served 8 clients several times faster than torch's default of 2,
+    which spin-waits for cores the other work holds."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    return max(1, usable // 2)
 
 
 def engine_from_args(args: argparse.Namespace) -> Engine:
     """The loaded model in a (not yet started) engine."""
-    if args.threads is not None:
-        if args.threads < 1:
-            raise LumiError(f"--threads must be >= 1, got {args.threads}")
-        import torch
+    threads = default_threads() if args.threads is None else args.threads
+    if threads < 1:
+        raise LumiError(f"--threads must be >= 1, got {threads}")
+    import torch
 
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     model, tokenizer = load_for_serving(args.model_path, args.device, args.dtype)
     return Engine(model, tokenizer, max_batch=args.max_batch, prefill_chunk=args.prefill_chunk,
                   max_waiting=args.max_waiting, context=args.context)

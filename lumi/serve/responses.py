@@ -163,7 +163,7 @@ async def stream_events(choices: list[Choice], outputs: asyncio.Queue, common: d
             choice.add(output)
             if output.finish_reason == FINISH_ERROR:  # mid-stream: the status is sent already, so an error event
                 yield f"data: {json.dumps(error_body(f'generation failed: {output.error}', 'server_error'))}\n\n"
-                return
+                break
             text = output.text
             if choice.echo is not None and index not in started:
                 text = choice.echo + text
@@ -172,8 +172,9 @@ async def stream_events(choices: list[Choice], outputs: asyncio.Queue, common: d
                 yield event([chunk(choice, text, output, None)])
             if output.finish_reason is not None:
                 yield event([chunk(choice, None if chat else "", None, output.finish_reason)])
-        if include_usage:
-            yield event([], usage=usage(choices, prompt_counts))
+        else:
+            if include_usage:
+                yield event([], usage=usage(choices, prompt_counts))
         yield "data: [DONE]\n\n"
     finally:
         cancel(choices)
