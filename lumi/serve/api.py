@@ -1,9 +1,10 @@
 """The OpenAI-compatible HTTP API (FastAPI): chat and text completions, plain or streamed as server-sent events.
 
-Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``, ``GET /health`` and ``GET /``
-(the web chat page). Responses and stream chunks have OpenAI's shapes (``chat.completion``, ``chat.completion.chunk``,
-``text_completion``; a stream ends with ``data: [DONE]``; ``stream_options.include_usage`` adds a last chunk with
-``usage``), so the ``openai`` client and tools built on it work unchanged. Errors are OpenAI's error JSON.
+Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``, vLLM's ``POST /tokenize`` /
+``POST /detokenize`` and ``GET /metrics`` (lumi/serve/metrics.py), ``GET /health`` and ``GET /`` (the web chat page).
+Responses and stream chunks have OpenAI's shapes (lumi/serve/responses.py: ``n`` choices, several prompts,
+``logprobs``, ``echo``; a stream ends with ``data: [DONE]``), so the ``openai`` client, lm-eval's
+``local-completions`` and tools built on them work unchanged. Errors are OpenAI's error JSON (lumi/serve/errors.py).
 
 Safety: the key (when set) is checked before anything else reads the request (a middleware, so a request without
 it is a 401 whatever its body) and compared in constant time; CORS is off unless origins are given; request bodies
