@@ -12,8 +12,8 @@ adapter-disabled policy with LoRA, a frozen copy with full training.
 A step's rows are completions: ``micro_batch_size`` x ``grad_accumulation`` per process, whole groups of
 ``num_generations`` per process (each process samples and scores its own prompts' groups, so advantages need no
 gather). A batch is ``{"input_ids", "completion_mask", "advantages"}`` (prompt + completion, PAD on the right; the
-mask marks completion tokens, the stop token included). Every request's sampler is seeded from (seed, step, row), so
-a resumed run samples what the uninterrupted one did.
+mask marks completion tokens, the stop token included). Every request's sampler is seeded from (seed, step, row of
+the global batch), so a resumed run, or one on another number of processes, samples what the uninterrupted one did.
 """
 
 from __future__ import annotations
@@ -105,9 +105,10 @@ def check_policy(model_path: str | Path) -> Path:
     return path
 
 
-def request_seed(seed: int, step: int, rank: int, row: int) -> int:
-    """The sampler seed of one rollout: a keyed hash, the same on every machine and after a resume."""
-    digest = hashlib.blake2b(f"lumi-grpo/{seed}/{step}/{rank}/{row}".encode(), digest_size=8).digest()
+def request_seed(seed: int, step: int, row: int) -> int:
+    """The sampler seed of one rollout (``row``: its index in the step's global batch): a keyed hash, the same on
+    every machine, after a resume and whichever process samples it."""
+    digest = hashlib.blake2b(f"lumi-grpo/{seed}/{step}/{row}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 2
 
 
@@ -128,17 +129,18 @@ class RolloutStats:
 
     def read(self) -> dict[str, float]:
         """Means over every process's completions since the last read, then reset (every process calls it)."""
-        stacked = torch.tensor([self.sums[name] for name in self.NAMES], dtype=torch.float64)
+        stacked = torch.tensor([self.sums[name] for name in self.NAMES] + [1.0], dtype=torch.float64)
         all_reduce_sum(stacked)
-        sums = dict(zip(self.NAMES, stacked.tolist()))
+        sums = dict(zip((*self.NAMES, "processes"), stacked.tolist()))
         self.sums = dict.fromkeys(self.NAMES, 0.0)
         count = max(sums["completions"], 1.0)
         mean = sums["reward"] / count
         seconds = sums["rollout_s"] + sums["update_s"]
+        rollout_seconds = sums["rollout_s"] / sums["processes"]  # the processes sample at the same time
         return {"train/reward": mean, "train/reward_std": math.sqrt(max(sums["reward_sq"] / count - mean ** 2, 0.0)),
                 "train/zero_signal_groups": sums["zero_signal"] / max(sums["groups"], 1.0),
                 "train/completion_length": sums["length"] / count, "train/completions_cut": sums["cut"] / count,
-                "rollout/tok_per_s": sums["length"] / max(sums["rollout_s"], 1e-9),
+                "rollout/tok_per_s": sums["length"] / max(rollout_seconds, 1e-9),
                 "time/rollout_share": sums["rollout_s"] / max(seconds, 1e-9)}
 
 
@@ -291,9 +293,10 @@ class GRPOObjective:
         rows = [row for _, row in self.sampler.next_rows(self.global_prompts)]
         mine = [self.train[row] for row in rows[self.rank * self.prompts_per_process:][:self.prompts_per_process]]
         prompt_ids = [item["ids"] for item in mine for _ in range(group)]
+        first_row = self.rank * len(prompt_ids)
         params = [SamplingParams(max_tokens=config.max_completion_length, temperature=config.temperature,
                                  top_p=config.top_p, top_k=config.top_k,
-                                 seed=request_seed(config.seed, self.rollout_step, self.rank, index))
+                                 seed=request_seed(config.seed, self.rollout_step, first_row + index))
                   for index in range(len(prompt_ids))]
         completions = self._generate(prompt_ids, params)
         self.rollout_step += 1
