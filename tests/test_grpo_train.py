@@ -102,6 +102,10 @@ def test_a_run_logs_rl_metrics_and_saves_a_loadable_model(chat_model, tmp_path, 
     assert [r["step"] for r in records if "val/reward" in r] == [0, 2, 4]
     assert (run / "final" / weights).is_file() and (run / "final" / "grpo_config.json").is_file()
     assert (run / "final" / "chat_template_config.json").is_file()
+    if method == "lora":  # an adapter dir as --model-path: merged once into its base, then trained on
+        again = tmp_path / "again"
+        assert main(grpo_args(run / "final", write_config(tmp_path, max_steps=1, eval_interval=100), again)) == 0
+        assert (again / "start_merged" / "config.json").is_file() and (again / "grpo_lora" / "final").is_dir()
 
 
 def test_exact_match_on_a_random_model_has_no_signal_and_says_so(chat_model, tmp_path, capsys):
