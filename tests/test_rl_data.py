@@ -93,3 +93,16 @@ def test_synthetic_prompts_keep_heldout_facts_and_wordings_out():
     # every reference is what stage 95 compares answers with: the canonical statement of a train fact
     train_statements = {world.statement(fact) for fact in world.split_facts("train")}
     assert {item["reference"] for item in items} <= train_statements
+
+
+def test_shipped_rl_configs_load_and_name_hub_datasets():
+    """config/rl/training/*.json validate; their GSM8K sources name the hub dataset (no machine path)."""
+    from lumi.core.config import CONFIG_DIR, load_config
+    from lumi.train.objectives.grpo import GRPOConfig
+
+    paths = sorted((CONFIG_DIR / "rl" / "training").glob("*.json"))
+    assert {p.stem for p in paths} >= {"demo", "gsm8k_lora_tiny"}
+    for path in paths:
+        config = load_config(GRPOConfig, path)
+        for source in config.prompts:
+            assert source.type == "synthetic" or (source.dataset == "openai/gsm8k" and source.data_files is None)
