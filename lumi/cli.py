@@ -32,6 +32,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "dpo-corpus": ("lumi.stages.dpo_corpus",
                    "85: preference datasets -> filtered, tokenized chosen/rejected pairs with answer-only masks"),
     "dpo": ("lumi.stages.dpo", "90: preference tuning (DPO sigmoid, IPO, hinge; LoRA or full) from an SFT model"),
+    "grpo": ("lumi.stages.grpo", "97: RL with verifiable rewards (GRPO; rollouts on Lumi's generation engine) from an "
+                                 "SFT or DPO model"),
     "merge-lora": ("lumi.stages.merge_lora", "fold a LoRA adapter into its base model (a plain save_pretrained dir)"),
     "chat": ("lumi.stages.chat", "100: chat with a checkpoint in the terminal (raw completion for a base model)"),
     "serve": ("lumi.stages.serve", "100: serve a checkpoint: OpenAI-compatible API and web chat page (uvicorn)"),

@@ -23,14 +23,19 @@ LossType = Literal["sigmoid", "ipo", "hinge"]
 LOSS_TYPES: tuple[str, ...] = ("sigmoid", "ipo", "hinge")
 
 
+def token_logps(model: Any, input_ids: torch.LongTensor) -> torch.Tensor:
+    """(rows, seq - 1) fp32 log-probability of each next token: position t scores token t+1 (the one shift)."""
+    logits = model(input_ids=input_ids, position_ids=position_ids_from_bos(input_ids), attention_mask=None,
+                   use_cache=False).logits
+    return torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+
+
 def answer_logps(model: Any, input_ids: torch.LongTensor, answer_mask: torch.Tensor,
                  segment_ids: torch.LongTensor | None = None, num_segments: int | None = None) -> torch.Tensor:
     """Summed log-probability (fp32) of the answer tokens of each row, or of each segment of packed rows
     (``segment_ids`` (rows, seq): which answer a position belongs to; ``num_segments`` of them)."""
-    logits = model(input_ids=input_ids, position_ids=position_ids_from_bos(input_ids), attention_mask=None,
-                   use_cache=False).logits
-    token_logps = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    scored = token_logps * answer_mask[:, 1:].to(token_logps.dtype)
+    logps = token_logps(model, input_ids)
+    scored = logps * answer_mask[:, 1:].to(logps.dtype)
     if segment_ids is None:
         return scored.sum(dim=1)
     return torch.zeros(num_segments, dtype=scored.dtype, device=scored.device).index_add(

@@ -27,6 +27,8 @@ CONFIGS = [
     ("Stage 70 — supervised fine-tuning", "lumi.train.objectives.sft:SFTConfig", "config/sft/training/*.json"),
     ("Stage 85 — DPO corpus", "lumi.data.preference:PreferenceCorpusConfig", "config/dpo/datasets/*.json"),
     ("Stage 90 — preference tuning (DPO)", "lumi.train.objectives.dpo:DPOConfig", "config/dpo/training/*.json"),
+    ("Stage 97 — RL with verifiable rewards (GRPO)", "lumi.train.objectives.grpo:GRPOConfig",
+     "config/rl/training/*.json"),
     ("Stages 50/80/95 — evaluation", "lumi.eval.config:EvaluationConfig", "config/evaluation/*.json"),
 ]
 OUTPUT = ROOT / "docs" / "CONFIG.md"

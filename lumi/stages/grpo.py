@@ -1,0 +1,52 @@
+"""Stage 97: RL with verifiable rewards (``lumi grpo``) -- the shared ``lumi.train.trainer.Trainer`` loop with the
+GRPO objective (``lumi.train.objectives.grpo``: rollouts on Lumi's generation engine, named rewards, group-relative
+advantages, grpo / dapo / dr_grpo normalisation; LoRA or full) from an SFT or DPO model.
+
+``--model-path`` is the start model: a merged/full model dir, or a LoRA adapter dir, which is merged into its recorded
+base once, into ``<output-dir>/start_merged/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from lumi.core.config import CONFIG_DIR
+from lumi.core.stage_args import add_common_arguments, stage_config
+from lumi.lora import adapter_base, is_adapter_dir, write_merged
+from lumi.train.launch import fit_objective
+from lumi.train.objectives.grpo import GRPOConfig, GRPOObjective
+
+log = logging.getLogger(__name__)
+DEFAULT_CONFIG = CONFIG_DIR / "rl" / "training" / "demo.json"
+MERGED_START = "start_merged"
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-path", type=Path, help="the SFT or DPO model: a model dir or a LoRA adapter dir "
+                                                        "(overrides model_path)")
+    parser.add_argument("--max-steps", type=int, help="optimizer steps (overrides max_steps/epochs)")
+    parser.add_argument("--resume", metavar="auto|PATH",
+                        help="continue from the newest checkpoint of this run (auto) or from a checkpoint dir")
+    add_common_arguments(parser, DEFAULT_CONFIG, default_output="checkpoints/grpo")
+
+
+def start_model_dir(model_path: Path, output_dir: Path) -> Path:
+    """A model dir for the start model: itself, or its adapter merged (once) into ``<output-dir>/start_merged``."""
+    if not is_adapter_dir(model_path):
+        return model_path
+    adapter_base(model_path)  # refuses a missing or changed base before anything is written
+    merged = output_dir / MERGED_START
+    if not (merged / "config.json").is_file():
+        log.info("merging the adapter %s into its base: %s", model_path, merged)
+        write_merged(model_path, merged, force=True)
+    return merged
+
+
+def run(args: argparse.Namespace) -> int:
+    model_path = start_model_dir(args.model_path, args.output_dir) if args.model_path else None
+    flags = {"model_path": str(model_path) if model_path else None, "max_steps": args.max_steps}
+    config = stage_config(args, GRPOConfig, flags)
+    return fit_objective(config, lambda rank, world: GRPOObjective(config, rank=rank, world_size=world),
+                         args.output_dir, args.resume, args.force)
