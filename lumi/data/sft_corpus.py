@@ -216,9 +216,13 @@ def input_sources(paths: list[Path], fmt: str) -> list[dict]:
 
 
 def checkpoint_context(tokenizer_dir: Path) -> int | None:
-    """The context length of the model whose dir ``--tokenizer-dir`` names (its ``config.json``), None for a
-    stage-20 tokenizer dir or an adapter."""
+    """The context length of the model whose dir ``--tokenizer-dir`` names (its ``config.json``, or for a LoRA
+    adapter dir its base's), None for a stage-20 tokenizer dir."""
     config = Path(tokenizer_dir) / "config.json"
+    adapter = Path(tokenizer_dir) / "adapter_config.json"
+    if not config.is_file() and adapter.is_file():
+        base = read_json(adapter, "adapter config").get("base_model_name_or_path")
+        config = Path(base) / "config.json" if isinstance(base, str) else config
     if not config.is_file():
         return None
     context = read_json(config, "model config").get("max_position_embeddings")

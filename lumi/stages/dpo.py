@@ -30,7 +30,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="optimizer steps (overrides max_steps/epochs)")
     parser.add_argument("--resume", metavar="auto|PATH",
                         help="continue from the newest checkpoint of this run (auto) or from a checkpoint dir")
-    add_common_arguments(parser, DEFAULT_CONFIG, default_output="checkpoints/dpo")
+    add_common_arguments(parser, DEFAULT_CONFIG, default_output="dpo")
 
 
 def sft_model_dir(model_path: Path, output_dir: Path) -> Path:

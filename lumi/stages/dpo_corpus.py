@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, None, default_output="data/dpo")
+    add_common_arguments(parser, None, default_output="dpo_data")
     parser.add_argument("--tokenizer-dir", type=Path, required=True,
                         help="a stage-20 tokenizer dir or a checkpoint dir (its tokenizer files): the SFT model's")
     parser.add_argument("--input", type=Path, nargs="+",

@@ -283,7 +283,7 @@ def compared_known_facts(compare: Path | None) -> set[str] | None:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, default_config=PRETRAIN_CONFIG, default_output="out/evaluation/pretrain")
+    add_common_arguments(parser, default_config=PRETRAIN_CONFIG, default_output="evaluation")
     parser.add_argument("--model-path", type=Path, required=True,
                         help="checkpoint directory (save_pretrained model + tokenizer files), or a LoRA adapter "
                              "dir (evaluated merged into the base it records)")

@@ -30,7 +30,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="continue from the newest checkpoint of this run (auto) or from a checkpoint dir")
     parser.add_argument("--merge-adapters", action="store_true", default=None,
                         help="LoRA: also write the merged model to <run>/merged/")
-    add_common_arguments(parser, DEFAULT_CONFIG, default_output="checkpoints/sft")
+    add_common_arguments(parser, DEFAULT_CONFIG, default_output="sft")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -98,14 +98,14 @@ def warmup_steps(config: TrainerConfig, total_steps: int) -> int:
 
 
 def schedule_notes(config: TrainerConfig, total_steps: int) -> list[str]:
-    """What the run should be told about its schedule: a capped warmup, a peak lr never reached."""
+    """What the run should be told about its schedule: a capped warmup, a peak lr reached only at the end."""
     warmup, notes = warmup_steps(config, total_steps), []
     if warmup < config.warmup_steps:
         notes.append(f"warmup: {warmup} steps instead of warmup_steps={config.warmup_steps} (at most "
                      f"warmup_max_fraction={config.warmup_max_fraction:g} of this run's {total_steps} steps)")
-    if warmup >= total_steps:
-        notes.append(f"the learning rate never reaches its peak {config.lr:g}: the warmup ({warmup} steps) is as "
-                     f"long as the run ({total_steps} steps); lower warmup_steps or warmup_max_fraction")
+    if total_steps > 1 and warmup >= total_steps:
+        notes.append(f"the learning rate reaches its peak {config.lr:g} only at the last step: the warmup ({warmup} "
+                     f"steps) lasts the whole run; lower warmup_steps or warmup_max_fraction")
     return notes
 
 
