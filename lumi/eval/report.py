@@ -130,7 +130,8 @@ def console_summary(results: dict[str, Any]) -> str:
     for name, result in results["perplexity"].items():
         lines.append(f"perplexity {name}: loss {result['loss']:.4f} ppl {result['perplexity']:.3f} "
                      f"bpb {result['bits_per_byte']:.4f} ({result['tokens']:,} tokens"
-                     + (f" in {result['rows']} of {result['data']['rows_total']} rows)" if "rows_total" in result["data"] else ")"))
+                     + (f" in {result['rows']} of {result['data']['rows_total']} rows)"
+                        if "rows_total" in result["data"] else ")"))
     for task, summary in results["tasks"].items():
         scores = "  ".join(f"{m} {v['value']:.4f}" + (f" ±{v['stderr']:.4f}" if v["stderr"] is not None else "")
                            for m, v in summary["metrics"].items())

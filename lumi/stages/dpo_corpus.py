@@ -23,7 +23,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer-dir", type=Path, required=True,
                         help="a stage-20 tokenizer dir or a checkpoint dir (its tokenizer files): the SFT model's")
     parser.add_argument("--input", type=Path, nargs="+",
-                        help="local JSON/JSONL files, optionally .gz, each read in its own format (instead of --config)")
+                        help="local JSON/JSONL files, optionally .gz, each read in its own format (instead of "
+                             "--config)")
     parser.add_argument("--format", choices=("auto", *PREFERENCE_FORMATS), default="auto",
                         help="record format of --input")
     parser.add_argument("--template", choices=tuple(TEMPLATES), help="chat template (overrides the config)")
@@ -37,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     if args.input is not None:
         flags["sources"] = input_sources(args.input, args.format)
         if args.seq_len is None:
-            flags["seq_len"] = fitting_seq_len(args.tokenizer_dir, PreferenceCorpusConfig.model_fields["seq_len"].default)
+            default = PreferenceCorpusConfig.model_fields["seq_len"].default
+            flags["seq_len"] = fitting_seq_len(args.tokenizer_dir, default)
     config = load_config(PreferenceCorpusConfig, args.config, args.overrides, flags)
     manifest = build_preference_corpus(config, args.tokenizer_dir, args.output_dir, force=args.force)
     for name, source in manifest["sources"].items():

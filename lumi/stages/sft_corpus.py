@@ -23,7 +23,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer-dir", type=Path, required=True,
                         help="a stage-20 tokenizer dir or a checkpoint dir (its tokenizer files)")
     parser.add_argument("--input", type=Path, nargs="+",
-                        help="local JSON/JSONL files, optionally .gz, each read in its own format (instead of --config)")
+                        help="local JSON/JSONL files, optionally .gz, each read in its own format (instead of "
+                             "--config)")
     parser.add_argument("--format", choices=("auto", *FORMATS), default="auto", help="record format of --input")
     parser.add_argument("--template", choices=tuple(TEMPLATES), help="chat template (overrides the config)")
     parser.add_argument("--seq-len", type=int, help="row length in tokens (overrides the config)")
