@@ -122,3 +122,24 @@ def test_length_drops_say_their_share_and_the_fix(samples_dir, tokenizer_dir, tm
     share = f"{dropped} of 30 ({dropped / 30:.0%}) dropped as longer than seq_len 256 tokens"
     assert any(share in record.message and "overlong=cut_at_turn" in record.message for record in caplog.records)
     assert share in (out / "DATA_CARD.md").read_text()
+
+
+def test_evaluator_reads_a_split_with_raw_line_separators(tmp_path):
+    """A val.jsonl edited by hand (json.dumps(ensure_ascii=False) writes U+2028 raw) reads back whole."""
+    path = tmp_path / "val.jsonl"
+    rows = [{"id": "a", "prompt": [{"role": "user", "content": "x\u2028y"}], "chosen": "c\u2029", "rejected": "r"},
+            {"id": "b", "prompt": [], "chosen": "c", "rejected": "r\x0c"}]
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    assert read_json_lines(path, "DPO data split") == rows
+
+
+@pytest.mark.parametrize("stage, what", [("sft-corpus", "SFT data file"), ("dpo-corpus", "DPO data file")])
+def test_unreadable_inputs_name_the_stage_file(tokenizer_dir, tmp_path, capsys, stage, what):
+    bad_gzip = tmp_path / "latin1.jsonl.gz"
+    bad_gzip.write_bytes(gzip.compress('{"instruction": "caf\xe9"}\n'.encode("latin-1")))
+    for path, message in ((tmp_path / "absent.jsonl", f"{what} not found"),
+                          (bad_gzip, f"{what} is not UTF-8 text")):
+        assert main([stage, "--input", str(path), "--tokenizer-dir", str(tokenizer_dir), "--output-dir",
+                     str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{path}: {message}" in err, err
