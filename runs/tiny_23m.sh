@@ -56,7 +56,7 @@ torchrun --standalone --nproc_per_node "$NPROC" scripts/40_pretrain.py \
 
 stage "50 evaluate: val bits per byte, zero-shot BoolQ/PIQA/ARC-Easy, generations"
 lumi evaluate --config config/evaluation/pretrain.json --model-path "$CHECKPOINTS/tiny/final" \
-    --set perplexity.0.packed_dir="$DATA/packed" --output-dir "$EVALUATION" --force
+    --output-dir "$EVALUATION" --force    # val: the packed data the checkpoint records, on its trainer's rows
 
 stage "done"
 echo "model: $CHECKPOINTS/tiny/final   metrics: $CHECKPOINTS/tiny/metrics.jsonl (tensorboard --logdir $CHECKPOINTS)"

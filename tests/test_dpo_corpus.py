@@ -46,14 +46,14 @@ def hh_transcript(turns):
 
 
 def test_hh_sample_through_the_hub_path_splits_transcripts(samples_dir, tokenizer_dir, tmp_path):
-    """The gzipped HH sample through datasets' json builder (the code path of hub ids): every kept pair's prompt and
+    """The gzipped HH sample through the record-file reader (gunzipped, JSON lines): every kept pair's prompt and
     answers rebuild the original transcripts; the mask marks only the final answer, as apply_chat_template's
     assistant mask does for that turn."""
     out = tmp_path / "hh"
     assert main(["dpo-corpus", "--input", str(samples_dir / HH_SAMPLE), "--tokenizer-dir", str(tokenizer_dir),
                  "--output-dir", str(out), "--seq-len", "384", "--set", "overlong=drop"]) == 0
     manifest = read_dpo_manifest(out)
-    source = manifest["sources"]["input"]
+    source = manifest["sources"][HH_SAMPLE]
     assert source["format"] == "hh" and source["read"] == 300
     assert source["kept"] + sum(source["dropped"].values()) == 300 and source["dropped"]["too_long"] > 0
     originals = [json.loads(line) for line in gzip.open(samples_dir / HH_SAMPLE, "rt")]
@@ -173,7 +173,8 @@ def test_unusable_input_is_one_line_exit_2(tokenizer_dir, tmp_path, capsys):
     atomic_write_jsonl(unknown, [{"text": "no preference fields"}])
     missing = tmp_path / "missing.jsonl"
     atomic_write_jsonl(missing, [{"question": "q", "chosen": "a"}])  # orca without rejected: every record dropped
-    for path, message in ((unknown, "cannot tell the preference format"), (missing, "no preference pair left")):
+    for path, message in ((unknown, "cannot tell the preference pair format"),
+                          (missing, "missing.jsonl: no preference pair read as format 'orca'")):
         assert main(["dpo-corpus", "--input", str(path), "--tokenizer-dir", str(tokenizer_dir), "--output-dir",
                      str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err.strip()
@@ -203,10 +204,10 @@ def test_shipped_dpo_configs_validate_and_point_at_the_hub():
 
 
 def test_synthetic_pairs_keep_heldout_facts_out():
-    from lumi.data.preference import SyntheticPreferenceSource, preference_records
+    from lumi.data.preference import PREFERENCE_RECORDS, SyntheticPreferenceSource
 
     source = SyntheticPreferenceSource(type="synthetic", world={"type": "synthetic", "people": 20, "places": 4})
-    pairs = list(preference_records(source))
+    pairs = list(PREFERENCE_RECORDS.synthetic_records(source))
     heldout = {pair["prompt"] for pair in source.world.world().preference_pairs("heldout")}
     assert pairs and not {pair["prompt"] for pair in pairs} & heldout
     assert all(pair["chosen"] != pair["rejected"] for pair in pairs)

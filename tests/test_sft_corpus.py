@@ -33,7 +33,7 @@ def test_alpaca_sample_end_to_end(samples_dir, tokenizer_dir, tmp_path):
     assert main(["sft-corpus", "--input", str(samples_dir / "alpaca_data_first200.json"), "--tokenizer-dir",
                  str(tokenizer_dir), "--output-dir", str(out), "--seq-len", "384", "--set", "languages=null"]) == 0
     manifest = read_sft_manifest(out)
-    source = manifest["sources"]["input"]
+    source = manifest["sources"]["alpaca_data_first200.json"]
     assert source["format"] == "alpaca" and source["read"] == 200
     assert source["kept"] + sum(source["dropped"].values()) == 200 and source["dropped"]["too_long"] > 0
     assert (out / "DATA_CARD.md").read_text().count("too_long") == 1
@@ -141,7 +141,7 @@ def test_undetectable_format_and_nothing_left(tokenizer_dir, tmp_path, capsys):
     odd = write(tmp_path / "odd.jsonl", [{"question": "q", "answer": "a"}])
     assert main(["sft-corpus", "--input", str(odd), "--tokenizer-dir", str(tokenizer_dir), "--output-dir",
                  str(tmp_path / "o1")]) == 2
-    assert "cannot tell the record format (fields: answer, question)" in capsys.readouterr().err
+    assert "odd.jsonl: cannot tell the conversation format (fields: answer, question)" in capsys.readouterr().err
     empty = write(tmp_path / "empty.jsonl", [{"instruction": "q", "output": " "}])
     assert main(["sft-corpus", "--input", str(empty), "--tokenizer-dir", str(tokenizer_dir), "--output-dir",
                  str(tmp_path / "o2"), "--set", "languages=null"]) == 2

@@ -92,7 +92,7 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
     if not path.is_file():
         raise LumiError(f"{path}: {what} is a directory, not a file" if path.is_dir() else f"{path}: {what} not found")
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # -sig: a leading byte-order mark is not text
     except UnicodeDecodeError as exc:
         raise LumiError(f"{path}: {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
@@ -117,16 +117,29 @@ def parse_json(text: str, source: str | os.PathLike) -> Any:
         raise LumiError(f"{source}: JSON nested too deeply to read") from None
 
 
-def parse_json_lines(text: str, source: str | os.PathLike) -> Iterator[tuple[int, Any]]:
-    """(line number, value) of every non-blank line of JSON-lines text (split on ``\\n`` only: ``text_lines``);
-    a bad line names ``source`` and its number."""
-    for number, line in enumerate(text_lines(text), start=1):
+def json_line_values(text: str) -> Iterator[tuple[int, Any, str | None]]:
+    """(line number, value, None) for every non-blank line of JSON-lines text, or (line number, None, cause) for a
+    line that is not JSON (a torn record, a stray note): the one JSON-lines parser, split on ``\\n`` only
+    (``text_lines``) so a raw U+2028 inside a string never cuts a record; a leading UTF-8 BOM is not part of the
+    first record."""
+    for number, line in enumerate(text_lines(text.removeprefix("\ufeff")), start=1):
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line)
+            yield number, json.loads(line), None
         except json.JSONDecodeError as exc:
-            raise LumiError(f"{source}:{number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            yield number, None, f"invalid JSON ({exc.msg} at column {exc.colno})"
+        except RecursionError:
+            yield number, None, "JSON nested too deeply to read"
+
+
+def parse_json_lines(text: str, source: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of every non-blank line of JSON-lines text (``json_line_values``); a bad line is a
+    LumiError naming ``source`` and its number."""
+    for number, value, problem in json_line_values(text):
+        if problem is not None:
+            raise LumiError(f"{source}:{number}: {problem}")
+        yield number, value
 
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:

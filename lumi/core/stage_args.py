@@ -15,11 +15,21 @@ from typing import Any, Mapping
 from lumi.core.config import C, load_config
 
 
+OUTPUT_ROOT = Path("out")  # every stage's default output dir is OUTPUT_ROOT / its name (the demo's layout, out/demo/)
+
+
+def default_output_dir(name: str) -> Path:
+    """Where a stage writes when ``--output-dir`` is not given: ``out/<name>``, one root for every stage."""
+    return OUTPUT_ROOT / name
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, default_config: Path | None,
                          default_output: str) -> None:
+    """The flags every stage has. ``default_config``: the stage's general recipe for your own data (never a demo
+    config: those are used only when named); ``default_output``: the name of its dir under ``OUTPUT_ROOT``."""
     parser.add_argument("--config", type=Path, default=default_config,
                         help="JSON config file (default: %(default)s)")
-    parser.add_argument("--output-dir", type=Path, default=Path(default_output),
+    parser.add_argument("--output-dir", type=Path, default=default_output_dir(default_output),
                         help="where to write the result (default: %(default)s)")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing output directory (the old one is removed only after success)")

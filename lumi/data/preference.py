@@ -40,8 +40,8 @@ from lumi.data.chat import (END_OF_TURN_ID, TEMPLATES, Template, chat_tokenizer,
 from lumi.data.readers import (hh_rlhf, orca_dpo, preference_pairs, sharegpt_preference, stack_exchange,
                                ultrafeedback)
 from lumi.data.readers.base import PreferencePair, ReadStats
-from lumi.data.sft_corpus import (TOKENIZER_SUBDIR, FileSource, HubSource, SyntheticPairsSource, seeded_sample,
-                                  source_records, split_of_key, tokenizer_identity)
+from lumi.data.sft_corpus import (TOKENIZER_SUBDIR, FileSource, HubSource, RecordKind, SyntheticPairsSource,
+                                  read_source, seeded_sample, split_of_key, tokenizer_identity, too_long_note)
 
 log = logging.getLogger(__name__)
 
@@ -106,25 +106,11 @@ class PreferenceCorpusConfig(ConfigModel):
 
 # --- reading
 
-def preference_records(source: PreferenceSource) -> Iterable[Any]:
-    if isinstance(source, SyntheticPreferenceSource):
-        return source.world.world().preference_pairs("train")
-    return source_records(source)
+DPO_LENGTH_FIXES = ("raise --seq-len (up to the model's context; prompts are already cut at turns, answers never are), "
+                    "or train a model with a longer context")
 
-
-def source_format(source: PreferenceSource, records: Iterable[Any]) -> tuple[str, Iterable[Any]]:
-    if isinstance(source, SyntheticPreferenceSource):
-        return preference_pairs.NAME, records
-    if source.format != "auto":
-        return source.format, records
-    records = list(records)
-    first = next((r for r in records if isinstance(r, dict)), None)
-    fmt = detect_preference_format(first)
-    if fmt is None:
-        fields = ", ".join(sorted(first)) if first else "no JSON objects"
-        raise LumiError(f"source '{source.name}': cannot tell the preference format (fields: {fields}); pass "
-                        f"--format / set format to one of {', '.join(PREFERENCE_FORMATS)}")
-    return fmt, records
+PREFERENCE_RECORDS = RecordKind(PREFERENCE_READERS, detect_preference_format, "preference pair", "DPO data file",
+                                lambda source: source.world.world().preference_pairs("train"), preference_pairs.NAME)
 
 
 # --- tokenization and the length policy
@@ -204,10 +190,9 @@ def collect(config: PreferenceCorpusConfig, tokenizer: Any) -> tuple[list[Candid
     for source in config.sources:
         if source.name in stats:
             raise LumiError(f"two sources are named {source.name!r}; give each its own name")
-        read_stats = ReadStats()
-        fmt, records = source_format(source, preference_records(source))
+        read_stats, formats = ReadStats(), {}
         candidates = []
-        for pair in PREFERENCE_READERS[fmt](records, read_stats):
+        for pair in read_source(source, PREFERENCE_RECORDS, read_stats, formats):
             problem = pair_problem(pair)
             if problem:
                 read_stats.drop(problem, pair.id)
@@ -226,7 +211,7 @@ def collect(config: PreferenceCorpusConfig, tokenizer: Any) -> tuple[list[Candid
             candidates.append(Candidate(source.name, PreferencePair(prompt, pair.chosen, pair.rejected, pair.id),
                                         chosen, rejected, prompt_cut=len(prompt) < len(pair.prompt)))
         sampled = seeded_sample(candidates, source.max_conversations, config.seed, source.name)
-        stats[source.name] = {"format": fmt, "read": read_stats, "over_max_conversations":
+        stats[source.name] = {"formats": formats, "read": read_stats, "over_max_conversations":
                               len(candidates) - len(sampled)}
         kept += sampled
     return kept, stats
@@ -308,7 +293,8 @@ def build_preference_corpus(config: PreferenceCorpusConfig, tokenizer_dir: Path,
         for name, entry in stats.items():
             read: ReadStats = entry["read"]
             members = [c for c in candidates if c.source == name]
-            sources[name] = {"format": entry["format"], "read": read.read, "kept": len(members),
+            sources[name] = {"format": ", ".join(sorted(set(entry["formats"].values()))), "formats": entry["formats"],
+                             "read": read.read, "kept": len(members),
                              "dropped": dict(sorted(read.dropped.items())), "dropped_examples": read.examples,
                              "prompt_cut": sum(c.prompt_cut for c in members),
                              "over_max_conversations": entry["over_max_conversations"]}
@@ -339,6 +325,9 @@ def data_card(manifest: dict) -> str:
         reasons = ", ".join(f"{k} {v}" for k, v in source["dropped"].items()) or "none"
         lines.append(f"| {name} | {source['format']} | {source['read']} | {source['kept']} | {reasons} | "
                      f"{source['prompt_cut']} |")
+    notes = [too_long_note(name, source, manifest["seq_len"], DPO_LENGTH_FIXES)
+             for name, source in manifest["sources"].items()]
+    lines += [""] + [f"- {note}" for note in notes if note] if any(notes) else []
     lines += ["", "| split | pairs | chosen answer tokens | rejected answer tokens | longest |", "|---|---|---|---|---|"]
     for split, entry in manifest["splits"].items():
         lines.append(f"| {split} | {entry['pairs']} | {entry['chosen_answer_tokens']} | "

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import random
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -38,7 +37,8 @@ from lumi.data.chat import (END_OF_TURN_ID, EncodedConversation, TEMPLATES, chat
 from lumi.data.readers import FORMATS, READERS, Conversation, ReadStats, detect
 from lumi.core.errors import LumiError
 from lumi.core.files import (atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text,
-                        read_manifest_file, read_text, sha256_file, staged_output_dir)
+                        read_json, read_manifest_file, sha256_file, staged_output_dir)
+from lumi.formats.records import BadRecord, read_records
 from lumi.core.special_tokens import PAD_ID
 
 log = logging.getLogger(__name__)
@@ -65,13 +65,15 @@ class HubSource(ConfigModel):
 
 
 class FileSource(ConfigModel):
-    """Records from local JSON (an array) or JSON-lines files, read as they are (wrong types stay wrong, so they
-    are counted rather than coerced)."""
+    """Records from local JSON (an array) or JSON-lines files, optionally gzipped, read as they are (wrong types stay
+    wrong, so they are counted rather than coerced); each file is read by its own reader (format detected per file
+    unless ``format`` is set)."""
 
-    type: Literal["files"] = Field(description="local JSON / JSONL files")
+    type: Literal["files"] = Field(description="local JSON / JSONL files, optionally .gz")
     name: str = Field(description="the source's name in the manifest")
-    paths: list[str] = Field(min_length=1, description="files to read")
-    format: Literal["auto", *FORMATS] = Field("auto", description="record format; auto: detected from the records")
+    paths: list[str] = Field(min_length=1, description="files to read (.json, .jsonl, either .gz)")
+    format: Literal["auto", *FORMATS] = Field("auto", description="record format; auto: detected per file from its "
+                                                                   "records")
     max_conversations: int | None = Field(None, ge=1, description="keep at most this many (a seeded sample)")
 
 
@@ -128,26 +130,6 @@ class SFTCorpusConfig(ConfigModel):
 
 # --- reading
 
-def _read_json_file(path: Path) -> list[Any]:
-    """A JSON array or JSON-lines file; a line that is not JSON is kept as a string (and dropped as
-    not_an_object by the reader, counted)."""
-    text = read_text(path, "SFT data file")
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise LumiError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    records: list[Any] = []
-    for line in text.splitlines():
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                records.append(line)
-    return records
-
-
 def load_hub_records(source: HubSource) -> Iterable[dict]:
     """The records of a datasets source; hub and file errors become one line naming the dataset."""
     import datasets
@@ -163,27 +145,116 @@ def load_hub_records(source: HubSource) -> Iterable[dict]:
         raise LumiError(f"{what}: {str(exc).splitlines()[0]}") from None
 
 
-def source_records(source: Source) -> Iterable[Any]:
-    if isinstance(source, HubSource):
-        return load_hub_records(source)
+@dataclass
+class RecordKind:
+    """What the SFT (or DPO) stage reads: its readers by format, how a record's format is detected, what a file of
+    it is called in errors, and the synthetic world's records and format."""
+
+    readers: dict[str, Callable[[Iterable[Any], ReadStats], Iterator[Any]]]
+    detect: Callable[[Any], str | None]
+    item: str                                  # "conversation", "preference pair"
+    file_what: str                             # "SFT data file"
+    synthetic_records: Callable[[Any], Iterable[Any]]
+    synthetic_format: str
+
+
+def source_parts(source: Source, kind: RecordKind) -> list[tuple[str, Callable[[], Iterable[Any]]]]:
+    """(label, records loader) per part a source is read in: each local file alone (its own format), a hub
+    dataset or the synthetic world whole."""
     if isinstance(source, FileSource):
-        return [record for path in source.paths for record in _read_json_file(Path(path))]
-    return source.world.world().sft_pairs("train")
+        return [(path, lambda path=path: read_records(path, kind.file_what)) for path in source.paths]
+    if isinstance(source, HubSource):
+        return [(f"source '{source.name}' (dataset {source.dataset})", lambda: load_hub_records(source))]
+    return [(f"source '{source.name}'", lambda: kind.synthetic_records(source))]
 
 
-def source_format(source: Source, records: Iterable[Any]) -> tuple[str, Iterable[Any]]:
+def part_format(source: Source, label: str, records: list[Any], kind: RecordKind) -> str:
+    """The source's stated format, else the one detected from the part's first object."""
     if isinstance(source, SyntheticPairsSource):
-        return "pairs", records
+        return kind.synthetic_format
     if source.format != "auto":
-        return source.format, records
-    records = list(records)
+        return source.format
     first = next((r for r in records if isinstance(r, dict)), None)
-    fmt = detect(first) if first is not None else None
+    fmt = kind.detect(first) if first is not None else None
     if fmt is None:
-        fields = ", ".join(sorted(first)) if first else "no JSON objects"
-        raise LumiError(f"source '{source.name}': cannot tell the record format (fields: {fields}); pass --format "
-                        f"/ set format to one of {', '.join(FORMATS)}")
-    return fmt, records
+        fields = ", ".join(sorted(map(str, first))) if first else "no JSON objects"
+        raise LumiError(f"{label}: cannot tell the {kind.item} format (fields: {fields}); pass --format / set the "
+                        f"source's format to one of {', '.join(kind.readers)}")
+    return fmt
+
+
+def read_source(source: Source, kind: RecordKind, stats: ReadStats, formats: dict[str, str]) -> Iterator[Any]:
+    """The items of every part of ``source``, each part read by its own (detected) reader, its format recorded in
+    ``formats``; lines that are not JSON are counted (``invalid_json``, with file:line and cause). A part that
+    yields nothing fails the stage in one line naming it and the format tried."""
+    for label, load in source_parts(source, kind):
+        records = []
+        for record in load():
+            if isinstance(record, BadRecord):
+                stats.read += 1
+                stats.drop("invalid_json", f"{record.where}: {record.cause}")
+            else:
+                records.append(record)
+        fmt = part_format(source, label, records, kind)
+        formats[label] = fmt
+        before, yielded = Counter(stats.dropped), 0
+        for item in kind.readers[fmt](records, stats):
+            yielded += 1
+            yield item
+        if not yielded:
+            dropped = dict(stats.dropped - before) or "nothing read"
+            raise LumiError(f"{label}: no {kind.item} read as format '{fmt}' (dropped: {dropped}); pass --format / "
+                            f"set the source's format to one of {', '.join(kind.readers)}")
+
+
+def input_sources(paths: list[Path], fmt: str) -> list[dict]:
+    """``--input`` files as sources, one per file named after it: each is read by its own reader and counted on its
+    own line of the data card."""
+    names = [Path(p).name for p in paths]
+    return [{"type": "files", "name": name if names.count(name) == 1 else f"{name}#{index}", "paths": [str(path)],
+             "format": fmt} for index, (name, path) in enumerate(zip(names, paths))]
+
+
+def checkpoint_context(tokenizer_dir: Path) -> int | None:
+    """The context length of the model whose dir ``--tokenizer-dir`` names (its ``config.json``, or for a LoRA
+    adapter dir its base's), None for a stage-20 tokenizer dir."""
+    config = Path(tokenizer_dir) / "config.json"
+    adapter = Path(tokenizer_dir) / "adapter_config.json"
+    if not config.is_file() and adapter.is_file():
+        base = read_json(adapter, "adapter config").get("base_model_name_or_path")
+        config = Path(base) / "config.json" if isinstance(base, str) else config
+    if not config.is_file():
+        return None
+    context = read_json(config, "model config").get("max_position_embeddings")
+    return int(context) if isinstance(context, int) else None
+
+
+def fitting_seq_len(tokenizer_dir: Path, default: int) -> int | None:
+    """For config-free runs on a checkpoint: its context when the default row length would not fit it (micro's 256
+    tokens), else None (keep the default)."""
+    context = checkpoint_context(tokenizer_dir)
+    if context is not None and context < default:
+        log.info("seq_len %d: the context of %s (the default %d would not fit it)", context, tokenizer_dir, default)
+        return context
+    return None
+
+
+def too_long_note(name: str, source: dict, seq_len: int, fixes: str) -> str | None:
+    """The line that says what share of a source was dropped for length, and what to change; None when none was."""
+    dropped = source["dropped"].get("too_long", 0)
+    if not dropped:
+        return None
+    return (f"{name}: {dropped} of {source['read']} ({dropped / max(source['read'], 1):.0%}) dropped as longer than "
+            f"seq_len {seq_len} tokens; to keep more: {fixes}")
+
+
+SFT_LENGTH_FIXES = ("raise --seq-len (up to the model's context), --set overlong=cut_at_turn (keep each "
+                    "conversation's longest prefix ending with an assistant turn), or train a model with a longer "
+                    "context")
+
+
+SFT_RECORDS = RecordKind(READERS, detect, "conversation", "SFT data file",
+                         lambda source: source.world.world().sft_pairs("train"), "pairs")
 
 
 # --- filters
@@ -235,11 +306,10 @@ def collect(config: SFTCorpusConfig, tokenizer: Any) -> tuple[list[Candidate], d
     for source in config.sources:
         if source.name in stats:
             raise LumiError(f"two sources are named {source.name!r}; give each its own name")
-        read_stats = ReadStats()
-        fmt, records = source_format(source, source_records(source))
+        read_stats, formats = ReadStats(), {}
         candidates = []
         cut_conversations = 0
-        for conversation in READERS[fmt](records, read_stats):
+        for conversation in read_source(source, SFT_RECORDS, read_stats, formats):
             problem = check_messages(conversation.messages)
             if problem:
                 read_stats.drop(problem, f"{conversation.id}")
@@ -264,7 +334,7 @@ def collect(config: SFTCorpusConfig, tokenizer: Any) -> tuple[list[Candidate], d
                 encoded = cut
             candidates.append(Candidate(source.name, conversation, encoded))
         per_source[source.name] = candidates
-        stats[source.name] = {"format": fmt, "read": read_stats, "cut_at_turn": cut_conversations}
+        stats[source.name] = {"formats": formats, "read": read_stats, "cut_at_turn": cut_conversations}
     if config.dedup.near.enabled:
         _drop_near_duplicates(per_source, stats, config.dedup.near)
     for source in config.sources:
@@ -388,7 +458,8 @@ def build_sft_corpus(config: SFTCorpusConfig, tokenizer_dir: Path, output_dir: P
         for name, entry in stats.items():
             read: ReadStats = entry["read"]
             kept = sum(1 for c in candidates if c.source == name)
-            sources[name] = {"format": entry["format"], "read": read.read, "kept": kept,
+            sources[name] = {"format": ", ".join(sorted(set(entry["formats"].values()))), "formats": entry["formats"],
+                             "read": read.read, "kept": kept,
                              "dropped": dict(sorted(read.dropped.items())),
                              "dropped_examples": read.examples, "cut_at_turn": entry["cut_at_turn"],
                              "over_max_conversations": entry["over_max_conversations"]}
@@ -426,6 +497,9 @@ def data_card(manifest: dict) -> str:
         reasons = ", ".join(f"{k} {v}" for k, v in source["dropped"].items()) or "none"
         lines.append(f"| {name} | {source['format']} | {source['read']} | {source['kept']} | {reasons} | "
                      f"{source['cut_at_turn']} |")
+    notes = [too_long_note(name, source, manifest["seq_len"], SFT_LENGTH_FIXES)
+             for name, source in manifest["sources"].items()]
+    lines += [""] + [f"- {note}" for note in notes if note] if any(notes) else []
     lines += ["", "| split | conversations | rows | tokens | target tokens | fill |", "|---|---|---|---|---|---|"]
     for split, entry in manifest["splits"].items():
         lines.append(f"| {split} | {entry['conversations']} | {entry['rows']} | {entry['tokens']} | "

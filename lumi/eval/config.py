@@ -27,7 +27,9 @@ class PerplexityConfig(ConfigModel):
                                                    "dirs are scored as NAME/DIRNAME")
     packed_dir: str | None = Field(None, description="a stage-30 packed directory (scored with the training loss)")
     packed_split: str = Field("val", description="split of packed_dir")
-    max_rows: int | None = Field(None, ge=1, description="first rows of the packed split (bytes prorated for bpb)")
+    max_rows: int | None = Field(None, ge=1, description="first rows of the packed split (bytes prorated for bpb); "
+                                                       "default: all, or with training_data the rows its trainer's "
+                                                       "val loss scored (eval_max_rows), so the two agree")
     text_file: str | None = Field(None, description="a UTF-8 text file, scored as one text")
     dataset: str | None = Field(None, description="datasets.load_dataset name, e.g. wikitext (or json for files)")
     dataset_config: str | None = Field(None, description="its config, e.g. wikitext-2-raw-v1")
@@ -103,7 +105,8 @@ class PreferenceEvalConfig(ConfigModel):
     """Held-out preference pairs of a stage-85 DPO data dir, scored by the model and its reference (stage 95)."""
 
     name: str = Field(min_length=1, description="label in the results and report")
-    dpo_dir: str = Field(description="a stage-85 DPO data directory")
+    dpo_dir: str | None = Field(None, description="a stage-85 DPO data directory (default: the one the DPO model "
+                                                  "was trained on, recorded in its dpo_config.json)")
     split: Literal["train", "val"] = Field("val", description="its split")
     reference_model: str | None = Field(None, description="the reference (SFT) model dir; default: the base a "
                                                           "LoRA adapter records")

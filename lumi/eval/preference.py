@@ -9,7 +9,6 @@ first held-out prompts (the whole multi-turn prompt through the chat template) a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from lumi.data.chat import generation_eos_ids
 from lumi.data.preference import load_pairs, pairs_batch, read_dpo_manifest
 from lumi.eval.generation import GREEDY, generate_all
 from lumi.formats.model_io import context_length, load_model, model_device
+from lumi.formats.records import read_json_lines
 from lumi.lm.preference import pair_logps
 
 
@@ -94,7 +94,7 @@ def evaluate_preferences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
         "policy_prefers_chosen": float((policy_c > policy_r).float().mean()),
         "reference_prefers_chosen": float((ref_c > ref_r).float().mean()),
     }
-    rows = [json.loads(line) for line in (Path(dpo_dir) / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = read_json_lines(Path(dpo_dir) / f"{split}.jsonl", "DPO data split")
     samples = [{"id": row["id"], "prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"],
                 "policy_chosen_logp": float(policy_c[i]), "policy_rejected_logp": float(policy_r[i]),
                 "reference_chosen_logp": float(ref_c[i]), "reference_rejected_logp": float(ref_r[i])}

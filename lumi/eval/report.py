@@ -129,14 +129,17 @@ def console_summary(results: dict[str, Any]) -> str:
     lines = []
     for name, result in results["perplexity"].items():
         lines.append(f"perplexity {name}: loss {result['loss']:.4f} ppl {result['perplexity']:.3f} "
-                     f"bpb {result['bits_per_byte']:.4f} ({result['tokens']:,} tokens)")
+                     f"bpb {result['bits_per_byte']:.4f} ({result['tokens']:,} tokens"
+                     + (f" in {result['rows']} of {result['data']['rows_total']} rows)"
+                        if "rows_total" in result["data"] else ")"))
     for task, summary in results["tasks"].items():
         scores = "  ".join(f"{m} {v['value']:.4f}" + (f" ±{v['stderr']:.4f}" if v["stderr"] is not None else "")
                            for m, v in summary["metrics"].items())
         chance = f"  (chance {summary['chance']:.4f})" if "chance" in summary else ""
         lines.append(f"{task}: {scores}{chance}  n={summary['num_items']}")
     for name, result in results.get("sft_loss", {}).items():
-        lines.append(f"SFT loss {name}: {result['loss']:.4f} over {result['target_tokens']:,} assistant tokens")
+        lines.append(f"SFT loss {name}: {result['loss']:.4f} over {result['target_tokens']:,} assistant tokens in "
+                     f"{result['rows']} of {result['rows_total']} rows")
     if "synthetic_qa" in results:
         qa = results["synthetic_qa"]
         known = qa.get("known_facts") or {}

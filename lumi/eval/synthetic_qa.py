@@ -19,7 +19,7 @@ from lumi.data.synthetic import RELATIONS, UNHELPFUL, SyntheticSourceConfig
 from lumi.eval.generation import GREEDY, format_prompt, generate_all, stop_token_ids
 from lumi.eval.loglikelihood import encode
 from lumi.eval.scoring import mean_and_stderr
-from lumi.core.files import read_text
+from lumi.formats.records import read_json_lines
 
 SPLITS = ("heldout", "train")
 REFUSALS = frozenset(" ".join(text.split()).lower() for text in UNHELPFUL)
@@ -53,10 +53,7 @@ def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
 
 def known_facts(cloze_samples: Path) -> set[str]:
     """Ids of the facts whose cloze the earlier (pretrained) model got right, from its samples file."""
-    import json
-
-    return {record["id"] for record in map(json.loads, read_text(cloze_samples, "cloze samples").splitlines())
-            if record.get("acc") == 1.0}
+    return {record["id"] for record in read_json_lines(cloze_samples, "cloze samples") if record.get("acc") == 1.0}
 
 
 def evaluate_synthetic_qa(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, world: SyntheticSourceConfig,

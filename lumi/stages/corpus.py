@@ -67,7 +67,7 @@ def build_corpus(config: CorpusConfig, output_dir: Path, force: bool = False) ->
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, default_config=CONFIG_DIR / "demo" / "corpus.json", default_output="data/corpus")
+    add_common_arguments(parser, default_config=None, default_output="corpus")
     parser.add_argument("--input", nargs="+", type=Path, metavar="PATH",
                         help="config-free form: these files are the only source (format from the extension)")
     parser.add_argument("--txt-split", choices=["file", "line", "paragraph", "separator"], default="file",
@@ -83,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
                   "txt_split": args.txt_split, "txt_separator": args.txt_separator}
         args.config = None
         config = stage_config(args, CorpusConfig, {"sources": [source]})
+    elif args.config is None:
+        raise LumiError("give either --config FILE (the demo's synthetic world: --config config/demo/corpus.json) "
+                        "or --input FILE [FILE ...]")
     else:
         config = stage_config(args, CorpusConfig)
     if args.analyze_only:

@@ -14,6 +14,7 @@ from pathlib import Path
 from lumi.core.config import CONFIG_DIR
 from lumi.core.stage_args import add_common_arguments, stage_config
 from lumi.lora import adapter_base, is_adapter_dir, write_merged
+from lumi.train.finetune import check_run_name
 from lumi.train.launch import fit_objective
 from lumi.train.objectives.dpo import DPOConfig, DPOObjective
 
@@ -29,7 +30,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="optimizer steps (overrides max_steps/epochs)")
     parser.add_argument("--resume", metavar="auto|PATH",
                         help="continue from the newest checkpoint of this run (auto) or from a checkpoint dir")
-    add_common_arguments(parser, DEFAULT_CONFIG, default_output="checkpoints/dpo")
+    add_common_arguments(parser, DEFAULT_CONFIG, default_output="dpo")
 
 
 def sft_model_dir(model_path: Path, output_dir: Path) -> Path:
@@ -49,5 +50,6 @@ def run(args: argparse.Namespace) -> int:
     flags = {"model_path": str(model_path) if model_path else None,
              "data_dir": str(args.data_dir) if args.data_dir else None, "max_steps": args.max_steps}
     config = stage_config(args, DPOConfig, flags)
+    check_run_name(config)
     return fit_objective(config, lambda rank, world: DPOObjective(config, rank=rank, world_size=world),
                          args.output_dir, args.resume, args.force)

@@ -66,6 +66,15 @@ def file_digests(*paths: str | None) -> dict[str, str]:
     return {path: sha256_file(path) for path in paths if path is not None and Path(path).is_file()}
 
 
+def scored_rows(spec: PerplexityConfig, record: TrainingRecord) -> str:
+    """Which rows a training-data measurement scores, said in its description: the trainer's, unless max_rows."""
+    if spec.max_rows is not None:
+        return f"; the first {spec.max_rows} rows (max_rows)"
+    if record.eval_rows is not None:
+        return f"; the first {record.eval_rows} rows, as its trainer's val loss (eval_max_rows)"
+    return "; every row"
+
+
 def training_data_specs(spec: PerplexityConfig, record: TrainingRecord | None, model_path: Path,
                         config_key: str) -> list[tuple[str, PerplexityConfig, str]]:
     """(result name, concrete spec, what was chosen and why) per measurement ``spec`` stands for: itself, or with
@@ -84,10 +93,44 @@ def training_data_specs(spec: PerplexityConfig, record: TrainingRecord | None, m
                             f"{record.file}), is not found from {Path.cwd()}; run from where training ran, or "
                             f"name the data: --set {config_key}.packed_dir=DIR --set {config_key}.training_data=false")
         name = spec.name if len(record.data_dirs) == 1 else f"{spec.name}/{Path(data_dir).name}"
-        concrete = spec.model_copy(update={"training_data": False, "packed_dir": data_dir})
+        rows = spec.max_rows or record.eval_rows
+        concrete = spec.model_copy(update={"training_data": False, "packed_dir": data_dir, "max_rows": rows})
         specs.append((name, concrete, f"the {spec.packed_split} split of {data_dir}, the data the checkpoint was "
-                                      f"trained on (recorded in {record.file})"))
+                                      f"trained on (recorded in {record.file}){scored_rows(spec, record)}"))
     return specs
+
+
+def measure_finetune_data(model: PreTrainedModel, model_path: Path, spec: PerplexityConfig, record: TrainingRecord,
+                          batch_size: int, results: dict[str, Any]) -> None:
+    """``training_data`` for a fine-tuned model: its own data, not the pretraining text. After SFT, the assistant-
+    token loss on the val split of the SFT data dir it was trained on (``sft_loss``, what its trainer's val loss
+    measures); after DPO, nothing here: its own pairs are the ``preference`` measurement's default."""
+    if record.stage == "dpo":
+        log.info("perplexity %r: skipped for a DPO model (its own held-out pairs are scored by 'preference')",
+                 spec.name)
+        return
+    sft_dir = record.data_dirs[0] if record.data_dirs else None
+    if sft_dir is None or not Path(sft_dir).is_dir():
+        raise LumiError(f"perplexity {spec.name!r}: {sft_dir}, the SFT data {model_path} was trained on (recorded "
+                        f"in {record.file}), is not found from {Path.cwd()}; run from where training ran, or name "
+                        f"the data: --set 'sft_loss=[{{\"name\": \"val\", \"sft_dir\": \"DIR\"}}]' --set perplexity=[]")
+    chosen = (f"the {spec.packed_split} split of {sft_dir}, the SFT data the model was trained on (recorded in "
+              f"{record.file}), assistant tokens only{scored_rows(spec, record)}")
+    log.info("SFT loss: %s = %s", spec.name, chosen)
+    result = sft_split_loss(model, model_path, sft_dir, spec.packed_split, batch_size,
+                            spec.max_rows or record.eval_rows)
+    result["data"] = {"sft_dir": sft_dir, "split": spec.packed_split, "chosen": chosen}
+    results.setdefault("sft_loss", {})[spec.name] = result
+
+
+def own_dpo_dir(dpo_dir: str | None, record: TrainingRecord | None, model_path: Path) -> str:
+    """The preference measurement's data: as configured, else the DPO data dir the model was trained on."""
+    if dpo_dir is not None:
+        return dpo_dir
+    if record is None or record.stage != "dpo" or not record.data_dirs:
+        raise LumiError(f"preference: {model_path} is not a DPO model that records its data (no dpo_config.json); "
+                        "name the pairs: --set preference.0.dpo_dir=DIR")
+    return record.data_dirs[0]
 
 
 def measure_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: PerplexityConfig,
@@ -180,6 +223,9 @@ def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path,
     if record is not None:
         results["model"]["trained_seq_len"] = record.seq_len
     for index, spec in enumerate(config.perplexity):
+        if spec.training_data and record is not None and record.stage != "pretrain":
+            measure_finetune_data(model, model_path, spec, record, config.batch_size, results)
+            continue
         for name, concrete, chosen in training_data_specs(spec, record, model_path, f"perplexity.{index}"):
             log.info("perplexity: %s%s", name, f" = {chosen}" if chosen else "")
             result = measure_perplexity(model, tokenizer, concrete, model_path, max_length, config.batch_size,
@@ -218,7 +264,8 @@ def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path,
         atomic_write_jsonl(samples_dir / "synthetic_qa.jsonl", records)
     for spec in config.preference:
         log.info("preference pairs: %s", spec.name)
-        summary, records = evaluate_preferences(model, tokenizer, model_path, spec.dpo_dir, spec.split,
+        summary, records = evaluate_preferences(model, tokenizer, model_path, own_dpo_dir(spec.dpo_dir, record,
+                                                                                          model_path), spec.split,
                                                 spec.reference_model, spec.beta, config.batch_size, spec.max_pairs,
                                                 spec.generate, spec.max_new_tokens, config.dtype)
         results.setdefault("preference", {})[spec.name] = summary
@@ -236,7 +283,7 @@ def compared_known_facts(compare: Path | None) -> set[str] | None:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, default_config=PRETRAIN_CONFIG, default_output="out/evaluation/pretrain")
+    add_common_arguments(parser, default_config=PRETRAIN_CONFIG, default_output="evaluation")
     parser.add_argument("--model-path", type=Path, required=True,
                         help="checkpoint directory (save_pretrained model + tokenizer files), or a LoRA adapter "
                              "dir (evaluated merged into the base it records)")

@@ -49,7 +49,7 @@ from lumi.core.config import CONFIG_DIR, ConfigModel, config_to_dict
 from lumi.core.errors import LumiError
 from lumi.core.files import atomic_write_json, sha256_file, staged_output_dir
 from lumi.core.hashing import index_uniforms
-from lumi.core.stage_args import add_common_arguments, available_cores, stage_config
+from lumi.core.stage_args import add_common_arguments, available_cores, default_output_dir, stage_config
 from lumi.formats.corpus import MANIFEST as CORPUS_MANIFEST
 from lumi.formats.corpus import iter_text_batches, read_manifest
 from lumi.formats.packed import MANIFEST, PACKED_FORMAT, SPLITS, spm_model_sha256, token_dtype
@@ -466,14 +466,14 @@ def pack_corpus(corpus_dir: str | Path, tokenizer_dir: str | Path, output_dir: s
 # --- command line ----------------------------------------------------------------------------------------------
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--corpus-dir", type=Path, default=Path("data/corpus"),
+    parser.add_argument("--corpus-dir", type=Path, default=default_output_dir("corpus"),
                         help="corpus directory from stage 10 (default: data/corpus)")
-    parser.add_argument("--tokenizer-dir", type=Path, default=Path("data/tokenizer"),
+    parser.add_argument("--tokenizer-dir", type=Path, default=default_output_dir("tokenizer"),
                         help="tokenizer directory from stage 20 (default: data/tokenizer)")
     parser.add_argument("--seq-len", type=int, help="tokens per row (overrides the config's seq_len)")
     parser.add_argument("--skip-tokenizer-check", action="store_true",
                         help=f"do not verify the tokenizer files against the hashes in {TOKENIZER_META}")
-    add_common_arguments(parser, DEFAULT_CONFIG, default_output="data/packed")
+    add_common_arguments(parser, DEFAULT_CONFIG, default_output="packed")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--describe", action="store_true",
                         help="print the architecture, exact parameter counts, FLOPs/token and the token budget, "
                              "then exit without training")
-    add_common_arguments(parser, DEFAULT_CONFIG, default_output="checkpoints/pretrain")
+    add_common_arguments(parser, DEFAULT_CONFIG, default_output="checkpoints")
 
 
 def describe_run(config: PretrainConfig) -> str:
@@ -75,6 +75,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{trainer.run_dir}: already trained {trainer.step} of {trainer.total_steps} steps; "
                       "nothing to do")
             return 0
-        return trainer.fit()
+        code = trainer.fit()
+        if code == 0 and process.is_main and process.world_size == 1:
+            prompt, continuation = objective.sample(trainer.model)
+            print(f"sample (greedy, from the start of a val row): {prompt!r} -> {continuation!r}")
+        return code
     finally:
         close_process_group()

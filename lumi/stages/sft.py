@@ -13,6 +13,7 @@ from pathlib import Path
 from lumi.core.config import CONFIG_DIR
 from lumi.core.stage_args import add_common_arguments, stage_config
 from lumi.lora import write_merged
+from lumi.train.finetune import check_run_name
 from lumi.train.launch import fit_objective
 from lumi.train.objectives.sft import SFTConfig, SFTObjective
 from lumi.train.trainer import Trainer
@@ -29,7 +30,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="continue from the newest checkpoint of this run (auto) or from a checkpoint dir")
     parser.add_argument("--merge-adapters", action="store_true", default=None,
                         help="LoRA: also write the merged model to <run>/merged/")
-    add_common_arguments(parser, DEFAULT_CONFIG, default_output="checkpoints/sft")
+    add_common_arguments(parser, DEFAULT_CONFIG, default_output="sft")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
              "data_dir": str(args.data_dir) if args.data_dir else None,
              "max_steps": args.max_steps, "merge_adapters": args.merge_adapters}
     config = stage_config(args, SFTConfig, flags)
+    check_run_name(config)
 
     def merge(trainer: Trainer) -> None:
         if config.method == "lora" and config.merge_adapters:

@@ -451,7 +451,7 @@ def train_tokenizer(corpus_dir: Path, output_dir: Path, config: TokenizerConfig,
 # --- CLI
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, CONFIG_DIR / "pretrain" / "tokenizer" / "spm32k.json", default_output="data/tokenizer")
+    add_common_arguments(parser, CONFIG_DIR / "pretrain" / "tokenizer" / "spm32k.json", default_output="tokenizer")
     parser.add_argument("--corpus-dir", type=Path, required=True, help="a stage-10 corpus directory")
     parser.add_argument("--vocab-size", type=int, help="vocabulary size (overrides the config)")
 

@@ -35,7 +35,11 @@ class TrainerConfig(ConfigModel):
     muon_momentum: float = Field(0.95, ge=0, lt=1, description="optimizer muon: Muon's (Nesterov) momentum")
     min_lr: float = Field(0.0, ge=0, description="learning rate at the last step (cosine, wsd)")
     schedule: Literal["cosine", "wsd", "constant"] = Field("cosine", description="shape after the warmup")
-    warmup_steps: int = Field(0, ge=0, description="linear warmup from lr/warmup_steps to lr")
+    warmup_steps: int = Field(0, ge=0, description="linear warmup from lr/warmup_steps to lr, at most "
+                                                   "warmup_max_fraction of the run's steps")
+    warmup_max_fraction: float = Field(0.2, gt=0, le=1, description="cap on the warmup as a share of the run's "
+                                                                    "steps, so a short run (a few steps on your "
+                                                                    "own data) still reaches its peak lr")
     wsd_decay_fraction: float = Field(0.2, gt=0, le=1, description="share of steps spent decaying in 'wsd'")
     adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
     adam_beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2")

@@ -11,6 +11,7 @@ from pydantic import Field
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from lumi.core.config import ConfigModel
+from lumi.core.errors import LumiError
 from lumi.data.chat import save_chat_model
 from lumi.lora import save_adapter, wrap_lora
 
@@ -60,3 +61,13 @@ def method_description(config: FineTuneSettings) -> str:
     lora = config.lora
     return f"LoRA r={lora.r} alpha={lora.alpha} on {', '.join(lora.target_modules)}" if config.method == "lora" \
         else "full"
+
+
+def check_run_name(config: FineTuneSettings) -> None:
+    """A run name (the checkpoint dir's) that names the other method is refused: a full fine-tune never lands in a
+    dir called ``lora_...`` (the name came from a config whose ``method`` was overridden)."""
+    name = (getattr(config, "name", None) or "").lower()
+    other = "full" if config.method == "lora" else "lora"
+    if other in name.replace("-", "_").split("_"):
+        raise LumiError(f"run name {name!r} says {other} but method is {config.method}; --set name=NAME (or drop "
+                        f"name: the run dir is then named after the method)")

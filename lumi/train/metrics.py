@@ -33,6 +33,11 @@ def peak_flops(device: torch.device) -> float | None:
     return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
 
 
+def shown_metrics(values: dict[str, float]) -> str:
+    """An evaluation's metrics on one console line (``val/loss 4.791 val/perplexity 120.4``)."""
+    return " ".join(f"{name} {value:.4g}" for name, value in values.items())
+
+
 class MetricsLog:
     def __init__(self, run_dir: Path, kept_step: int, tensorboard: bool, wandb_project: str | None,
                  run_name: str, config: dict[str, Any]):

@@ -91,24 +91,43 @@ def build_optimizer(model: nn.Module, config: TrainerConfig) -> torch.optim.Opti
     return MuonAdamW(muon, torch.optim.AdamW(adamw_groups, **adamw_settings))
 
 
+def warmup_steps(config: TrainerConfig, total_steps: int) -> int:
+    """The warmup a run of ``total_steps`` gets: ``warmup_steps`` scaled down to at most ``warmup_max_fraction`` of
+    the steps (a schedule written for thousands of steps must not leave a 5-step run below its peak lr)."""
+    return min(config.warmup_steps, int(total_steps * config.warmup_max_fraction))
+
+
+def schedule_notes(config: TrainerConfig, total_steps: int) -> list[str]:
+    """What the run should be told about its schedule: a capped warmup, a peak lr reached only at the end."""
+    warmup, notes = warmup_steps(config, total_steps), []
+    if warmup < config.warmup_steps:
+        notes.append(f"warmup: {warmup} steps instead of warmup_steps={config.warmup_steps} (at most "
+                     f"warmup_max_fraction={config.warmup_max_fraction:g} of this run's {total_steps} steps)")
+    if total_steps > 1 and warmup >= total_steps:
+        notes.append(f"the learning rate reaches its peak {config.lr:g} only at the last step: the warmup ({warmup} "
+                     f"steps) lasts the whole run; lower warmup_steps or warmup_max_fraction")
+    return notes
+
+
 def lr_at(step: int, config: TrainerConfig, total_steps: int) -> float:
     """Learning rate for optimizer step ``step`` (0-based) of ``total_steps``.
 
-    Linear warmup from lr/warmup to lr over ``warmup_steps``, then
+    Linear warmup from lr/warmup to lr over ``warmup_steps(config, total_steps)``, then
     cosine: half a cosine from lr down to min_lr at the last step;
     wsd (warmup-stable-decay): lr until the last ``wsd_decay_fraction`` of the steps, then linear down to min_lr;
     constant: lr.
     """
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
+    warmup = warmup_steps(config, total_steps)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
     if config.schedule == "constant":
         return config.lr
     if config.schedule == "cosine":
-        span = max(total_steps - 1 - config.warmup_steps, 1)
-        progress = min((step - config.warmup_steps) / span, 1.0)
+        span = max(total_steps - 1 - warmup, 1)
+        progress = min((step - warmup) / span, 1.0)
         return config.min_lr + (config.lr - config.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
     decay_steps = max(round(total_steps * config.wsd_decay_fraction), 1)
-    decay_start = max(total_steps - decay_steps, config.warmup_steps)
+    decay_start = max(total_steps - decay_steps, warmup)
     if step < decay_start:
         return config.lr
     progress = min((step - decay_start + 1) / max(total_steps - decay_start, 1), 1.0)

@@ -45,8 +45,9 @@ from lumi.train.config import RESUMABLE_CHANGES, TrainerConfig
 from lumi.train.distributed import (barrier, decide_on_main, full_model_state_dict, load_optimizer_state_dict,
                                     max_over_processes, optimizer_state_dict)
 from lumi.train.early_stop import WATCHED, EarlyStopping
-from lumi.train.metrics import IntervalMeter, MetricsLog, peak_flops
+from lumi.train.metrics import IntervalMeter, MetricsLog, peak_flops, shown_metrics
 from lumi.train.objectives.base import Batch, Objective
+from lumi.train.optim import schedule_notes
 from lumi.train.step import StepResult, TrainStep
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = objective.build_model(checkpoint)
         self.model.to(self.device).train()
+        self.last_eval: dict[str, float] = {}  # the latest evaluation, shown in the final summary
         self.stepper = TrainStep(objective.loss_module(self.model, config.compile), objective.count, config,
                                  self.total_steps, self.device, world_size)
         self.step, self.tokens_seen = 0, 0
@@ -172,6 +174,9 @@ class Trainer:
         """Evaluate, log, and count the result towards early stopping (keeping the weights of a new best)."""
         values = self._guarded(self.evaluate)
         self._log(metrics, self.step, values)
+        if values and self.is_main:
+            self.last_eval = values
+            log.info("step %d/%d: %s", self.step, self.total_steps, shown_metrics(values))
         if self.early_stop is None:
             return
         if self.early_stop.update(self.step, values):
@@ -247,6 +252,8 @@ class Trainer:
         metrics = self._open_run_dir()
         for line in objective.describe():
             log.info("%s", line)
+        for note in schedule_notes(config, self.total_steps):
+            log.warning("%s", note)
         if self.world_size > 1:
             log.info("%d processes (%s), %d rows per process per step", self.world_size, config.distributed,
                      config.micro_batch_size * config.grad_accumulation)
@@ -292,9 +299,12 @@ class Trainer:
                                   "time/elapsed_s": time.perf_counter() - start_time}
                         if peak:
                             record["train/mfu"] = flops * record["train/tok_per_s"] / (peak * self.world_size)
-                        record.update(interval_metrics())
+                        interval = interval_metrics()
+                        record.update(interval)
                         self._log(metrics, self.step, record)
                         status = {"loss": f"{record['train/loss']:.4f}", "lr": f"{lr:.2e}",
+                                  **{name.rsplit("/", 1)[-1]: f"{value:.3f}" for name, value in interval.items()
+                                     if not name.endswith("/loss")},
                                   "tok/s": f"{record['train/tok_per_s']:,.0f}",
                                   **({"mfu": f"{record['train/mfu']:.1%}"} if peak else {})}
                         bar.set_postfix(status, refresh=False)
@@ -318,7 +328,8 @@ class Trainer:
                             self.save(step_dir_name(self.step))
             final = self.save(FINAL, best_weights=True)
             if self.is_main:
-                print(f"trained {self.step} steps ({self.tokens_seen:,} tokens; {objective.summary()}); "
+                evaluated = f"; at step {self.step}: {shown_metrics(self.last_eval)}" if self.last_eval else ""
+                print(f"trained {self.step} steps ({self.tokens_seen:,} tokens; {objective.summary()}{evaluated}); "
                       f"final model in {final}")
                 if self.early_stop is not None:
                     print(f"{'stopped early: ' if self.early_stop.stopped else ''}{final} holds the weights of "

@@ -6,10 +6,13 @@ dataset) into ``TaskItem``s: one ``(context, continuation)`` request per choice,
 
 from __future__ import annotations
 
+import functools
 import random
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
+from urllib.parse import urlparse
 
 from pydantic import Field, field_validator, model_validator
 
@@ -125,7 +128,26 @@ def read_local_records(path: str | Path) -> list[Record]:
     return records
 
 
+@functools.cache
+def hub_unreachable() -> str | None:
+    """Why the hub cannot be reached from here (None when it can, or under HF_HUB_OFFLINE, where ``datasets`` reads
+    its cache without retrying). One quick connection instead of ``datasets``' ~30 s of retries and warnings."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=5).close()
+    except OSError as exc:
+        return f"the hub at {constants.ENDPOINT} cannot be reached ({exc.__class__.__name__}: {exc})"
+    return None
+
+
 def read_hub_records(source: TaskSource) -> list[Record]:
+    if source.data_files is None and (unreachable := hub_unreachable()):
+        raise SourceUnreadable(f"dataset {source.describe()} could not be loaded: {unreachable}; set "
+                               "HF_HUB_OFFLINE=1 to read a cached copy")
     import datasets  # imported here: loading it costs a second and local-file tasks never need it
 
     try:

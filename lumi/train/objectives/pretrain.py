@@ -19,9 +19,10 @@ from transformers import LlamaForCausalLM, PreTrainedModel
 
 from lumi.core.config import config_to_dict
 from lumi.core.errors import LumiError
+from lumi.core.special_tokens import PAD_ID
 from lumi.data.packed_stream import BatchStream, MixedRowSampler, PackedSource, open_sources
 from lumi.formats.checkpoint import PRETRAIN_CONFIG_FILE, save_pretrained_with_tokenizer
-from lumi.formats.tokenizer import load_sentencepiece
+from lumi.formats.tokenizer import load_hf_tokenizer, load_sentencepiece
 from lumi.lm.loss import scored_target_mask, summed_nats
 from lumi.lm.scoring import bits_per_byte, perplexity, score_packed_split, summarize
 from lumi.model import ArchitectureConfig, build_model, describe, flops_per_token, load_architecture, parameter_counts
@@ -37,7 +38,7 @@ class PretrainConfig(TrainerConfig):
     model: str = Field(min_length=1, description="architecture name (config/architectures/<name>.json) or JSON path")
     data_dirs: list[str] = Field(default_factory=list, description="packed data directories (stage 30)")
     data_weights: list[float] | None = Field(None, description="mixing weights, one per data dir (default: equal)")
-    tokenizer_dir: str = Field("data/tokenizer", description="stage 20 output; its files are copied into checkpoints")
+    tokenizer_dir: str = Field("out/tokenizer", description="stage 20 output; its files are copied into checkpoints")
     max_tokens: int | None = Field(None, gt=0, description="token budget, rounded down to whole optimizer steps "
                                                            "(max_steps wins when both are set)")
     document_masking: bool = Field(True, description="packed documents never attend to each other (false only "
@@ -178,6 +179,24 @@ class PretrainObjective:
         return [describe(self.arch, self.seq_len), budget_summary(self.arch, self.total_steps, self.tokens_per_step),
                 "data: " + ", ".join(f"{s.path} ({s.train.num_rows} rows, weight {w:.3f})"
                                      for s, w in zip(self.sources, self.sampler.weights))]
+
+    @torch.no_grad()
+    def sample(self, model: PreTrainedModel, prompt_tokens: int = 24, new_tokens: int = 40) -> tuple[str, str]:
+        """(prompt, greedy continuation) from the start of the first val row (train when no val): what the model
+        writes, shown after training beside its loss."""
+        source = self.sources[0]
+        split = source.val if source.val.num_rows else source.train
+        prompt = torch.from_numpy(split.rows[0][:prompt_tokens].astype("int64"))[None]
+        was_training = model.training
+        model.eval()
+        try:
+            ids = model.generate(prompt.to(next(model.parameters()).device), max_new_tokens=new_tokens,
+                                 do_sample=False, pad_token_id=PAD_ID)[0, prompt.shape[1]:]
+        finally:
+            model.train(was_training)
+        tokenizer = load_hf_tokenizer(self.tokenizer_dir)
+        return (tokenizer.decode(prompt[0].tolist(), skip_special_tokens=True),
+                tokenizer.decode(ids.tolist(), skip_special_tokens=True))
 
     def summary(self) -> str:
         return ", ".join(f"{s.name}: {share:.3f} of rows, {epochs:.2f} epochs" for s, share, epochs in
