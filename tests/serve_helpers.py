@@ -22,4 +22,5 @@ def make_serving_dirs(root: Path, max_seq_len: int = 128) -> dict[str, Path]:
     tokenizer = AutoTokenizer.from_pretrained(chat)
     tokenizer.chat_template = CHATML_TEMPLATE
     tokenizer.save_pretrained(chat)
+    (chat / "tokenizer_meta.json").unlink()  # its tokenizer files are no longer stage 20's, as in an SFT checkpoint
     return {"base": base, "chat": chat}

@@ -12,9 +12,9 @@ import torch
 from transformers import PreTrainedModel
 
 from lumi.core.errors import LumiError
-from lumi.core.files import sha256_file
 from lumi.data.chat import loss_targets
 from lumi.data.sft_corpus import load_split, read_sft_manifest
+from lumi.formats.model_dir import require_same_tokenizer
 from lumi.formats.model_io import model_device
 from lumi.lm.loss import summed_nats
 
@@ -23,10 +23,8 @@ from lumi.lm.loss import summed_nats
 def sft_split_loss(model: PreTrainedModel, model_path: Path, sft_dir: str | Path, split: str, batch_size: int,
                    max_rows: int | None) -> dict[str, Any]:
     manifest = read_sft_manifest(sft_dir)
-    spm_model = Path(model_path) / "spm.model"
-    if spm_model.is_file() and sha256_file(spm_model) != manifest["tokenizer_sha256"]:
-        raise LumiError(f"{sft_dir}: built with another tokenizer than {model_path}'s; rebuild it with "
-                        f"--tokenizer-dir {model_path}")
+    require_same_tokenizer(model_path, manifest["tokenizer_sha256"], sft_dir,
+                           f"rebuild it with --tokenizer-dir {model_path}")
     tokens, mask = load_split(sft_dir, split)
     rows = len(tokens) if max_rows is None else min(max_rows, len(tokens))
     nats, targets = 0.0, 0

@@ -35,7 +35,8 @@ from lumi.eval.sft_loss import sft_split_loss
 from lumi.eval.synthetic_qa import evaluate_synthetic_qa, known_facts
 from lumi.eval.tasks import get_task, subsample
 from lumi.eval.training_record import TrainingRecord, training_record
-from lumi.formats.model_io import context_length, load_for_evaluation, tokenizer_fingerprint
+from lumi.formats.model_io import context_length, tokenizer_fingerprint
+from lumi.loading import load_for_evaluation
 from lumi.formats.packed import check_packed_tokenizer, load_packed_split, read_packed_manifest
 from lumi.formats.tokenizer import SPM_MODEL
 

@@ -22,16 +22,18 @@ import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from lumi.core.config import config_to_dict
 from lumi.core.errors import LumiError
 from lumi.core.files import sha256_file
+from lumi.formats.adapter import base_fingerprint
+from lumi.formats.model_dir import open_model_dir, require_same_tokenizer
 from lumi.data.chat import loss_targets
 from lumi.data.packed_stream import MixedRowSampler
 from lumi.data.sft_corpus import MANIFEST, TOKENIZER_SUBDIR, load_split, read_sft_manifest
 from lumi.lm.loss import summed_nats
-from lumi.lora import base_fingerprint, is_adapter_dir
+from lumi.loading import load_model
 from lumi.train.config import TrainerConfig
 from lumi.train.finetune import (LoraSettings, build_finetune_model, method_description,
                                  save_finetune_model)
@@ -57,22 +59,16 @@ def open_sft_data(data_dir: str | Path) -> dict[str, Any]:
     splits = {split: load_split(directory, split) for split in ("train", "val")}
     if len(splits["train"][0]) == 0:
         raise LumiError(f"{directory}: the train split has no rows")
-    return {"manifest": manifest, "splits": splits, "tokenizer_dir": directory / TOKENIZER_SUBDIR}
+    return {"manifest": manifest, "splits": splits, "tokenizer_dir": directory / TOKENIZER_SUBDIR, "dir": directory}
 
 
 def check_base(base: str | Path, data: dict[str, Any]) -> Path:
-    """A base model the SFT data was tokenized for: a model dir, not an adapter, with the same tokenizer."""
-    base = Path(base)
-    if is_adapter_dir(base):
-        raise LumiError(f"{base}: is a LoRA adapter dir, not a base model; merge it first (lumi merge-lora) or "
-                        "pass the model it was trained on")
-    if not (base / "config.json").is_file():
-        raise LumiError(f"{base}: not a model dir (no config.json)")
-    spm_model = base / "spm.model"
-    if spm_model.is_file() and sha256_file(spm_model) != data["manifest"]["tokenizer_sha256"]:
-        raise LumiError(f"{base}: its tokenizer (spm.model) is not the one the SFT data was built with; rebuild the "
-                        "data with --tokenizer-dir pointing at this model")
-    return base
+    """A base model the SFT data was tokenized for: a verified model dir (``open_model_dir``), not an adapter,
+    with the same tokenizer."""
+    opened = open_model_dir(base, "SFT base model", allow_adapter=False)
+    require_same_tokenizer(opened.path, data["manifest"]["tokenizer_sha256"], data["dir"],
+                           "rebuild the data with --tokenizer-dir pointing at this model")
+    return opened.path
 
 
 class SFTLoss(nn.Module):
@@ -134,8 +130,8 @@ class SFTObjective:
     # --- model ---------------------------------------------------------------------------------------------------
 
     def _load_base(self) -> PreTrainedModel:
-        model = AutoModelForCausalLM.from_pretrained(str(self.base), dtype=torch.float32,
-                                                     attn_implementation=self.config.attn_implementation)
+        model = load_model(self.base, "SFT base model", attn_implementation=self.config.attn_implementation,
+                           adapter="refuse", trainable=True)
         if model.config.max_position_embeddings < self.seq_len:
             raise LumiError(f"{self.config.data_dir}: rows of {self.seq_len} tokens exceed the base model's context "
                             f"of {model.config.max_position_embeddings}; rebuild the data with --seq-len")

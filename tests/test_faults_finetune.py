@@ -1,0 +1,218 @@
+"""Fault injection in stages 60-100 (docs/RELIABILITY.md, issue #24): every reader of a model or adapter dir -- sft,
+dpo, merge-lora, evaluate, serve/chat -- goes through the one verified way in (``lumi.loading``), so a damaged,
+swapped or foreign artifact is refused in one line by each of them, and a derived copy is never reused blindly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from eval_helpers import make_tiny_model_dir, write_tokenizer
+from fault_helpers import flip_byte, one_error_line, truncate
+from transformers import AutoModelForCausalLM
+
+from lumi.cli import main
+from lumi.core.errors import LumiError
+from lumi.core.files import atomic_write_json
+from lumi.data.chat import copy_chat_tokenizer
+from lumi.formats.adapter import adapter_fingerprint
+from lumi.formats.model_dir import write_checksums
+from lumi.loading import DERIVED_RECORD, load_for_evaluation
+from lumi.lora import save_adapter, wrap_lora
+from lumi.serve.checkpoint import load_for_serving
+
+SEQ_LEN = 128
+WORLD = 'sources.0.world={"type": "synthetic", "people": 20, "places": 4}'
+
+
+def make_adapter(base: Path, tokenizer_dir: Path, directory: Path, seed: int) -> Path:
+    """A LoRA adapter of ``base`` with non-zero (seeded) B matrices, saved as stage 70 saves one."""
+    torch.manual_seed(seed)
+    adapter = wrap_lora(AutoModelForCausalLM.from_pretrained(base), 4, 8, 0.0, ["q_proj", "v_proj"])
+    for name, param in adapter.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.05)
+    save_adapter(adapter, tokenizer_dir, directory, base)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> dict[str, Path]:
+    """A chat model (random weights, the chat tokenizer as stage 70 writes it, checksums.json), stage-60 and -85 data
+    from the synthetic world, and two different adapters of that model."""
+    root = tmp_path_factory.mktemp("faults_finetune")
+    tokenizer = write_tokenizer(root / "tokenizer")
+    sft = make_tiny_model_dir(root / "sft", tokenizer, max_seq_len=SEQ_LEN, init_std=0.02)
+    assert main(["dpo-corpus", "--config", "config/dpo/datasets/demo.json", "--tokenizer-dir", str(sft),
+                 "--output-dir", str(root / "dpo_data"), "--seq-len", str(SEQ_LEN), "--set", WORLD]) == 0
+    assert main(["sft-corpus", "--config", "config/sft/datasets/demo.json", "--tokenizer-dir", str(tokenizer),
+                 "--output-dir", str(root / "sft_data"), "--seq-len", str(SEQ_LEN), "--set", WORLD]) == 0
+    (sft / "tokenizer_meta.json").unlink()
+    copy_chat_tokenizer(root / "dpo_data" / "tokenizer", sft)
+    write_checksums(sft)
+    chat_tokenizer = root / "dpo_data" / "tokenizer"
+    return {"root": root, "tokenizer": tokenizer, "sft": sft, "dpo_data": root / "dpo_data",
+            "sft_data": root / "sft_data",
+            "adapter_a": make_adapter(sft, chat_tokenizer, root / "adapter_a", seed=1),
+            "adapter_b": make_adapter(sft, chat_tokenizer, root / "adapter_b", seed=2)}
+
+
+def copy_dir(source: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source, target)
+    return target
+
+
+def write_config(tmp_path: Path, **overrides) -> Path:
+    config = {"method": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+              "max_steps": 1, "micro_batch_size": 2, "lr": 1e-3, "warmup_steps": 1, "log_interval": 1,
+              "eval_interval": 100, "save_interval": 100, "tensorboard": False, "seed": 7, **overrides}
+    path = tmp_path / "train.json"
+    atomic_write_json(path, config)
+    return path
+
+
+def dpo(workspace, tmp_path, model: Path, *extra: str) -> int:
+    return main(["dpo", "--config", str(write_config(tmp_path, eval_max_pairs=2)), "--model-path", str(model), "--data-dir",
+                 str(workspace["dpo_data"]), "--output-dir", str(tmp_path / "dpo_out"), *extra])
+
+
+def sft(workspace, tmp_path, model: Path, *extra: str) -> int:
+    return main(["sft", "--config", str(write_config(tmp_path, eval_max_rows=2)), "--model-path", str(model), "--data-dir",
+                 str(workspace["sft_data"]), "--output-dir", str(tmp_path / "sft_out"), *extra])
+
+
+def logits(model, workspace) -> torch.Tensor:
+    ids = torch.arange(8, 40)[None]
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+# --- item 2: no silent wrong model ----------------------------------------------------------------------------------
+
+def test_dpo_merges_again_when_sft_merged_came_from_another_adapter(workspace, tmp_path):
+    assert dpo(workspace, tmp_path, workspace["adapter_a"]) == 0
+    assert dpo(workspace, tmp_path, workspace["adapter_b"], "--force") == 0
+    merged = tmp_path / "dpo_out" / "sft_merged"
+    record = json.loads((merged / DERIVED_RECORD).read_text())
+    assert record["adapter_sha256"] == adapter_fingerprint(workspace["adapter_b"])
+    expected, _ = load_for_serving(workspace["adapter_b"], device="cpu")
+    found = AutoModelForCausalLM.from_pretrained(merged).eval()
+    assert torch.allclose(logits(found, workspace), logits(expected, workspace), atol=1e-5)
+
+
+@pytest.mark.parametrize("damage", [lambda m: flip_byte(m / "model.safetensors"),
+                                    lambda m: truncate(m / "model.safetensors")], ids=["flipped", "truncated"])
+def test_dpo_merges_again_over_a_damaged_merged_copy(workspace, tmp_path, caplog, damage):
+    assert dpo(workspace, tmp_path, workspace["adapter_a"]) == 0
+    damage(tmp_path / "dpo_out" / "sft_merged")
+    with caplog.at_level("WARNING"):
+        assert dpo(workspace, tmp_path, workspace["adapter_a"], "--force") == 0
+    assert "sft_merged: damaged" in caplog.text and "merging" in caplog.text
+
+
+def changed_base(workspace, tmp_path) -> Path:
+    """An adapter whose recorded base was retrained (its weights changed) after the adapter was trained on it."""
+    base = copy_dir(workspace["sft"], tmp_path / "base")
+    adapter = make_adapter(base, workspace["dpo_data"] / "tokenizer", tmp_path / "adapter", seed=3)
+    make_tiny_model_dir(tmp_path / "other", None, seed=5, max_seq_len=SEQ_LEN)
+    (base / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
+    (base / "checksums.json").unlink()
+    return adapter
+
+
+def test_serve_and_chat_refuse_an_adapter_whose_base_changed(workspace, tmp_path):
+    adapter = changed_base(workspace, tmp_path)
+    with pytest.raises(LumiError, match="base model mismatch"):
+        load_for_serving(adapter, device="cpu")  # what lumi serve and lumi chat load through
+
+
+def reader_error(reader: str, workspace, tmp_path, path: Path, capsys) -> str:
+    """The one line ``reader`` refuses ``path`` with (a CLI verb: its stderr; a library loader: its LumiError)."""
+    if reader in ("serve", "evaluate"):
+        load = load_for_serving if reader == "serve" else load_for_evaluation
+        with pytest.raises(LumiError) as info:
+            load(path, device="cpu")
+        return str(info.value)
+    if reader == "merge-lora":
+        status = main(["merge-lora", "--adapter-path", str(path), "--output-dir", str(tmp_path / "merged")])
+    elif reader == "sft":
+        status = sft(workspace, tmp_path, path)
+    else:
+        status = dpo(workspace, tmp_path, path)
+    assert status == 2
+    return one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("reader", ["sft", "dpo", "serve", "evaluate"])
+def test_a_flipped_byte_in_a_model_with_checksums_is_refused(workspace, tmp_path, capsys, reader):
+    model = copy_dir(workspace["sft"], tmp_path / "model")
+    flip_byte(model / "model.safetensors")
+    line = reader_error(reader, workspace, tmp_path, model, capsys)
+    assert "model.safetensors: damaged" in line and "checksums.json" in line, line
+
+
+@pytest.mark.parametrize("reader", ["dpo", "merge-lora", "serve", "evaluate"])
+def test_a_flipped_byte_in_an_adapter_with_checksums_is_refused(workspace, tmp_path, capsys, reader):
+    adapter = copy_dir(workspace["adapter_a"], tmp_path / "adapter")
+    write_checksums(adapter)  # as the trainer's checkpoint writes it
+    flip_byte(adapter / "adapter_model.safetensors")
+    line = reader_error(reader, workspace, tmp_path, adapter, capsys)
+    assert "adapter_model.safetensors: damaged" in line, line
+
+
+# --- item 5: one line, never a traceback ----------------------------------------------------------------------------
+
+MODEL_DAMAGE = {
+    "truncated-weights": (lambda m: truncate(m / "model.safetensors"), r"model could not be loaded \(SafetensorError"),
+    "invalid-config": (lambda m: (m / "config.json").write_text("{ not json"), r"config.json: invalid JSON"),
+    "deep-config": (lambda m: (m / "config.json").write_text("[" * 100_000 + "]" * 100_000),
+                    r"config.json: JSON nested too deeply"),
+    "wrong-type-config": (lambda m: (m / "config.json").write_text("[1, 2]"), r"config.json: expected a JSON object"),
+}
+
+
+@pytest.mark.parametrize("reader", ["sft", "dpo", "serve", "evaluate"])
+@pytest.mark.parametrize("damage", sorted(MODEL_DAMAGE))
+def test_a_damaged_model_without_checksums_is_one_line(workspace, tmp_path, capsys, reader, damage):
+    import re
+
+    model = copy_dir(workspace["sft"], tmp_path / "model")
+    (model / "checksums.json").unlink()  # nothing recorded: the loader itself must fail in one line
+    apply, expected = MODEL_DAMAGE[damage]
+    apply(model)
+    line = reader_error(reader, workspace, tmp_path, model, capsys)
+    assert re.search(expected, line), line
+
+
+ADAPTER_DAMAGE = {
+    "truncated-weights": (lambda a: truncate(a / "adapter_model.safetensors"), "adapter could not be loaded"),
+    "invalid-adapter-config": (lambda a: (a / "adapter_config.json").write_text("{"), "adapter_config.json: invalid"),
+    "invalid-record": (lambda a: (a / "lumi_adapter.json").write_text("[]"), "lumi_adapter.json: expected"),
+}
+
+
+@pytest.mark.parametrize("reader", ["dpo", "merge-lora", "serve", "evaluate"])
+@pytest.mark.parametrize("damage", sorted(ADAPTER_DAMAGE))
+def test_a_damaged_adapter_is_one_line(workspace, tmp_path, capsys, reader, damage):
+    adapter = copy_dir(workspace["adapter_a"], tmp_path / "adapter")
+    apply, expected = ADAPTER_DAMAGE[damage]
+    apply(adapter)
+    line = reader_error(reader, workspace, tmp_path, adapter, capsys)
+    assert expected in line, line
+
+
+# --- item 6 -----------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["same", "inside"])
+def test_merge_lora_refuses_to_write_over_its_adapter(workspace, tmp_path, capsys, where):
+    adapter = copy_dir(workspace["adapter_a"], tmp_path / "adapter")
+    before = {p.name: p.read_bytes() for p in adapter.iterdir()}
+    output = adapter if where == "same" else adapter / "merged"
+    assert main(["merge-lora", "--adapter-path", str(adapter), "--output-dir", str(output), "--force"]) == 2
+    assert "would destroy the adapter" in one_error_line(capsys.readouterr().err)
+    assert {p.name: p.read_bytes() for p in adapter.iterdir()} == before
