@@ -242,3 +242,13 @@ def test_force_over_a_killed_force_run_keeps_exactly_one_finished_copy(workspace
     assert seen and all(len(copies) == 1 and copies[0].name.startswith(".nano.old-") for copies in seen)
     assert finished_copies(run_dir) == [run_dir]
     assert sorted(p.name for p in run_dir.parent.iterdir()) == ["nano"]
+
+
+def test_a_reader_of_the_missing_final_is_told_where_the_finished_run_waits(workspace, tmp_path):
+    from lumi.loading import load_for_evaluation
+
+    run_dir, aside = killed_force_run(workspace, tmp_path)
+    with pytest.raises(LumiError, match="interrupted --force run left the finished one in " +
+                       str(aside / "final").replace(".", r"\.")):
+        load_for_evaluation(run_dir / "final", device="cpu")
+    load_for_evaluation(aside / "final", device="cpu")  # and it is whole

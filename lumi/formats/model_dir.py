@@ -70,9 +70,9 @@ def _missing(path: Path, what: str) -> LumiError:
         kept = set_aside_copies(parent)
         if kept:
             inside = kept[0] / path.relative_to(parent)
-            return LumiError(f"{path}: {what} not found; an interrupted --force run left the finished one in "
-                             f"{inside}: finish the new run (--resume auto) or use that path")
-    return LumiError(f"{path}: {what} not found")
+            return LumiError(f"{path}: model directory not found (the {what}); an interrupted --force run left "
+                             f"the finished one in {inside}: finish the new run (--resume auto) or use that path")
+    return LumiError(f"{path}: model directory not found (the {what})")
 
 
 @dataclass(frozen=True)
@@ -94,13 +94,13 @@ def open_model_dir(path: str | Path, what: str = "model", allow_adapter: bool = 
     overrides the recorded base). ``what`` names its role in messages ("SFT base model", "DPO policy")."""
     path = Path(path)
     if not path.exists():
-        raise _missing(path, f"{what} directory")
+        raise _missing(path, what)
     if not path.is_dir():
-        raise LumiError(f"{path}: {what} is not a directory (expected a checkpoint directory)")
+        raise LumiError(f"{path}: not a directory (expected a checkpoint directory: the {what})")
     if is_adapter_dir(path):
         if not allow_adapter:
-            raise LumiError(f"{path}: is a LoRA adapter dir, not a model dir; merge it first (lumi merge-lora) or "
-                            "pass the model it was trained on")
+            raise LumiError(f"{path}: is a LoRA adapter dir, not a base model (the {what}); merge it first "
+                            "(lumi merge-lora) or pass the model it was trained on")
         verify_checksums(path)
         adapter_config = read_json(path / "adapter_config.json", what="adapter config")
         base = open_model_dir(adapter_base(path, base_dir), f"base model of {path}", allow_adapter=False)
