@@ -111,6 +111,25 @@ def validate_config(cls: type[C], data: Any, source: str, flags: Iterable[str] =
         raise LumiError(f"{source}: field '{field}': {problem}{suffix}") from None
 
 
+def resolve_references(value: Any, config_file: str | Path) -> Any:
+    """Every ``{"from": PATH, ...}`` reference in a config read from ``config_file``, made absolute when ``PATH`` is
+    relative and names a file beside ``config_file`` or in a directory above it (the nearest wins): a copy of the
+    config tree that a user edits then reads its own files, never the shipped ones. A reference found nowhere there
+    is left as written (then a path from the current directory, else from the shipped config/)."""
+    if isinstance(value, list):
+        return [resolve_references(item, config_file) for item in value]
+    if not isinstance(value, dict):
+        return value
+    resolved = {key: resolve_references(item, config_file) for key, item in value.items()}
+    reference = resolved.get("from")
+    if isinstance(reference, str) and not Path(reference).is_absolute():
+        for directory in Path(config_file).absolute().parents:
+            if (directory / reference).is_file():
+                resolved["from"] = str(directory / reference)
+                break
+    return resolved
+
+
 def load_config(cls: type[C], path: str | Path | None, overrides: Iterable[str] = (),
                 flag_values: Mapping[str, Any] | None = None) -> C:
     """Load a JSON config file (or start from defaults when ``path`` is None), apply ``--set`` overrides and
@@ -123,7 +142,7 @@ def load_config(cls: type[C], path: str | Path | None, overrides: Iterable[str] 
         if not isinstance(data, dict):
             raise LumiError(f"{source}: expected a JSON object at top level, got {type(data).__name__}")
         try:
-            data = strip_comments(data)
+            data = resolve_references(strip_comments(data), path)
         except RecursionError:
             raise LumiError(f"{source}: config nested too deeply") from None
     pairs = dict(parse_override(o) for o in overrides)
