@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from eval_helpers import make_tiny_model_dir, write_tokenizer
@@ -76,14 +77,14 @@ def write_config(tmp_path: Path, **overrides) -> Path:
     return path
 
 
-def dpo(workspace, tmp_path, model: Path, *extra: str) -> int:
-    return main(["dpo", "--config", str(write_config(tmp_path, eval_max_pairs=2)), "--model-path", str(model), "--data-dir",
-                 str(workspace["dpo_data"]), "--output-dir", str(tmp_path / "dpo_out"), *extra])
+def dpo(workspace, tmp_path, model: Path, *extra: str, data: Path | None = None) -> int:
+    return main(["dpo", "--config", str(write_config(tmp_path, eval_max_pairs=2)), "--model-path", str(model),
+                 "--data-dir", str(data or workspace["dpo_data"]), "--output-dir", str(tmp_path / "dpo_out"), *extra])
 
 
-def sft(workspace, tmp_path, model: Path, *extra: str) -> int:
-    return main(["sft", "--config", str(write_config(tmp_path, eval_max_rows=2)), "--model-path", str(model), "--data-dir",
-                 str(workspace["sft_data"]), "--output-dir", str(tmp_path / "sft_out"), *extra])
+def sft(workspace, tmp_path, model: Path, *extra: str, data: Path | None = None) -> int:
+    return main(["sft", "--config", str(write_config(tmp_path, eval_max_rows=2)), "--model-path", str(model),
+                 "--data-dir", str(data or workspace["sft_data"]), "--output-dir", str(tmp_path / "sft_out"), *extra])
 
 
 def logits(model, workspace) -> torch.Tensor:
@@ -216,3 +217,91 @@ def test_merge_lora_refuses_to_write_over_its_adapter(workspace, tmp_path, capsy
     assert main(["merge-lora", "--adapter-path", str(adapter), "--output-dir", str(output), "--force"]) == 2
     assert "would destroy the adapter" in one_error_line(capsys.readouterr().err)
     assert {p.name: p.read_bytes() for p in adapter.iterdir()} == before
+
+
+# --- item 5/6: damaged or silently wrong SFT and DPO data -----------------------------------------------------------
+
+def rewrite_npz(path: Path, change) -> None:
+    with np.load(path) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    change(arrays)
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def set_item(array: np.ndarray, value: int) -> np.ndarray:
+    array[0, 1] = value
+    return array
+
+
+PAIRS_DAMAGE = {
+    "truncated": (lambda d: truncate(d / "train_pairs.npz"), "train_pairs.npz: damaged"),
+    "missing-array": (lambda d: rewrite_npz(d / "train_pairs.npz", lambda a: a.pop("rejected_mask")),
+                      "no rejected_mask array"),
+    "id-over-vocab": (lambda d: rewrite_npz(d / "train_pairs.npz", lambda a: set_item(a["chosen_ids"], 10 ** 6)),
+                      "outside the model's vocabulary"),
+    "short-rejected-ids": (lambda d: rewrite_npz(d / "train_pairs.npz", lambda a: a.update(
+        rejected_ids=a["rejected_ids"][:, :-3])), "arrays differ in shape"),
+    "no-rejected-answer": (lambda d: rewrite_npz(d / "train_pairs.npz", lambda a: a["rejected_mask"].__setitem__(
+        0, 0)), "pair 0 has no rejected answer token"),
+    "missing-val": (lambda d: (d / "val_pairs.npz").unlink(), "val_pairs.npz: missing"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(PAIRS_DAMAGE))
+def test_damaged_dpo_data_is_one_line(workspace, tmp_path, capsys, damage):
+    data = copy_dir(workspace["dpo_data"], tmp_path / "data")
+    apply, expected = PAIRS_DAMAGE[damage]
+    apply(data)
+    assert dpo(workspace, tmp_path, workspace["sft"], data=data) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert expected in line, line
+
+
+def rewrite_npy(path: Path, change) -> None:
+    array = np.load(path)
+    with open(path, "wb") as handle:
+        np.save(handle, change(array))
+
+
+SFT_DATA_DAMAGE = {
+    "truncated-tokens": (lambda d: truncate(d / "train_tokens.npy"), "train_tokens.npy: damaged"),
+    "short-mask": (lambda d: rewrite_npy(d / "train_mask.npy", lambda m: m[:, :-5]), "train_mask.npy: damaged: shape"),
+    "all-zero-mask": (lambda d: rewrite_npy(d / "train_mask.npy", np.zeros_like), "no target token"),
+    "id-over-vocab": (lambda d: rewrite_npy(d / "train_tokens.npy", lambda t: set_item(t, 10 ** 6)),
+                      "outside the model's vocabulary"),
+    "missing-val": (lambda d: (d / "val_mask.npy").unlink(), "val_mask.npy: missing"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(SFT_DATA_DAMAGE))
+def test_damaged_sft_data_is_one_line(workspace, tmp_path, capsys, damage):
+    data = copy_dir(workspace["sft_data"], tmp_path / "data")
+    apply, expected = SFT_DATA_DAMAGE[damage]
+    apply(data)
+    assert sft(workspace, tmp_path, workspace["sft"], data=data) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert expected in line, line
+
+
+def edit_tokenizer_json(directory: Path) -> None:
+    path = directory / "tokenizer.json"
+    path.write_text(path.read_text() + " ")
+
+
+def test_stage_60_refuses_an_edited_tokenizer(workspace, tmp_path, capsys):
+    tokenizer = copy_dir(workspace["tokenizer"], tmp_path / "tokenizer")
+    edit_tokenizer_json(tokenizer)
+    assert main(["sft-corpus", "--config", "config/sft/datasets/demo.json", "--tokenizer-dir", str(tokenizer),
+                 "--output-dir", str(tmp_path / "sft_data"), "--seq-len", str(SEQ_LEN), "--set", WORLD]) == 2
+    assert "tokenizer.json: sha256 differs from tokenizer_meta.json" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_stages_70_and_90_refuse_an_edited_chat_tokenizer_in_their_data(workspace, tmp_path, capsys, stage):
+    data = copy_dir(workspace[f"{stage}_data"], tmp_path / "data")
+    edit_tokenizer_json(data / "tokenizer")
+    run = sft if stage == "sft" else dpo
+    assert run(workspace, tmp_path, workspace["sft"], data=data) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "tokenizer.json: damaged: its sha256 differs" in line and "manifest.json" in line, line

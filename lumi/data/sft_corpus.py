@@ -39,6 +39,7 @@ from lumi.data.readers import FORMATS, READERS, Conversation, ReadStats, detect
 from lumi.core.errors import LumiError
 from lumi.core.files import (atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text,
                         read_manifest_file, read_text, sha256_file, staged_output_dir)
+from lumi.formats.finetune_data import read_sft_split
 from lumi.core.special_tokens import PAD_ID
 
 log = logging.getLogger(__name__)
@@ -343,9 +344,8 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 
 def load_split(directory: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """The packed (tokens, loss mask) of a split of an SFT data dir."""
-    directory = Path(directory)
-    return np.load(directory / f"{split}_tokens.npy"), np.load(directory / f"{split}_mask.npy")
+    """The packed (tokens, loss mask) of a split of an SFT data dir, verified (``lumi.formats.finetune_data``)."""
+    return read_sft_split(directory, split, need_targets=False)
 
 
 def read_sft_manifest(directory: str | Path) -> dict:

@@ -19,9 +19,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lumi.core.errors import LumiError
 from lumi.data.chat import generation_eos_ids
-from lumi.data.preference import load_pairs, pairs_batch, read_dpo_manifest
+from lumi.data.preference import pairs_batch, read_dpo_manifest
 from lumi.eval.generation import GREEDY, generate_all
 from lumi.formats.adapter import adapter_base, is_adapter_dir
+from lumi.formats.finetune_data import read_pairs
 from lumi.formats.model_dir import require_same_tokenizer
 from lumi.formats.model_io import context_length, model_device
 from lumi.loading import load_model
@@ -71,7 +72,7 @@ def evaluate_preferences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     manifest = read_dpo_manifest(dpo_dir)
     require_same_tokenizer(model_path, manifest["tokenizer_sha256"], dpo_dir,
                            f"rebuild it with --tokenizer-dir {model_path}")
-    arrays = load_pairs(dpo_dir, split)
+    arrays = read_pairs(dpo_dir, split, model.config.vocab_size)
     pairs = len(arrays["chosen_ids"]) if max_pairs is None else min(max_pairs, len(arrays["chosen_ids"]))
     if pairs == 0:
         raise LumiError(f"{dpo_dir}: split {split!r} has no pairs")

@@ -13,7 +13,8 @@ from transformers import PreTrainedModel
 
 from lumi.core.errors import LumiError
 from lumi.data.chat import loss_targets
-from lumi.data.sft_corpus import load_split, read_sft_manifest
+from lumi.data.sft_corpus import read_sft_manifest
+from lumi.formats.finetune_data import read_sft_split
 from lumi.formats.model_dir import require_same_tokenizer
 from lumi.formats.model_io import model_device
 from lumi.lm.loss import summed_nats
@@ -25,7 +26,7 @@ def sft_split_loss(model: PreTrainedModel, model_path: Path, sft_dir: str | Path
     manifest = read_sft_manifest(sft_dir)
     require_same_tokenizer(model_path, manifest["tokenizer_sha256"], sft_dir,
                            f"rebuild it with --tokenizer-dir {model_path}")
-    tokens, mask = load_split(sft_dir, split)
+    tokens, mask = read_sft_split(sft_dir, split, model.config.vocab_size, need_targets=False)
     rows = len(tokens) if max_rows is None else min(max_rows, len(tokens))
     nats, targets = 0.0, 0
     device = model_device(model)
