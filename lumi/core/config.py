@@ -9,6 +9,7 @@ checked exactly like the file.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import typing
 from pathlib import Path
@@ -19,8 +20,26 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from lumi.core.errors import LumiError
 from lumi.core.files import read_json
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-CONFIG_DIR = REPO_ROOT / "config"
+# The shipped configs are package data (lumi/configs/, ``config/`` in a checkout links to it), so an installed wheel
+# finds them as a checkout does; read through importlib.resources (a plain directory for any non-zipped install).
+CONFIG_DIR = Path(str(importlib.resources.files("lumi").joinpath("configs")))
+
+
+def config_file(path: str | Path) -> Path:
+    """A ``--config`` path: as given when it exists (relative to the current directory), else the shipped config of
+    that name (``demo/corpus.json``, also spelled ``config/demo/corpus.json`` as a checkout's docs do); a path found
+    in neither place is returned as given, to be refused by the reader naming it."""
+    path = Path(path)
+    if path.is_absolute() or path.exists():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("config",) else path.parts
+    shipped = CONFIG_DIR.joinpath(*parts) if parts else CONFIG_DIR
+    return shipped if shipped.is_file() else path
+
+
+def shipped_configs() -> list[str]:
+    """Names (relative to the shipped set) of every shipped config, sorted."""
+    return sorted(str(path.relative_to(CONFIG_DIR)) for path in CONFIG_DIR.rglob("*.json"))
 
 
 class ConfigModel(BaseModel):
@@ -137,6 +156,7 @@ def load_config(cls: type[C], path: str | Path | None, overrides: Iterable[str] 
     data: dict = {}
     source = "defaults"
     if path is not None:
+        path = config_file(path)
         source = str(path)
         data = read_json(path, what="config file")
         if not isinstance(data, dict):
