@@ -162,8 +162,9 @@ def derived_merged(adapter_dir: str | Path, output_dir: str | Path) -> Path:
         why = "made by an older version (no derived_from.json)"
         try:
             if record.is_file():
-                why = ("made from another adapter or base" if read_json(record, what="derived-from record") != source
-                       else None)
+                found = read_json(record, what="derived-from record")
+                same = isinstance(found, dict) and all(found.get(key) == value for key, value in source.items())
+                why = None if same else "made from another adapter or base"
             if why is None:
                 open_model_dir(output_dir, "merged model", allow_adapter=False)
         except LumiError as exc:
@@ -175,7 +176,8 @@ def derived_merged(adapter_dir: str | Path, output_dir: str | Path) -> Path:
         log.info("merging the SFT adapter %s into its base: %s", adapter_dir, output_dir)
     with staged_output_dir(output_dir, force=True) as staging:
         _merge_into(adapter_dir, staging, None)
-        atomic_write_json(staging / DERIVED_RECORD, source)
+        # the content hashes key the copy; the path lets lineage (lumi.formats.lineage) follow it to the adapter
+        atomic_write_json(staging / DERIVED_RECORD, {**source, "adapter_path": str(adapter_dir.absolute())})
         write_checksums(staging)
     return output_dir
 

@@ -305,3 +305,37 @@ def test_stages_70_and_90_refuse_an_edited_chat_tokenizer_in_their_data(workspac
     assert run(workspace, tmp_path, workspace["sft"], data=data) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "tokenizer.json: damaged: its sha256 differs" in line and "manifest.json" in line, line
+
+
+# --- item 7: artifacts of different synthetic worlds are not combined ----------------------------------------------
+
+def pretrained_on(model: Path, root: Path, world: dict) -> Path:
+    """``model`` given the lineage a pretraining checkpoint records: pretrain_config.json -> a packed dir -> a corpus
+    whose config names ``world``."""
+    corpus, packed = root / "corpus", root / "packed"
+    corpus.mkdir(parents=True)
+    packed.mkdir()
+    source = {"type": "synthetic", "name": "world", "documents": 100, **world}
+    atomic_write_json(corpus / "manifest.json", {"format": "lumi-corpus/1", "config": {"sources": [source]}})
+    atomic_write_json(packed / "final_manifest.json", {"corpus": {"dir": str(corpus)}})
+    atomic_write_json(model / "pretrain_config.json", {"config": {"data_dirs": [str(packed)]}})
+    return model
+
+
+DATA_WORLD = {"seed": 0, "people": 20, "places": 4, "heldout_fraction": 0.2}  # WORLD, with its defaults
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_a_model_of_another_world_is_refused(workspace, tmp_path, capsys, stage):
+    model = pretrained_on(copy_dir(workspace["sft"], tmp_path / "model"), tmp_path, {**DATA_WORLD, "seed": 1})
+    (model / "checksums.json").unlink()  # the lineage file was added after the checksums were written
+    run = sft if stage == "sft" else dpo
+    assert run(workspace, tmp_path, model) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "uses synthetic world" in line and f"but {model} comes from world" in line, line
+
+
+def test_a_model_of_the_same_world_is_accepted(workspace, tmp_path):
+    model = pretrained_on(copy_dir(workspace["sft"], tmp_path / "model"), tmp_path, DATA_WORLD)
+    (model / "checksums.json").unlink()
+    assert dpo(workspace, tmp_path, model) == 0

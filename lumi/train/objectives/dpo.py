@@ -34,6 +34,7 @@ from lumi.data.sft_corpus import TOKENIZER_SUBDIR
 from lumi.lm.preference import LOSS_TYPES, pair_logps, preference_losses
 from lumi.formats.adapter import base_fingerprint, is_adapter_dir
 from lumi.formats.finetune_data import read_pairs, verify_chat_tokenizer_files
+from lumi.formats.lineage import require_same_world
 from lumi.formats.model_dir import ModelDir, open_model_dir, require_same_tokenizer
 from lumi.loading import load_model
 from lumi.train.config import TrainerConfig
@@ -166,6 +167,7 @@ class DPOObjective:
         verify_chat_tokenizer_files(data_dir, self.manifest, MANIFEST)
         self.tokenizer_dir = data_dir / TOKENIZER_SUBDIR
         policy = check_policy(config.model_path, self.manifest, self.tokenizer_dir)
+        require_same_world(policy.path, data_dir, self.manifest.get("config"))
         self.policy_dir = policy.path
         vocab_size = policy.config.get("vocab_size")
         self.train, self.val = (read_pairs(data_dir, split, vocab_size if isinstance(vocab_size, int) else None)

@@ -29,6 +29,7 @@ from lumi.core.errors import LumiError
 from lumi.core.files import sha256_file
 from lumi.formats.adapter import base_fingerprint
 from lumi.formats.finetune_data import read_sft_split, verify_chat_tokenizer_files
+from lumi.formats.lineage import require_same_world
 from lumi.formats.model_dir import open_model_dir, require_same_tokenizer
 from lumi.data.chat import loss_targets
 from lumi.data.packed_stream import MixedRowSampler
@@ -64,6 +65,7 @@ def open_sft_data(data_dir: str | Path, base: str | Path) -> dict[str, Any]:
     opened = open_model_dir(base, "SFT base model", allow_adapter=False)
     require_same_tokenizer(opened.path, manifest.get("tokenizer_sha256"), directory,
                            "rebuild the data with --tokenizer-dir pointing at this model")
+    require_same_world(opened.path, directory, manifest.get("config"))
     vocab_size = opened.config.get("vocab_size")
     splits = {split: read_sft_split(directory, split, vocab_size if isinstance(vocab_size, int) else None,
                                     need_targets=split == "train") for split in ("train", "val")}
