@@ -339,3 +339,26 @@ def test_a_model_of_the_same_world_is_accepted(workspace, tmp_path):
     model = pretrained_on(copy_dir(workspace["sft"], tmp_path / "model"), tmp_path, DATA_WORLD)
     (model / "checksums.json").unlink()
     assert dpo(workspace, tmp_path, model) == 0
+
+
+# --- item 8: stage 60/85 hold their output's lock for the whole run -------------------------------------------------
+
+@pytest.mark.parametrize("stage", ["sft-corpus", "dpo-corpus"])
+def test_a_second_corpus_run_on_the_same_output_is_refused_before_reading(workspace, tmp_path, capsys, monkeypatch,
+                                                                          stage):
+    import lumi.data.preference
+    import lumi.data.sft_corpus
+    from lumi.core.files import output_lock
+
+    module = lumi.data.sft_corpus if stage == "sft-corpus" else lumi.data.preference
+    read = []
+    monkeypatch.setattr(module, "collect", lambda *args, **kwargs: read.append(args) or ([], {}))
+    config = "config/sft/datasets/demo.json" if stage == "sft-corpus" else "config/dpo/datasets/demo.json"
+    with output_lock(tmp_path / "out"):  # what the first run holds while it reads and writes
+        # another process: this test's own lock would be re-entered, so forget that it is ours
+        from lumi.core import files
+        monkeypatch.setattr(files, "_HELD_LOCKS", set())
+        assert main([stage, "--config", config, "--tokenizer-dir", str(workspace["tokenizer"]), "--output-dir",
+                     str(tmp_path / "out"), "--force", "--set", WORLD]) == 2
+    assert "in use by pid" in one_error_line(capsys.readouterr().err)
+    assert not read  # refused before reading any conversation

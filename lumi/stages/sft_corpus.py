@@ -12,6 +12,7 @@ from lumi.data.chat import TEMPLATES
 from lumi.data.readers import FORMATS
 from lumi.data.sft_corpus import SFTCorpusConfig, build_sft_corpus
 from lumi.core.errors import LumiError
+from lumi.core.files import check_output_dir, output_lock
 from lumi.core.stage_args import add_common_arguments
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
         flags["sources"] = [{"type": "files", "name": "input", "paths": [str(p) for p in args.input],
                              "format": args.format}]
     config = load_config(SFTCorpusConfig, args.config, args.overrides, flags)
-    manifest = build_sft_corpus(config, args.tokenizer_dir, args.output_dir, force=args.force)
+    with output_lock(args.output_dir) as final:  # held for the whole run: a second run here is refused at once
+        check_output_dir(final, args.force)  # and an existing output before the conversations are read
+        manifest = build_sft_corpus(config, args.tokenizer_dir, args.output_dir, force=args.force)
     for name, source in manifest["sources"].items():
         log.info("%s (%s): read %d, kept %d, dropped %s", name, source["format"], source["read"], source["kept"],
                  source["dropped"] or "none")
