@@ -39,7 +39,7 @@ from lumi.data.readers import FORMATS, READERS, Conversation, ReadStats, detect
 from lumi.core.errors import LumiError
 from lumi.core.files import (atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text,
                         read_manifest_file, read_text, sha256_file, staged_output_dir)
-from lumi.formats.finetune_data import read_sft_split
+from lumi.formats.finetune_data import array_records, read_sft_split
 from lumi.core.special_tokens import PAD_ID
 
 log = logging.getLogger(__name__)
@@ -398,6 +398,7 @@ def build_sft_corpus(config: SFTCorpusConfig, tokenizer_dir: Path, output_dir: P
             "tokenizer_sha256": tokenizer_identity(tokenizer_dir),
             "chat_tokenizer_sha256": {name: sha256_file(staging / TOKENIZER_SUBDIR / name)
                                       for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")},
+            "files": array_records(staging, [f"{split}_{kind}.npy" for split in SPLITS for kind in ("tokens", "mask")]),
             "sources": sources, "splits": splits,
             "boundary_merges": int(sum(c.encoded.boundary_merges for c in candidates)),
             "seconds": round(seconds, 3),

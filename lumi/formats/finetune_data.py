@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from lumi.core.errors import LumiError
-from lumi.core.files import verify_file
+from lumi.core.files import sha256_file, verify_file
 
 PAIR_ARRAYS = ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
 # What np.load raises on a cut-short or damaged file.
@@ -116,13 +117,22 @@ def read_pairs(directory: str | Path, split: str, vocab_size: int | None = None)
     return arrays
 
 
-def verify_chat_tokenizer_files(directory: str | Path, manifest: dict, manifest_name: str = "manifest.json") -> None:
-    """The chat tokenizer files of a stage-60/85 data dir (``tokenizer/``) are the ones its manifest recorded
-    (``chat_tokenizer_sha256``): an edited tokenizer.json or chat template is refused here, before the trainer copies
-    it into every checkpoint and later stage."""
+def array_records(directory: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """``files`` of a stage-60/85 manifest: size and sha256 of each array file, so its readers can verify them."""
+    return {name: {"bytes": (directory / name).stat().st_size, "sha256": sha256_file(directory / name)}
+            for name in names}
+
+
+def verify_data_files(directory: str | Path, manifest: dict, manifest_name: str = "manifest.json") -> None:
+    """A stage-60/85 data dir holds what its manifest recorded: the array files (``files``: size and sha256) and the
+    chat tokenizer files (``chat_tokenizer_sha256``). A flipped byte in an array, or an edited tokenizer.json or chat
+    template, is refused here, before the trainer uses it or copies it into every checkpoint and later stage. A
+    manifest of an older version records less, and less is checked."""
     directory = Path(directory)
+    files = manifest.get("files")
+    for name, record in (files.items() if isinstance(files, dict) else ()):
+        if isinstance(record, dict):
+            verify_file(directory / name, directory / manifest_name, record.get("bytes"), record.get("sha256"))
     recorded = manifest.get("chat_tokenizer_sha256")
-    if not isinstance(recorded, dict):
-        return  # written by an older version: nothing recorded to check against
-    for name, digest in recorded.items():
+    for name, digest in (recorded.items() if isinstance(recorded, dict) else ()):
         verify_file(directory / "tokenizer" / name, directory / manifest_name, sha256=digest)

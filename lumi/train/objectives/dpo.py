@@ -33,7 +33,7 @@ from lumi.data.preference import MANIFEST, pairs_batch, read_dpo_manifest
 from lumi.data.sft_corpus import TOKENIZER_SUBDIR
 from lumi.lm.preference import LOSS_TYPES, pair_logps, preference_losses
 from lumi.formats.adapter import base_fingerprint, is_adapter_dir
-from lumi.formats.finetune_data import read_pairs, verify_chat_tokenizer_files
+from lumi.formats.finetune_data import read_pairs, verify_data_files
 from lumi.formats.lineage import require_same_world
 from lumi.formats.model_dir import ModelDir, open_model_dir, require_same_tokenizer
 from lumi.loading import load_model
@@ -164,7 +164,7 @@ class DPOObjective:
         self.config, self.rank, self.world_size = config, rank, world_size
         data_dir = Path(config.data_dir)
         self.manifest = read_dpo_manifest(data_dir)
-        verify_chat_tokenizer_files(data_dir, self.manifest, MANIFEST)
+        verify_data_files(data_dir, self.manifest, MANIFEST)
         self.tokenizer_dir = data_dir / TOKENIZER_SUBDIR
         policy = check_policy(config.model_path, self.manifest, self.tokenizer_dir)
         require_same_world(policy.path, data_dir, self.manifest.get("config"))

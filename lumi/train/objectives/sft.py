@@ -28,7 +28,7 @@ from lumi.core.config import config_to_dict
 from lumi.core.errors import LumiError
 from lumi.core.files import sha256_file
 from lumi.formats.adapter import base_fingerprint
-from lumi.formats.finetune_data import read_sft_split, verify_chat_tokenizer_files
+from lumi.formats.finetune_data import read_sft_split, verify_data_files
 from lumi.formats.lineage import require_same_world
 from lumi.formats.model_dir import open_model_dir, require_same_tokenizer
 from lumi.data.chat import loss_targets
@@ -61,7 +61,7 @@ def open_sft_data(data_dir: str | Path, base: str | Path) -> dict[str, Any]:
     rows and target tokens (``lumi.formats.finetune_data``)."""
     directory = Path(data_dir)
     manifest = read_sft_manifest(directory)
-    verify_chat_tokenizer_files(directory, manifest, MANIFEST)
+    verify_data_files(directory, manifest, MANIFEST)
     opened = open_model_dir(base, "SFT base model", allow_adapter=False)
     require_same_tokenizer(opened.path, manifest.get("tokenizer_sha256"), directory,
                            "rebuild the data with --tokenizer-dir pointing at this model")
