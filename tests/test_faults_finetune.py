@@ -374,9 +374,6 @@ def test_a_second_corpus_run_on_the_same_output_is_refused_before_reading(worksp
     monkeypatch.setattr(module, "collect", lambda *args, **kwargs: read.append(args) or ([], {}))
     config = "config/sft/datasets/demo.json" if stage == "sft-corpus" else "config/dpo/datasets/demo.json"
     with output_lock(tmp_path / "out"):  # what the first run holds while it reads and writes
-        # another process: this test's own lock would be re-entered, so forget that it is ours
-        from lumi.core import files
-        monkeypatch.setattr(files, "_HELD_LOCKS", set())
         assert main([stage, "--config", config, "--tokenizer-dir", str(workspace["tokenizer"]), "--output-dir",
                      str(tmp_path / "out"), "--force", "--set", WORLD]) == 2
     assert "in use by pid" in one_error_line(capsys.readouterr().err)

@@ -322,18 +322,19 @@ def _lock_holder(lock_path: Path) -> str:
     return "another process"
 
 
-_HELD_LOCKS: set[Path] = set()  # outputs this process has locked (flock would refuse a second lock of its own)
+_HELD_LOCKS: set[Path] = set()  # outputs locked re-entrantly by this process (flock refuses a second lock of its own)
 
 
 @contextlib.contextmanager
-def output_lock(path: str | os.PathLike) -> Iterator[Path]:
+def output_lock(path: str | os.PathLike, reentrant: bool = False) -> Iterator[Path]:
     """Hold an exclusive lock on output ``path`` (a run dir, a stage output being built) for the block.
 
     The lock is ``flock`` on the sibling ``.NAME.lock``, which holds who took it; the kernel drops it when the
     holder dies, however it dies, so a killed run never leaves a lock that blocks the next one. A second process
     fails at once with a message naming the holder. The file is removed on release; a process that opened it just
-    before that re-checks that the file it locked is still the one on disk. Re-entrant within a process: a stage
-    holds its output's lock for its whole run, and the staged write inside it takes it again.
+    before that re-checks that the file it locked is still the one on disk. ``reentrant``: while held, this
+    process may take the same lock again (a stage holds its output's lock for its whole run, and the staged write
+    inside it takes it again); any other taker, this process's included, is refused.
     """
     final = output_path(path)
     if final in _HELD_LOCKS:  # this process holds it already (a stage locks its output for its whole run)
@@ -364,7 +365,8 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
             os.write(fd, json.dumps(info).encode())
         except OSError as exc:  # a full disk
             raise storage_error(exc, final) or exc
-        _HELD_LOCKS.add(final)
+        if reentrant:
+            _HELD_LOCKS.add(final)
         yield final
     finally:
         _HELD_LOCKS.discard(final)

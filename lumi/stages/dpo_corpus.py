@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.input is not None:
         flags["sources"] = [input_source(args.input, args.format)]
     config = load_config(PreferenceCorpusConfig, args.config, args.overrides, flags)
-    with output_lock(args.output_dir) as final:  # held for the whole run: a second run here is refused at once
+    with output_lock(args.output_dir, reentrant=True) as final:  # the whole run: a second one is refused at once
         check_output_dir(final, args.force)  # and an existing output before the conversations are read
         manifest = build_preference_corpus(config, args.tokenizer_dir, args.output_dir, force=args.force)
     for name, source in manifest["sources"].items():

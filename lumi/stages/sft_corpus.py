@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         flags["sources"] = [{"type": "files", "name": "input", "paths": [str(p) for p in args.input],
                              "format": args.format}]
     config = load_config(SFTCorpusConfig, args.config, args.overrides, flags)
-    with output_lock(args.output_dir) as final:  # held for the whole run: a second run here is refused at once
+    with output_lock(args.output_dir, reentrant=True) as final:  # the whole run: a second one is refused at once
         check_output_dir(final, args.force)  # and an existing output before the conversations are read
         manifest = build_sft_corpus(config, args.tokenizer_dir, args.output_dir, force=args.force)
     for name, source in manifest["sources"].items():
