@@ -378,3 +378,33 @@ def test_a_second_corpus_run_on_the_same_output_is_refused_before_reading(worksp
                      str(tmp_path / "out"), "--force", "--set", WORLD]) == 2
     assert "in use by pid" in one_error_line(capsys.readouterr().err)
     assert not read  # refused before reading any conversation
+
+
+# --- item 5: evaluate --compare checks the earlier results before evaluating ----------------------------------------
+
+GOOD_RESULTS = {"tasks": {"cloze": {"metrics": {"acc": {"value": 0.5, "stderr": 0.1}}, "num_items": 10}},
+                "perplexity": {"val": {"loss": 2.0, "perplexity": 7.4, "bits_per_byte": 1.1, "tokens": 100}},
+                "synthetic_qa": {"split": "heldout", "num_items": 5, "exact_match": {"value": 1, "stderr": None}}}
+
+
+@pytest.mark.parametrize("path, value", [
+    (("tasks", "cloze", "metrics", "acc", "value"), "0.5"),
+    (("tasks", "cloze", "num_items"), None),
+    (("perplexity", "val", "loss"), [2.0]),
+    (("synthetic_qa", "exact_match"), 1.0),
+])
+def test_compare_refuses_a_wrong_typed_earlier_result_before_evaluating(tmp_path, path, value):
+    import copy
+
+    from lumi.eval.report import load_previous_results
+
+    results = copy.deepcopy(GOOD_RESULTS)
+    target = results
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    atomic_write_json(tmp_path / "evaluation_results.json", results)
+    with pytest.raises(LumiError, match=r"evaluation_results.json: field '" + ".".join(path)):
+        load_previous_results(tmp_path)
+    atomic_write_json(tmp_path / "evaluation_results.json", GOOD_RESULTS)
+    assert load_previous_results(tmp_path)["tasks"]  # the well-typed file passes
