@@ -408,3 +408,14 @@ def test_compare_refuses_a_wrong_typed_earlier_result_before_evaluating(tmp_path
         load_previous_results(tmp_path)
     atomic_write_json(tmp_path / "evaluation_results.json", GOOD_RESULTS)
     assert load_previous_results(tmp_path)["tasks"]  # the well-typed file passes
+
+
+# --- item 6: a checkpoint's tokenizer is checked wherever it is read -------------------------------------------------
+
+@pytest.mark.parametrize("reader", ["sft", "dpo", "serve", "evaluate"])
+def test_an_edited_checkpoint_tokenizer_is_refused(workspace, tmp_path, capsys, reader):
+    """An SFT checkpoint has no tokenizer_meta.json; its checksums.json covers the chat tokenizer files instead."""
+    model = copy_dir(workspace["sft"], tmp_path / "model")
+    edit_tokenizer_json(model)
+    line = reader_error(reader, workspace, tmp_path, model, capsys)
+    assert "tokenizer.json: damaged" in line and "checksums.json" in line, line
