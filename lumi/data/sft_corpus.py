@@ -40,6 +40,7 @@ from lumi.core.errors import LumiError
 from lumi.core.files import (atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text,
                         read_manifest_file, read_text, sha256_file, staged_output_dir)
 from lumi.formats.finetune_data import array_records, read_sft_split
+from lumi.formats.model_dir import tokenizer_identity  # the one identity, recorded as tokenizer_sha256
 from lumi.core.special_tokens import PAD_ID
 
 log = logging.getLogger(__name__)
@@ -408,12 +409,6 @@ def build_sft_corpus(config: SFTCorpusConfig, tokenizer_dir: Path, output_dir: P
         atomic_write_text(staging / "DATA_CARD.md", data_card(manifest))
         atomic_write_json(staging / MANIFEST, manifest)
     return manifest
-
-
-def tokenizer_identity(tokenizer_dir: Path) -> str:
-    """sha256 of the SentencePiece model (the identity every stage records), else of tokenizer.json."""
-    spm_model = Path(tokenizer_dir) / "spm.model"
-    return sha256_file(spm_model if spm_model.is_file() else Path(tokenizer_dir) / "tokenizer.json")
 
 
 def data_card(manifest: dict) -> str:
