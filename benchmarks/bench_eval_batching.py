@@ -29,7 +29,8 @@ sys.path.insert(0, str(REPO_ROOT))
 from lumi.cli import main as lumi_main  # noqa: E402
 from lumi.eval.scoring import score_items  # noqa: E402
 from lumi.eval.tasks import TaskSource, get_task, subsample  # noqa: E402
-from lumi.formats.model_io import context_length, load_for_evaluation  # noqa: E402
+from lumi.formats.model_io import context_length  # noqa: E402
+from lumi.loading import load_for_evaluation  # noqa: E402
 from lumi.model import build_model, load_architecture  # noqa: E402
 
 SAMPLES = REPO_ROOT.parent / "shared" / "data" / "samples"

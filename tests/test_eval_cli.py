@@ -20,7 +20,7 @@ from lumi.core.special_tokens import EOS_ID, IM_END_ID, IM_START_TOKEN
 from lumi.eval.config import EvaluationConfig
 from lumi.eval.generation import format_prompt, load_prompts, repeated_ngram_rate, run_generation, stop_token_ids
 from lumi.eval.report import compare_results, load_previous_results
-from lumi.formats.model_io import load_for_evaluation
+from lumi.loading import load_for_evaluation
 from lumi.stages.evaluate import RESULTS_FILE, RESULTS_SCHEMA
 from lumi.stages.pack import PackingConfig, pack_corpus
 

@@ -22,7 +22,7 @@ from lumi.eval.perplexity import evaluate_packed_split, read_dataset_text, slidi
 from lumi.eval.scoring import score_items
 from lumi.eval.tasks import Task, TaskSource
 from lumi.eval.tasks.base import choice_item
-from lumi.formats.model_io import load_for_evaluation
+from lumi.loading import load_for_evaluation
 from lumi.formats.packed import load_packed_split
 from lumi.stages.pack import PackingConfig, pack_corpus
 

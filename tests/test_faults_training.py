@@ -183,3 +183,72 @@ def test_force_on_a_symlinked_run_dir_replaces_its_target_and_keeps_the_link(wor
                  "--force"]) == 0
     assert link.is_symlink() and (target / "final" / CHECKSUMS_FILE).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "real-run"]  # the old run was removed at the end
+
+
+# --- item 1 of issue #24: a killed --force run never costs the finished run it replaces ----------------------------
+
+def killed_force_run(workspace, tmp_path) -> tuple[Path, Path]:
+    """What a --force run killed after its step_2 leaves: the finished run it replaces set aside as
+    ``.nano.old-<dead pid>``, its own unfinished run in the run dir."""
+    run_dir = interrupted_copy(workspace, tmp_path)
+    shutil.rmtree(run_dir / "step_4")
+    aside = run_dir.parent / f".nano.old-{dead_pid()}"
+    shutil.copytree(workspace["reference"], aside)
+    return run_dir, aside
+
+
+def finished_copies(run_dir: Path) -> list[Path]:
+    """Every finished run of ``run_dir``'s name beside it (the run dir itself or a set-aside copy)."""
+    return sorted(p for p in run_dir.parent.iterdir() if (p / "final" / CHECKSUMS_FILE).is_file()
+                  and (p == run_dir or p.name.startswith(".nano.old-")))
+
+
+def watch_saves(monkeypatch, run_dir: Path) -> list[list[Path]]:
+    """The finished copies that exist at every checkpoint save of the run (a kill there would leave those)."""
+    from lumi.train.trainer import Trainer
+
+    seen, original = [], Trainer.save
+
+    def save(self, name, *args, **kwargs):
+        seen.append(finished_copies(run_dir))
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "save", save)
+    return seen
+
+
+def test_a_refused_command_keeps_the_finished_run_a_killed_force_run_set_aside(workspace, tmp_path, capsys):
+    run_dir, aside = killed_force_run(workspace, tmp_path)
+    assert main(["pretrain", "--config", str(workspace["config"]), "--output-dir", str(tmp_path / "out")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "interrupted --force run" in line and str(aside) in line, line
+    assert finished_copies(run_dir) == [aside]
+
+
+def test_resuming_a_killed_force_run_keeps_the_finished_one_until_it_finishes(workspace, tmp_path, monkeypatch):
+    run_dir, aside = killed_force_run(workspace, tmp_path)
+    seen = watch_saves(monkeypatch, run_dir)
+    assert resume(workspace, tmp_path) == 0
+    assert seen and all(copies == [aside] for copies in seen)  # until final/ was written, the old one was there
+    assert finished_copies(run_dir) == [run_dir] and not aside.exists()
+    assert train_losses(run_dir) == train_losses(workspace["reference"])  # the resumed run is still exact
+
+
+def test_force_over_a_killed_force_run_keeps_exactly_one_finished_copy(workspace, tmp_path, monkeypatch):
+    run_dir, aside = killed_force_run(workspace, tmp_path)
+    seen = watch_saves(monkeypatch, run_dir)
+    assert main(["pretrain", "--config", str(workspace["config"]), "--output-dir", str(tmp_path / "out"),
+                 "--force"]) == 0
+    assert seen and all(len(copies) == 1 and copies[0].name.startswith(".nano.old-") for copies in seen)
+    assert finished_copies(run_dir) == [run_dir]
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["nano"]
+
+
+def test_a_reader_of_the_missing_final_is_told_where_the_finished_run_waits(workspace, tmp_path):
+    from lumi.loading import load_for_evaluation
+
+    run_dir, aside = killed_force_run(workspace, tmp_path)
+    with pytest.raises(LumiError, match="interrupted --force run left the finished one in " +
+                       str(aside / "final").replace(".", r"\.")):
+        load_for_evaluation(run_dir / "final", device="cpu")
+    load_for_evaluation(aside / "final", device="cpu")  # and it is whole

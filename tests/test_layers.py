@@ -12,9 +12,14 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "lumi"
 
-# top-level part of a module name -> layer (higher imports lower, never the reverse)
-LAYERS = {"core": 1, "formats": 2, "lm": 2, "data": 2, "corpus": 2, "generation": 2, "model": 2, "lora": 2,
-          "train": 3, "eval": 3, "serve": 3, "stages": 4, "cli": 5}
+# top-level part of a module name -> layer (higher imports lower, never the reverse). Inside the building blocks the
+# order is core < formats < lm, model < data < lora < corpus, generation, loading: file formats know no model code,
+# the loader (lumi/loading.py, the one way into a model) sits above everything it verifies and loads.
+LAYERS = {"core": 1, "formats": 2, "lm": 3, "model": 3, "data": 4, "lora": 5, "corpus": 6, "generation": 6,
+          "loading": 6, "train": 7, "eval": 7, "serve": 7, "stages": 8, "cli": 9}
+# Crossings still to remove (issue #24: the stage-60/85 builders move next to the corpus code they use), each named
+# by importer and imported package; a crossing not listed here fails, and so does an entry that no longer crosses.
+KNOWN_CROSSINGS = {("lumi.data.sft_corpus", "corpus")}
 # the package root (version) and ``python -m lumi`` sit outside the layers
 UNLAYERED = {"__init__", "__main__"}
 # layer-3 packages that must not import each other: what two of them share belongs below them
@@ -76,9 +81,38 @@ def test_imports_run_one_way(path: Path):
         elif source != target and source in PEERS and target in PEERS:
             crossings.append(f"{imported}: train, eval and serve never import each other (share through lm/, "
                              "formats/ or data/)")
-        elif LAYERS[target] > LAYERS[source]:
+        elif LAYERS[target] > LAYERS[source] and (importer, target) not in KNOWN_CROSSINGS:
             crossings.append(f"{imported}: layer {target} ({LAYERS[target]}) sits above {source} ({LAYERS[source]})")
     assert not crossings, f"{importer} imports upwards:\n" + "\n".join(crossings)
+
+
+def test_known_crossings_still_cross():
+    """An entry of KNOWN_CROSSINGS that was fixed is removed from it, so the list only shrinks."""
+    paths = {module_name(path): path for path in MODULES}
+    for importer, target in sorted(KNOWN_CROSSINGS):
+        assert any(top(imported) == target for imported in lumi_imports(paths[importer])), \
+            f"{importer} no longer imports {target}: remove it from KNOWN_CROSSINGS"
+
+
+def test_no_import_cycle_between_modules():
+    """No module reaches itself through the imports of lumi modules (a cycle hides in lazy imports otherwise)."""
+    known = {module_name(path) for path in MODULES}
+    graph = {module_name(path): {name for name in lumi_imports(path) if name in known} for path in MODULES}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for imported in sorted(graph[module]):
+            if state.get(imported) == 1:
+                cycle = path[path.index(imported):] + [imported]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if imported not in state:
+                visit(imported, path + [imported])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
 
 
 def test_the_rule_catches_a_crossing(tmp_path: Path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from eval_helpers import write_tokenizer
 from transformers import AutoTokenizer

@@ -16,14 +16,13 @@ from eval_helpers import make_tiny_model_dir, write_tokenizer
 from packed_helpers import subprocess_env, train_losses
 from peft import PeftModel
 from safetensors.torch import load_file
-from sft_helpers import real_conversations
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from lumi.cli import main
 from lumi.core.files import atomic_write_json
 from lumi.core.special_tokens import EOS_ID, IM_END_ID
 from lumi.data.chat import encode_conversation, get_template, loss_targets
-from lumi.data.sft_corpus import SFTCorpusConfig, build_sft_corpus, load_split, pack_rows
+from lumi.data.sft_corpus import SFTCorpusConfig, build_sft_corpus, pack_rows
 from lumi.formats.metrics import read_metrics
 from lumi.lm.loss import position_ids_from_bos, summed_nats
 

@@ -9,6 +9,7 @@ checked exactly like the file.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import typing
 from pathlib import Path
@@ -19,8 +20,26 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from lumi.core.errors import LumiError
 from lumi.core.files import read_json
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-CONFIG_DIR = REPO_ROOT / "config"
+# The shipped configs are package data (lumi/configs/, ``config/`` in a checkout links to it), so an installed wheel
+# finds them as a checkout does; read through importlib.resources (a plain directory for any non-zipped install).
+CONFIG_DIR = Path(str(importlib.resources.files("lumi").joinpath("configs")))
+
+
+def config_file(path: str | Path) -> Path:
+    """A ``--config`` path: as given when it exists (relative to the current directory), else the shipped config of
+    that name (``demo/corpus.json``, also spelled ``config/demo/corpus.json`` as a checkout's docs do); a path found
+    in neither place is returned as given, to be refused by the reader naming it."""
+    path = Path(path)
+    if path.is_absolute() or path.exists():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("config",) else path.parts
+    shipped = CONFIG_DIR.joinpath(*parts) if parts else CONFIG_DIR
+    return shipped if shipped.is_file() else path
+
+
+def shipped_configs() -> list[str]:
+    """Names (relative to the shipped set) of every shipped config, sorted."""
+    return sorted(str(path.relative_to(CONFIG_DIR)) for path in CONFIG_DIR.rglob("*.json"))
 
 
 class ConfigModel(BaseModel):
@@ -111,6 +130,25 @@ def validate_config(cls: type[C], data: Any, source: str, flags: Iterable[str] =
         raise LumiError(f"{source}: field '{field}': {problem}{suffix}") from None
 
 
+def resolve_references(value: Any, config_file: str | Path) -> Any:
+    """Every ``{"from": PATH, ...}`` reference in a config read from ``config_file``, made absolute when ``PATH`` is
+    relative and names a file beside ``config_file`` or in a directory above it (the nearest wins): a copy of the
+    config tree that a user edits then reads its own files, never the shipped ones. A reference found nowhere there
+    is left as written (then a path from the current directory, else from the shipped config/)."""
+    if isinstance(value, list):
+        return [resolve_references(item, config_file) for item in value]
+    if not isinstance(value, dict):
+        return value
+    resolved = {key: resolve_references(item, config_file) for key, item in value.items()}
+    reference = resolved.get("from")
+    if isinstance(reference, str) and not Path(reference).is_absolute():
+        for directory in Path(config_file).absolute().parents:
+            if (directory / reference).is_file():
+                resolved["from"] = str(directory / reference)
+                break
+    return resolved
+
+
 def load_config(cls: type[C], path: str | Path | None, overrides: Iterable[str] = (),
                 flag_values: Mapping[str, Any] | None = None) -> C:
     """Load a JSON config file (or start from defaults when ``path`` is None), apply ``--set`` overrides and
@@ -118,12 +156,13 @@ def load_config(cls: type[C], path: str | Path | None, overrides: Iterable[str] 
     data: dict = {}
     source = "defaults"
     if path is not None:
+        path = config_file(path)
         source = str(path)
         data = read_json(path, what="config file")
         if not isinstance(data, dict):
             raise LumiError(f"{source}: expected a JSON object at top level, got {type(data).__name__}")
         try:
-            data = strip_comments(data)
+            data = resolve_references(strip_comments(data), path)
         except RecursionError:
             raise LumiError(f"{source}: config nested too deeply") from None
     pairs = dict(parse_override(o) for o in overrides)

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from lumi.core.errors import LumiError
 
@@ -254,26 +254,20 @@ def _staging_name(name: str, kind: str) -> str:
 _LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old|del)-(?:(?P<pid>\d+)(?:-.*)?|.*)")
 
 
-def discard_dir(path: Path) -> None:
+def discard_dir(path: Path, name: str | None = None) -> None:
     """Delete a directory by renaming it to ``.NAME.del-<pid>`` first: a delete interrupted half-way then leaves
-    a name no reader trusts (and ``remove_stale_leftovers`` finishes it), never a half-deleted ``NAME``."""
-    doomed = path.parent / _staging_name(path.name, "del")
+    a name no reader trusts (and ``remove_stale_leftovers`` finishes it), never a half-deleted ``NAME``, nor a
+    half-deleted set-aside copy that could be taken for a finished one (``name``: the output it belongs to)."""
+    doomed = path.parent / _staging_name(name or path.name, "del")
     os.replace(path, doomed)
     shutil.rmtree(doomed)
 
 
-def remove_stale_leftovers(directory: Path, name: str | None = None) -> list[Path]:
-    """Remove the staging (``.NAME.tmp-<pid>-*``), set-aside (``.NAME.old-<pid>``) and half-deleted
-    (``.NAME.del-<pid>``) directories that processes no longer running left in ``directory`` (only those of output
-    ``name`` when given), and say so.
-
-    A set-aside directory whose output is missing is the only copy (the process died between the two renames of
-    ``replace_dir``): it is moved back instead. Staging names without a pid come from older versions: stale too.
-    """
-    removed = []
+def _stale_leftovers(directory: Path, name: str | None) -> Iterator[tuple[Path, str, Path, str]]:
+    """(entry, kind, its output, who left it) of every leftover of a process no longer running in ``directory``."""
     if not directory.is_dir():
-        return removed
-    for entry in directory.iterdir():
+        return
+    for entry in sorted(directory.iterdir()):
         match = _LEFTOVER.fullmatch(entry.name)
         if match is None or (name is not None and match["name"] != name):
             continue
@@ -281,10 +275,51 @@ def remove_stale_leftovers(directory: Path, name: str | None = None) -> list[Pat
         if pid is not None and (pid == os.getpid() or _process_alive(pid)):
             continue
         owner = f"process {pid}, no longer running" if pid else "an older version"
-        output = directory / match["name"]
-        if match["kind"] == "old" and not output.exists():
+        yield entry, match["kind"], directory / match["name"], owner
+
+
+def restore_set_aside(directory: Path, name: str | None = None) -> list[Path]:
+    """Move back a set-aside ``.NAME.old-<pid>`` whose output ``NAME`` is missing (its process died between the two
+    renames of ``replace_dir``): it is the only copy. Deletes nothing, so it runs before a command decides whether
+    to refuse; returns the outputs restored."""
+    restored = []
+    for entry, kind, output, owner in list(_stale_leftovers(directory, name)):
+        if kind == "old" and not output.exists():
             os.replace(entry, output)
             log.warning("restored %s from %s (left by %s between two renames)", output, entry, owner)
+            restored.append(output)
+    return restored
+
+
+def set_aside_copies(path: str | os.PathLike) -> list[Path]:
+    """The set-aside copies ``.NAME.old-<pid>`` of output ``path`` (left by a killed ``--force`` run): where the
+    last finished copy waits while ``path`` holds an unfinished one."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return sorted(p for p in path.parent.iterdir() if (m := _LEFTOVER.fullmatch(p.name))
+                  and m["kind"] == "old" and m["name"] == path.name)
+
+
+def remove_stale_leftovers(directory: Path, name: str | None = None,
+                           complete: Callable[[Path], bool] | None = None) -> list[Path]:
+    """Remove the staging (``.NAME.tmp-<pid>-*``), set-aside (``.NAME.old-<pid>``) and half-deleted
+    (``.NAME.del-<pid>``) directories that processes no longer running left in ``directory`` (only those of output
+    ``name`` when given), and say so.
+
+    A set-aside directory is the last finished copy until its output is complete again: it is moved back when the
+    output is missing, and kept (with a warning naming it) while ``complete(output)`` is false -- a run dir that a
+    killed ``--force`` run left unfinished (``complete`` defaults to "exists": a staged output is complete once it
+    has its name). Call it only after a command has decided to go ahead: a refused command deletes nothing.
+    Staging names without a pid come from older versions: stale too.
+    """
+    complete = complete or (lambda output: output.exists())
+    restore_set_aside(directory, name)
+    removed = []
+    for entry, kind, output, owner in list(_stale_leftovers(directory, name)):
+        if kind == "old" and not complete(output):
+            log.warning("%s is unfinished; the last finished copy is kept in %s (left by %s) until a run there "
+                        "finishes", output, entry, owner)
             continue
         shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         log.warning("removed %s, left by %s", entry, owner)
@@ -300,16 +335,24 @@ def _lock_holder(lock_path: Path) -> str:
     return "another process"
 
 
+_HELD_LOCKS: set[Path] = set()  # outputs locked re-entrantly by this process (flock refuses a second lock of its own)
+
+
 @contextlib.contextmanager
-def output_lock(path: str | os.PathLike) -> Iterator[Path]:
+def output_lock(path: str | os.PathLike, reentrant: bool = False) -> Iterator[Path]:
     """Hold an exclusive lock on output ``path`` (a run dir, a stage output being built) for the block.
 
     The lock is ``flock`` on the sibling ``.NAME.lock``, which holds who took it; the kernel drops it when the
     holder dies, however it dies, so a killed run never leaves a lock that blocks the next one. A second process
     fails at once with a message naming the holder. The file is removed on release; a process that opened it just
-    before that re-checks that the file it locked is still the one on disk.
+    before that re-checks that the file it locked is still the one on disk. ``reentrant``: while held, this
+    process may take the same lock again (a stage holds its output's lock for its whole run, and the staged write
+    inside it takes it again); any other taker, this process's included, is refused.
     """
     final = output_path(path)
+    if final in _HELD_LOCKS:  # this process holds it already (a stage locks its output for its whole run)
+        yield final
+        return
     created = [parent for parent in reversed(final.parents) if not parent.exists()]  # removed again if left empty
     final.parent.mkdir(parents=True, exist_ok=True)
     lock_path = final.parent / f".{final.name}.lock"
@@ -335,8 +378,11 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
             os.write(fd, json.dumps(info).encode())
         except OSError as exc:  # a full disk
             raise storage_error(exc, final) or exc
+        if reentrant:
+            _HELD_LOCKS.add(final)
         yield final
     finally:
+        _HELD_LOCKS.discard(final)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock_path)
         os.close(fd)
@@ -355,8 +401,9 @@ def staged_output_dir(path: str | os.PathLike, force: bool) -> Iterator[Path]:
     """
     final = output_path(path)
     with output_lock(final):
+        restore_set_aside(final.parent, final.name)  # the only copy, if a kill left it set aside
+        check_output_dir(final, force)  # a refused command deletes nothing
         remove_stale_leftovers(final.parent, final.name)
-        check_output_dir(final, force)
         try:
             staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=_staging_name(final.name, "tmp") + "-"))
             os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp creates 0700; outputs get the permissions mkdir gives
@@ -390,4 +437,4 @@ def replace_dir(new: Path, final: Path) -> None:
         os.replace(final, old)
     os.replace(new, final)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        discard_dir(old, final.name)

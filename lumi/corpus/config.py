@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, model_validator
 
-from lumi.core.config import CONFIG_DIR, ConfigModel, strip_comments
+from lumi.core.config import CONFIG_DIR, ConfigModel, resolve_references, strip_comments
 from lumi.core.errors import LumiError
 from lumi.core.files import read_json
 from lumi.corpus.readers import FileFormat, TxtSplit
@@ -274,7 +274,7 @@ def synthetic_source_of(corpus_config: str) -> dict[str, Any]:
     path = Path(corpus_config)
     if not path.is_absolute() and not path.is_file():
         path = CONFIG_DIR / corpus_config
-    data = strip_comments(read_json(path, what="corpus config"))
+    data = resolve_references(strip_comments(read_json(path, what="corpus config")), path)
     sources = data.get("sources") if isinstance(data, dict) else None
     synthetic = [entry for entry in map(resolve_source_entry, sources or []) if entry.get("type") == "synthetic"]
     if len(synthetic) != 1:

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from lumi.core.errors import LumiError
 from lumi.core.files import atomic_write_json
 from lumi.core.special_tokens import BOS_ID, BOS_TOKEN, EOS_ID, IM_END_ID, IM_END_TOKEN, IM_START_ID, IM_START_TOKEN
+from lumi.formats.tokenizer import META as TOKENIZER_META, check_tokenizer_integrity
 
 TemplateName = Literal["chatml", "instruct", "alpaca"]
 ROLES = ("system", "user", "assistant")
@@ -262,6 +263,8 @@ def chat_tokenizer(directory: str | Path, template: Template) -> Any:
     directory = Path(directory)
     if not (directory / "tokenizer.json").is_file():
         raise LumiError(f"{directory}: no tokenizer.json (expected a tokenizer or checkpoint directory)")
+    if (directory / TOKENIZER_META).is_file():  # a stage-20 dir or a pretraining checkpoint: its files as trained
+        check_tokenizer_integrity(directory)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), split_special_tokens=False)
     except (OSError, ValueError) as exc:

@@ -34,6 +34,7 @@ from lumi.core.config import ConfigModel, config_to_dict
 from lumi.core.errors import LumiError
 from lumi.core.files import (atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text,
                              read_manifest_file, sha256_file, staged_output_dir)
+from lumi.formats.finetune_data import PAIR_ARRAYS, array_records, read_pairs
 from lumi.core.special_tokens import IM_START_ID, PAD_ID
 from lumi.data.chat import (END_OF_TURN_ID, TEMPLATES, Template, chat_tokenizer, check_messages, encode_conversation,
                             get_template, save_chat_tokenizer, verify_chat_tokenizer)
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 DPO_FORMAT = "lumi-dpo/1"
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
-ARRAYS = ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
+ARRAYS = PAIR_ARRAYS
 _DETECTION_ORDER = (ultrafeedback, sharegpt_preference, stack_exchange, orca_dpo, hh_rlhf, preference_pairs)
 PREFERENCE_READERS = {module.NAME: module.read for module in _DETECTION_ORDER}
 PREFERENCE_FORMATS = tuple(PREFERENCE_READERS)
@@ -230,9 +231,8 @@ def pair_arrays(candidates: list[Candidate], seq_len: int) -> dict[str, np.ndarr
 
 
 def load_pairs(directory: str | Path, split: str) -> dict[str, np.ndarray]:
-    """The tokenized pairs of a split of a DPO data dir."""
-    with np.load(Path(directory) / f"{split}_pairs.npz") as archive:
-        return {name: archive[name] for name in ARRAYS}
+    """The tokenized pairs of a split of a DPO data dir, verified (``lumi.formats.finetune_data``)."""
+    return read_pairs(directory, split)
 
 
 def pairs_batch(arrays: dict[str, np.ndarray], rows: list[int] | range,
@@ -304,6 +304,7 @@ def build_preference_corpus(config: PreferenceCorpusConfig, tokenizer_dir: Path,
             "tokenizer_sha256": tokenizer_identity(tokenizer_dir),
             "chat_tokenizer_sha256": {name: sha256_file(staging / TOKENIZER_SUBDIR / name)
                                       for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")},
+            "files": array_records(staging, [f"{split}_pairs.npz" for split in SPLITS]),
             "sources": sources, "splits": splits, "seconds": round(seconds, 3),
             "config": config_to_dict(config),
         }

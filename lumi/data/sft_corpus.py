@@ -38,6 +38,8 @@ from lumi.data.readers import FORMATS, READERS, Conversation, ReadStats, detect
 from lumi.core.errors import LumiError
 from lumi.core.files import (atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text,
                         read_json, read_manifest_file, sha256_file, staged_output_dir)
+from lumi.formats.finetune_data import array_records, read_sft_split
+from lumi.formats.model_dir import tokenizer_identity  # the one identity, recorded as tokenizer_sha256
 from lumi.formats.records import BadRecord, read_records
 from lumi.core.special_tokens import PAD_ID
 
@@ -413,9 +415,8 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 
 def load_split(directory: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """The packed (tokens, loss mask) of a split of an SFT data dir."""
-    directory = Path(directory)
-    return np.load(directory / f"{split}_tokens.npy"), np.load(directory / f"{split}_mask.npy")
+    """The packed (tokens, loss mask) of a split of an SFT data dir, verified (``lumi.formats.finetune_data``)."""
+    return read_sft_split(directory, split, need_targets=False)
 
 
 def read_sft_manifest(directory: str | Path) -> dict:
@@ -469,6 +470,7 @@ def build_sft_corpus(config: SFTCorpusConfig, tokenizer_dir: Path, output_dir: P
             "tokenizer_sha256": tokenizer_identity(tokenizer_dir),
             "chat_tokenizer_sha256": {name: sha256_file(staging / TOKENIZER_SUBDIR / name)
                                       for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")},
+            "files": array_records(staging, [f"{split}_{kind}.npy" for split in SPLITS for kind in ("tokens", "mask")]),
             "sources": sources, "splits": splits,
             "boundary_merges": int(sum(c.encoded.boundary_merges for c in candidates)),
             "seconds": round(seconds, 3),
@@ -478,12 +480,6 @@ def build_sft_corpus(config: SFTCorpusConfig, tokenizer_dir: Path, output_dir: P
         atomic_write_text(staging / "DATA_CARD.md", data_card(manifest))
         atomic_write_json(staging / MANIFEST, manifest)
     return manifest
-
-
-def tokenizer_identity(tokenizer_dir: Path) -> str:
-    """sha256 of the SentencePiece model (the identity every stage records), else of tokenizer.json."""
-    spm_model = Path(tokenizer_dir) / "spm.model"
-    return sha256_file(spm_model if spm_model.is_file() else Path(tokenizer_dir) / "tokenizer.json")
 
 
 def data_card(manifest: dict) -> str:

@@ -17,19 +17,20 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lumi.core.errors import LumiError
-from lumi.core.files import sha256_file
 from lumi.data.chat import generation_eos_ids
-from lumi.data.preference import load_pairs, pairs_batch, read_dpo_manifest
+from lumi.data.preference import pairs_batch, read_dpo_manifest
 from lumi.eval.generation import GREEDY, generate_all
-from lumi.formats.model_io import context_length, load_model, model_device
+from lumi.formats.adapter import adapter_base, is_adapter_dir
+from lumi.formats.finetune_data import read_pairs
+from lumi.formats.model_dir import require_same_tokenizer
+from lumi.formats.model_io import context_length, model_device
+from lumi.loading import load_model
 from lumi.formats.records import read_json_lines
 from lumi.lm.preference import pair_logps
 
 
 def reference_dir(model_path: Path, reference: str | None) -> Path:
     """The reference model: the configured one, else the base a LoRA adapter records (the SFT model)."""
-    from lumi.lora import adapter_base, is_adapter_dir
-
     if reference is not None:
         return Path(reference)
     if is_adapter_dir(model_path):
@@ -69,17 +70,15 @@ def evaluate_preferences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
                          max_pairs: int | None, generate: int, max_new_tokens: int,
                          dtype: str = "auto") -> tuple[dict[str, Any], list[dict[str, Any]]]:
     manifest = read_dpo_manifest(dpo_dir)
-    spm_model = Path(model_path) / "spm.model"
-    if spm_model.is_file() and sha256_file(spm_model) != manifest["tokenizer_sha256"]:
-        raise LumiError(f"{dpo_dir}: built with another tokenizer than {model_path}'s; rebuild it with "
-                        f"--tokenizer-dir {model_path}")
-    arrays = load_pairs(dpo_dir, split)
+    require_same_tokenizer(model_path, manifest["tokenizer_sha256"], dpo_dir,
+                           f"rebuild it with --tokenizer-dir {model_path}")
+    arrays = read_pairs(dpo_dir, split, model.config.vocab_size)
     pairs = len(arrays["chosen_ids"]) if max_pairs is None else min(max_pairs, len(arrays["chosen_ids"]))
     if pairs == 0:
         raise LumiError(f"{dpo_dir}: split {split!r} has no pairs")
     policy_c, policy_r = split_logps(model, arrays, pairs, batch_size)
     reference_path = reference_dir(Path(model_path), reference)
-    reference_model = load_model(reference_path, str(model_device(model)), dtype)
+    reference_model = load_model(reference_path, "reference model", dtype, str(model_device(model)))
     ref_c, ref_r = split_logps(reference_model, arrays, pairs, batch_size)
     del reference_model
     chosen_reward, rejected_reward = beta * (policy_c - ref_c), beta * (policy_r - ref_r)

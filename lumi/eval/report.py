@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from lumi.core.errors import LumiError
 from lumi.core.files import atomic_write_text, read_json, text_lines
 from lumi.formats.metrics import METRICS_FILE
@@ -32,7 +34,48 @@ def load_previous_results(path: Path) -> dict[str, Any]:
         raise LumiError(f"{path}: not an {RESULTS_FILE} (no 'tasks' / 'perplexity')")
     if TOKENIZER_KEY not in results and OLD_TOKENIZER_KEY in results:  # a lumi-evaluation/1 file
         results[TOKENIZER_KEY] = results.pop(OLD_TOKENIZER_KEY)
+    try:
+        _PreviousResults.model_validate(results)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"])
+        raise LumiError(f"{path}: field '{field}': {error['msg']} (checked before evaluating, so --compare cannot "
+                        "fail after the run)") from None
     return results
+
+
+# What compare_results reads of an earlier results file, checked when --compare is parsed (extra fields pass).
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class _Metric(_Loose):
+    value: float
+    stderr: float | None = None
+
+
+class _Task(_Loose):
+    metrics: dict[str, _Metric]
+    num_items: int
+
+
+class _Perplexity(_Loose):
+    loss: float
+    perplexity: float
+    bits_per_byte: float
+    tokens: int
+
+
+class _SyntheticQA(_Loose):
+    num_items: int
+    exact_match: _Metric | None = None
+    refusal_rate: _Metric | None = None
+
+
+class _PreviousResults(_Loose):
+    tasks: dict[str, _Task]
+    perplexity: dict[str, _Perplexity]
+    synthetic_qa: _SyntheticQA | None = None
 
 
 def compare_results(current: dict[str, Any], previous: dict[str, Any], previous_path: str) -> dict[str, Any]:

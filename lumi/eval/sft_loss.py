@@ -12,9 +12,10 @@ import torch
 from transformers import PreTrainedModel
 
 from lumi.core.errors import LumiError
-from lumi.core.files import sha256_file
 from lumi.data.chat import loss_targets
-from lumi.data.sft_corpus import load_split, read_sft_manifest
+from lumi.data.sft_corpus import read_sft_manifest
+from lumi.formats.finetune_data import read_sft_split
+from lumi.formats.model_dir import require_same_tokenizer
 from lumi.formats.model_io import model_device
 from lumi.lm.loss import summed_nats
 
@@ -23,11 +24,9 @@ from lumi.lm.loss import summed_nats
 def sft_split_loss(model: PreTrainedModel, model_path: Path, sft_dir: str | Path, split: str, batch_size: int,
                    max_rows: int | None) -> dict[str, Any]:
     manifest = read_sft_manifest(sft_dir)
-    spm_model = Path(model_path) / "spm.model"
-    if spm_model.is_file() and sha256_file(spm_model) != manifest["tokenizer_sha256"]:
-        raise LumiError(f"{sft_dir}: built with another tokenizer than {model_path}'s; rebuild it with "
-                        f"--tokenizer-dir {model_path}")
-    tokens, mask = load_split(sft_dir, split)
+    require_same_tokenizer(model_path, manifest["tokenizer_sha256"], sft_dir,
+                           f"rebuild it with --tokenizer-dir {model_path}")
+    tokens, mask = read_sft_split(sft_dir, split, model.config.vocab_size, need_targets=False)
     rows = len(tokens) if max_rows is None else min(max_rows, len(tokens))
     nats, targets = 0.0, 0
     device = model_device(model)

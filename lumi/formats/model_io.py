@@ -1,4 +1,5 @@
-"""Load a checkpoint directory (``save_pretrained`` model + tokenizer files) for evaluation."""
+"""What loading a checkpoint directory needs below the loader (``lumi.loading``): the device and dtype names, the
+tokenizer loader and the tokenizer fingerprint evaluation reports carry."""
 
 from __future__ import annotations
 
@@ -6,11 +7,9 @@ import hashlib
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lumi.core.errors import LumiError
-from lumi.formats.tokenizer import META as TOKENIZER_META, check_tokenizer_integrity
 
 # Any one of these makes a directory loadable by AutoTokenizer; we hash all that are present.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
@@ -64,49 +63,6 @@ def load_tokenizer(model_dir: str | Path, add_bos: bool | None = None) -> PreTra
         return AutoTokenizer.from_pretrained(model_dir, **({} if add_bos is None else {"add_bos_token": add_bos}))
     except (OSError, ValueError) as exc:
         raise LumiError(f"{model_dir}: tokenizer could not be loaded: {exc}") from None
-
-
-def load_model(model_dir: str | Path, device: str = "auto", dtype: str = "auto") -> PreTrainedModel:
-    """``dtype="auto"`` keeps the checkpoint's dtype, as ``lm_eval --model hf`` does by default. A LoRA adapter dir
-    is loaded merged into the base it records (refused if the base's weights changed), in fp32 unless ``dtype``."""
-    from lumi.lora import is_adapter_dir, merged_model
-
-    model_dir = Path(model_dir)
-    if is_adapter_dir(model_dir):
-        return merged_model(model_dir).to(DTYPES.get(dtype, torch.float32)).to(resolve_device(device)).eval()
-    if not (model_dir / "config.json").is_file():
-        raise LumiError(f"{model_dir}: not a model directory (no config.json)")
-    if dtype != "auto" and dtype not in DTYPES:
-        raise LumiError(f"dtype {dtype!r}: expected auto or one of {sorted(DTYPES)}")
-    target = resolve_device(device)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES.get(dtype, "auto"))
-    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
-        # Truncated or damaged weights (SafetensorError), a config whose shapes differ from the weights
-        # (RuntimeError "size mismatch"), a config transformers cannot read (ValueError).
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LumiError(f"{model_dir}: model could not be loaded ({type(exc).__name__}: {reason})") from None
-    return model.to(target).eval()
-
-
-def load_for_evaluation(model_dir: str | Path, device: str = "auto", dtype: str = "auto",
-                        add_bos: bool | None = True) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model and tokenizer from one directory, refusing a pair whose special-token ids disagree."""
-    if not Path(model_dir).is_dir():
-        raise LumiError(f"{model_dir}: model directory not found" if not Path(model_dir).exists()
-                        else f"{model_dir}: not a directory (expected a checkpoint directory)")
-    if (Path(model_dir) / TOKENIZER_META).is_file():  # a lumi checkpoint: its tokenizer files are the trained ones
-        check_tokenizer_integrity(model_dir)
-    tokenizer = load_tokenizer(model_dir, add_bos)
-    model = load_model(model_dir, device, dtype)
-    for name in ("bos_token_id", "eos_token_id"):
-        model_id, tokenizer_id = getattr(model.config, name, None), getattr(tokenizer, name, None)
-        if model_id is not None and tokenizer_id is not None and model_id != tokenizer_id:
-            raise LumiError(f"{model_dir}: {name} is {model_id} in config.json but {tokenizer_id} in the tokenizer")
-    if len(tokenizer) > model.config.vocab_size:
-        raise LumiError(f"{model_dir}: tokenizer has {len(tokenizer)} tokens but the model only "
-                        f"{model.config.vocab_size} embeddings")
-    return model, tokenizer
 
 
 def context_length(model: PreTrainedModel) -> int:

@@ -12,9 +12,8 @@ import argparse
 import shutil
 from pathlib import Path
 
-from lumi.core.config import CONFIG_DIR
 from lumi.core.errors import LumiError
-from lumi.core.files import output_lock, remove_stale_leftovers, replace_dir, storage_error
+from lumi.core.files import output_lock, remove_stale_leftovers, replace_dir, restore_set_aside, storage_error
 from lumi.core.stage_args import add_common_arguments, stage_config
 from lumi.corpus.analyze import analyze, format_analysis
 from lumi.corpus.config import CorpusConfig, LocalSourceConfig
@@ -43,8 +42,9 @@ def build_corpus(config: CorpusConfig, output_dir: Path, force: bool = False) ->
     were submitted to a cluster and finish there."""
     config = checked_sources(config)
     with output_lock(output_dir) as final:
-        remove_stale_leftovers(final.parent, final.name)  # a corpus a killed --force run had set aside
-        build, replaces = prepare_build_dir(final, force, config)
+        restore_set_aside(final.parent, final.name)  # the only copy, if a kill left it set aside
+        build, replaces = prepare_build_dir(final, force, config)  # may refuse: nothing deleted before
+        remove_stale_leftovers(final.parent, final.name)
         if replaces and config.executor.type == "slurm":
             raise LumiError(f"{output_dir}: exists; on Slurm the build cannot replace it at the end, so remove it or "
                             "choose another --output-dir")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from lumi.core.config import CONFIG_DIR
 from lumi.core.stage_args import add_common_arguments, stage_config
-from lumi.lora import adapter_base, is_adapter_dir, write_merged
+from lumi.formats.adapter import is_adapter_dir
+from lumi.loading import derived_merged
 from lumi.train.finetune import check_run_name
 from lumi.train.launch import fit_objective
 from lumi.train.objectives.dpo import DPOConfig, DPOObjective
@@ -34,15 +35,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def sft_model_dir(model_path: Path, output_dir: Path) -> Path:
-    """A model dir for the SFT model: itself, or its adapter merged (once) into ``<output-dir>/sft_merged``."""
+    """A model dir for the SFT model: itself, or its adapter merged into ``<output-dir>/sft_merged`` -- reused only
+    when it was derived from this very adapter and base and is intact (``lumi.loading.derived_merged``)."""
     if not is_adapter_dir(model_path):
         return model_path
-    adapter_base(model_path)  # refuses a missing or changed base before anything is written
-    merged = output_dir / MERGED_SFT
-    if not (merged / "config.json").is_file():
-        log.info("merging the SFT adapter %s into its base: %s", model_path, merged)
-        write_merged(model_path, merged, force=True)
-    return merged
+    return derived_merged(model_path, output_dir / MERGED_SFT)
 
 
 def run(args: argparse.Namespace) -> int:

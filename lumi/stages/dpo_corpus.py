@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lumi.core.config import load_config
 from lumi.core.errors import LumiError
+from lumi.core.files import check_output_dir, output_lock
 from lumi.core.stage_args import add_common_arguments
 from lumi.data.chat import TEMPLATES
 from lumi.data.preference import DPO_LENGTH_FIXES, PREFERENCE_FORMATS, PreferenceCorpusConfig, build_preference_corpus
@@ -41,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
             default = PreferenceCorpusConfig.model_fields["seq_len"].default
             flags["seq_len"] = fitting_seq_len(args.tokenizer_dir, default)
     config = load_config(PreferenceCorpusConfig, args.config, args.overrides, flags)
-    manifest = build_preference_corpus(config, args.tokenizer_dir, args.output_dir, force=args.force)
+    with output_lock(args.output_dir, reentrant=True) as final:  # the whole run: a second one is refused at once
+        check_output_dir(final, args.force)  # and an existing output before the conversations are read
+        manifest = build_preference_corpus(config, args.tokenizer_dir, args.output_dir, force=args.force)
     for name, source in manifest["sources"].items():
         log.info("%s (%s): read %d, kept %d (%d prompts cut), dropped %s", name, source["format"], source["read"],
                  source["kept"], source["prompt_cut"], source["dropped"] or "none")

@@ -35,7 +35,9 @@ from lumi.eval.sft_loss import sft_split_loss
 from lumi.eval.synthetic_qa import evaluate_synthetic_qa, known_facts
 from lumi.eval.tasks import get_task, subsample
 from lumi.eval.training_record import TrainingRecord, training_record
-from lumi.formats.model_io import context_length, load_for_evaluation, tokenizer_fingerprint
+from lumi.formats.model_io import context_length, tokenizer_fingerprint
+from lumi.formats.lineage import require_same_world
+from lumi.loading import load_for_evaluation
 from lumi.formats.packed import check_packed_tokenizer, load_packed_split, read_packed_manifest
 from lumi.formats.tokenizer import SPM_MODEL
 
@@ -198,6 +200,7 @@ def evaluate_model(config: EvaluationConfig, model_path: Path, output_dir: Path,
     """Run every measurement in ``config``; per-item records go to ``output_dir/samples/``. ``known``: ids of the
     synthetic facts an earlier model's cloze got right (from ``--compare``)."""
     started = now()
+    require_same_world(model_path, "the evaluation config's synthetic tasks", config_to_dict(config))
     model, tokenizer = load_for_evaluation(model_path, config.device, config.dtype, config.add_bos)
     loaded_tasks = [load_task(spec, f"tasks.{index}.source") for index, spec in enumerate(config.tasks)]
     torch.manual_seed(config.seed)

@@ -7,7 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from lumi.lora import write_merged
+from lumi.loading import write_merged
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lumi.core.config import CONFIG_DIR
 from lumi.core.stage_args import add_common_arguments, stage_config
-from lumi.lora import write_merged
+from lumi.loading import write_merged
 from lumi.train.finetune import check_run_name
 from lumi.train.launch import fit_objective
 from lumi.train.objectives.sft import SFTConfig, SFTObjective

@@ -13,6 +13,7 @@ from lumi.data.readers import FORMATS
 from lumi.data.sft_corpus import (SFT_LENGTH_FIXES, SFTCorpusConfig, build_sft_corpus, fitting_seq_len, input_sources,
                                   too_long_note)
 from lumi.core.errors import LumiError
+from lumi.core.files import check_output_dir, output_lock
 from lumi.core.stage_args import add_common_arguments
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
         if args.seq_len is None:
             flags["seq_len"] = fitting_seq_len(args.tokenizer_dir, SFTCorpusConfig.model_fields["seq_len"].default)
     config = load_config(SFTCorpusConfig, args.config, args.overrides, flags)
-    manifest = build_sft_corpus(config, args.tokenizer_dir, args.output_dir, force=args.force)
+    with output_lock(args.output_dir, reentrant=True) as final:  # the whole run: a second one is refused at once
+        check_output_dir(final, args.force)  # and an existing output before the conversations are read
+        manifest = build_sft_corpus(config, args.tokenizer_dir, args.output_dir, force=args.force)
     for name, source in manifest["sources"].items():
         log.info("%s (%s): read %d, kept %d, dropped %s", name, source["format"], source["read"], source["kept"],
                  source["dropped"] or "none")

@@ -8,11 +8,12 @@ from typing import Callable, Literal, Protocol
 
 import torch
 from pydantic import Field
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from lumi.core.config import ConfigModel
 from lumi.core.errors import LumiError
 from lumi.data.chat import save_chat_model
+from lumi.loading import load_adapter_onto, load_model
 from lumi.lora import save_adapter, wrap_lora
 
 
@@ -39,13 +40,12 @@ def build_finetune_model(config: FineTuneSettings, load_start: Callable[[], PreT
     if config.method == "full":
         if checkpoint is None:
             return load_start()
-        return AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32,
-                                                    attn_implementation=config.attn_implementation)
+        return load_model(checkpoint, "checkpoint to resume from", attn_implementation=config.attn_implementation,
+                          adapter="refuse", trainable=True)
     lora = config.lora
     if checkpoint is None:
         return wrap_lora(load_start(), lora.r, lora.alpha, lora.dropout, lora.target_modules)
-    from peft import PeftModel
-    return PeftModel.from_pretrained(load_start(), str(checkpoint), is_trainable=True)
+    return load_adapter_onto(load_start(), checkpoint, trainable=True)
 
 
 def save_finetune_model(config: FineTuneSettings, model: PreTrainedModel, tokenizer_dir: Path, directory: Path,

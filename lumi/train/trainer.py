@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -36,7 +35,8 @@ from tqdm import tqdm
 from transformers.utils import logging as hf_logging
 
 from lumi.core.errors import LumiError
-from lumi.core.files import aside_path, output_lock, output_path, remove_stale_leftovers
+from lumi.core.files import (aside_path, discard_dir, output_lock, output_path, remove_stale_leftovers,
+                             restore_set_aside, set_aside_copies)
 from lumi.formats.checkpoint import (FINAL, STATE_FILE, check_finite_weights, load_trainer_state,
                                      newest_intact_checkpoint, restore_rng_state, rng_state, rotate_checkpoints,
                                      save_checkpoint, step_checkpoints, step_dir_name, verified_checkpoint)
@@ -55,6 +55,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def run_is_finished(run_dir: Path) -> bool:
+    """A run dir holding ``final/`` (written staged, so complete once it has its name)."""
+    return (run_dir / FINAL).is_dir()
+
+
 class Trainer:
     """Owns one training run of one objective. The DDP/benchmark hooks are ``train_step`` (one optimizer step on this
     rank's micro-batches), ``evaluate``, ``save`` and the ``rank``/``world_size``/``device`` constructor arguments;
@@ -70,14 +75,18 @@ class Trainer:
         # A symlinked run dir is followed: --force sets aside what the link points to and the link stays.
         self.run_dir = output_path(Path(output_dir) / (config.name or objective.run_name))
         self.resolved = objective.resolved
-        # Rank 0 holds the run dir until fit() ends: a second run on it is refused, naming this one. Then the
-        # leftovers of killed runs go: an old run a killed --force set aside, checkpoints being staged or deleted.
+        # Rank 0 holds the run dir until fit() ends: a second run on it is refused, naming this one. A run dir a
+        # kill left set aside is moved back first; nothing is deleted until this run has decided to go ahead.
         self._run_dir_lock = contextlib.ExitStack()
         if self.is_main:
             self._run_dir_lock.enter_context(output_lock(self.run_dir))
-            remove_stale_leftovers(self.run_dir.parent, self.run_dir.name)
-            remove_stale_leftovers(self.run_dir)
+            restore_set_aside(self.run_dir.parent, self.run_dir.name)
         checkpoint, self._replaced_run_dir = decide_on_main(lambda: self._checkpoint_to_resume(resume, force))
+        if self.is_main:
+            # Leftovers of killed runs: checkpoints being staged or deleted go; a finished run a killed --force
+            # set aside stays until a run here finishes (the only finished copy until then).
+            remove_stale_leftovers(self.run_dir.parent, self.run_dir.name, complete=run_is_finished)
+            remove_stale_leftovers(self.run_dir)
 
         if self.device.type == "cpu" and config.attn_implementation == "flex_attention":
             raise LumiError("attn_implementation 'flex_attention' trains on GPUs only (torch has no flex-attention "
@@ -108,10 +117,14 @@ class Trainer:
         existing = step_checkpoints(self.run_dir) + ([(-1, self.run_dir / FINAL)]
                                                      if (self.run_dir / FINAL).is_dir() else [])
         if resume is None:
+            kept = set_aside_copies(self.run_dir)
+            if kept and not force:
+                raise LumiError(f"{self.run_dir}: an interrupted --force run; the finished run it replaces is kept "
+                                f"in {kept[0]}: pass --resume auto to continue the new run or --force to start over")
             if existing and not force:
                 raise LumiError(f"{self.run_dir}: holds checkpoints of an earlier run; pass --resume auto to "
                                 "continue it or --force to start over")
-            if self.run_dir.exists() and force:
+            if (self.run_dir.exists() or set_aside_copies(self.run_dir)) and force:
                 return None, aside_path(self.run_dir)
             return None, None
         if resume != "auto":
@@ -235,16 +248,28 @@ class Trainer:
         metrics = None
         if self.is_main:
             if self._replaced_run_dir is not None:
-                # --force: the old run is set aside and deleted only once this one has finished, as
-                # lumi.core.files.replace_dir does for stage outputs (a run writes into its dir as it goes).
-                os.replace(self.run_dir, self._replaced_run_dir)
-                log.info("--force: the previous run is kept in %s until this one finishes", self._replaced_run_dir)
+                self._set_old_run_aside()
             self.run_dir.mkdir(parents=True, exist_ok=True)
             kept_step = self.step if self.resumed_from is not None else -1  # a fresh run drops any stale records
             metrics = MetricsLog(self.run_dir, kept_step, self.config.tensorboard, self.config.wandb_project,
                                  self.run_dir.name, self.resolved)
         barrier()
         return metrics
+
+    def _set_old_run_aside(self) -> None:
+        """--force: the old run is set aside and deleted only once this one has finished, as
+        lumi.core.files.replace_dir does for stage outputs (a run writes into its dir as it goes). When a killed
+        --force run already set a finished run aside, that copy is the one kept (renamed to this process) and the
+        killed run's unfinished dir goes: at every kill point exactly one finished copy exists."""
+        aside = self._replaced_run_dir
+        stale = [path for path in set_aside_copies(self.run_dir) if path != aside]
+        if stale and not run_is_finished(self.run_dir):
+            os.replace(stale[0], aside)
+            if self.run_dir.exists():
+                discard_dir(self.run_dir)
+        elif self.run_dir.exists():
+            os.replace(self.run_dir, aside)
+        log.info("--force: the previous run is kept in %s until this one finishes", aside)
 
     def fit(self) -> int:
         """Train to the step budget; returns the process exit status (0, or 128 + signal when stopped by one)."""
@@ -334,8 +359,10 @@ class Trainer:
                 if self.early_stop is not None:
                     print(f"{'stopped early: ' if self.early_stop.stopped else ''}{final} holds the weights of "
                           f"step {self.early_stop.best_step}, the best {WATCHED} ({self.early_stop.best_loss:.4f})")
-                if self._replaced_run_dir is not None:
-                    shutil.rmtree(self._replaced_run_dir, ignore_errors=True)
+                # Finished: only now does the old run go (this process's set-aside copy, or a killed one's).
+                if self._replaced_run_dir is not None and self._replaced_run_dir.exists():
+                    discard_dir(self._replaced_run_dir, self.run_dir.name)
+                remove_stale_leftovers(self.run_dir.parent, self.run_dir.name, complete=run_is_finished)
             return 0
         finally:
             self._run_dir_lock.close()

@@ -22,17 +22,21 @@ import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from lumi.core.config import config_to_dict
 from lumi.core.errors import LumiError
 from lumi.core.files import sha256_file
 from lumi.core.special_tokens import PAD_ID
 from lumi.data.packed_stream import MixedRowSampler
-from lumi.data.preference import MANIFEST, load_pairs, pairs_batch, read_dpo_manifest
+from lumi.data.preference import MANIFEST, pairs_batch, read_dpo_manifest
 from lumi.data.sft_corpus import TOKENIZER_SUBDIR
 from lumi.lm.preference import LOSS_TYPES, pair_logps, preference_losses
-from lumi.lora import base_fingerprint, is_adapter_dir
+from lumi.formats.adapter import base_fingerprint, is_adapter_dir
+from lumi.formats.finetune_data import read_pairs, verify_data_files
+from lumi.formats.lineage import require_same_world
+from lumi.formats.model_dir import ModelDir, open_model_dir, require_same_tokenizer
+from lumi.loading import load_model
 from lumi.train.config import TrainerConfig
 from lumi.train.distributed import all_reduce_sum
 from lumi.train.finetune import (LoraSettings, build_finetune_model, method_description,
@@ -66,24 +70,21 @@ class DPOConfig(TrainerConfig):
     eval_max_pairs: int = Field(256, gt=0, description="val pairs scored at every eval interval")
 
 
-def check_policy(model_path: str | Path, manifest: dict, data_tokenizer: Path) -> Path:
+def check_policy(model_path: str | Path, manifest: dict, data_tokenizer: Path) -> ModelDir:
     """An SFT model dir the DPO data fits: a model (not an adapter), with the data's tokenizer and chat template."""
     path = Path(model_path)
     if is_adapter_dir(path):
         raise LumiError(f"{path}: is a LoRA adapter dir; merge it first (lumi merge-lora), or let lumi dpo do it")
-    if not (path / "config.json").is_file():
-        raise LumiError(f"{path}: not a model dir (no config.json)")
+    opened = open_model_dir(path, "DPO policy (the SFT model)", allow_adapter=False)
     if not (path / CHAT_TEMPLATE_FILE).is_file():
         raise LumiError(f"{path}: no chat template ({CHAT_TEMPLATE_FILE}); DPO starts from an SFT model (lumi sft "
                         "output or lumi merge-lora), not a pretrained checkpoint")
     if (path / CHAT_TEMPLATE_FILE).read_text() != (data_tokenizer / CHAT_TEMPLATE_FILE).read_text():
         raise LumiError(f"{path}: its chat template differs from the one the DPO data was built with; rebuild the "
                         f"data with --tokenizer-dir {path} (and its --template)")
-    spm_model = path / "spm.model"
-    if spm_model.is_file() and sha256_file(spm_model) != manifest["tokenizer_sha256"]:
-        raise LumiError(f"{path}: its tokenizer (spm.model) is not the one the DPO data was built with; rebuild the "
-                        f"data with --tokenizer-dir {path}")
-    return path
+    require_same_tokenizer(path, manifest.get("tokenizer_sha256"), data_tokenizer.parent,
+                           f"rebuild the data with --tokenizer-dir {path}")
+    return opened
 
 
 class PreferenceMeter:
@@ -163,9 +164,14 @@ class DPOObjective:
         self.config, self.rank, self.world_size = config, rank, world_size
         data_dir = Path(config.data_dir)
         self.manifest = read_dpo_manifest(data_dir)
+        verify_data_files(data_dir, self.manifest, MANIFEST)
         self.tokenizer_dir = data_dir / TOKENIZER_SUBDIR
-        self.policy_dir = check_policy(config.model_path, self.manifest, self.tokenizer_dir)
-        self.train, self.val = load_pairs(data_dir, "train"), load_pairs(data_dir, "val")
+        policy = check_policy(config.model_path, self.manifest, self.tokenizer_dir)
+        require_same_world(policy.path, data_dir, self.manifest.get("config"))
+        self.policy_dir = policy.path
+        vocab_size = policy.config.get("vocab_size")
+        self.train, self.val = (read_pairs(data_dir, split, vocab_size if isinstance(vocab_size, int) else None)
+                                for split in ("train", "val"))
         if len(self.train["chosen_ids"]) == 0:
             raise LumiError(f"{data_dir}: the train split has no pairs")
         self.seq_len = int(self.train["chosen_ids"].shape[1])
@@ -188,8 +194,8 @@ class DPOObjective:
     # --- model ---------------------------------------------------------------------------------------------------
 
     def load_sft_model(self) -> PreTrainedModel:
-        model = AutoModelForCausalLM.from_pretrained(str(self.policy_dir), dtype=torch.float32,
-                                                     attn_implementation=self.config.attn_implementation)
+        model = load_model(self.policy_dir, "DPO policy (the SFT model)",
+                           attn_implementation=self.config.attn_implementation, adapter="refuse", trainable=True)
         if model.config.max_position_embeddings < self.seq_len:
             raise LumiError(f"{self.config.data_dir}: pairs of up to {self.seq_len} tokens exceed the model's context "
                             f"of {model.config.max_position_embeddings}; rebuild the data with --seq-len")

@@ -25,6 +25,7 @@ from lumi.formats.checkpoint import PRETRAIN_CONFIG_FILE, save_pretrained_with_t
 from lumi.formats.tokenizer import load_hf_tokenizer, load_sentencepiece
 from lumi.lm.loss import scored_target_mask, summed_nats
 from lumi.lm.scoring import bits_per_byte, perplexity, score_packed_split, summarize
+from lumi.loading import load_model
 from lumi.model import ArchitectureConfig, build_model, describe, flops_per_token, load_architecture, parameter_counts
 from lumi.train.config import TrainerConfig
 
@@ -126,8 +127,8 @@ class PretrainObjective:
     def build_model(self, checkpoint: Path | None) -> PreTrainedModel:
         if checkpoint is None:
             return build_model(self.arch, self.config.attn_implementation)
-        return LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32,
-                                                attn_implementation=self.config.attn_implementation)
+        return load_model(checkpoint, "checkpoint to resume from", attn_implementation=self.config.attn_implementation,
+                          adapter="refuse", trainable=True)
 
     def loss_module(self, model: PreTrainedModel, compile: bool) -> nn.Module:
         return PackedLMLoss(model, self.config.document_masking, compile_chunks=compile)

@@ -22,16 +22,20 @@ import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from lumi.core.config import config_to_dict
 from lumi.core.errors import LumiError
 from lumi.core.files import sha256_file
+from lumi.formats.adapter import base_fingerprint
+from lumi.formats.finetune_data import read_sft_split, verify_data_files
+from lumi.formats.lineage import require_same_world
+from lumi.formats.model_dir import open_model_dir, require_same_tokenizer
 from lumi.data.chat import loss_targets
 from lumi.data.packed_stream import MixedRowSampler
-from lumi.data.sft_corpus import MANIFEST, TOKENIZER_SUBDIR, load_split, read_sft_manifest
+from lumi.data.sft_corpus import MANIFEST, TOKENIZER_SUBDIR, read_sft_manifest
 from lumi.lm.loss import summed_nats
-from lumi.lora import base_fingerprint, is_adapter_dir
+from lumi.loading import load_model
 from lumi.train.config import TrainerConfig
 from lumi.train.finetune import (LoraSettings, build_finetune_model, method_description,
                                  save_finetune_model)
@@ -51,28 +55,24 @@ class SFTConfig(TrainerConfig):
     merge_adapters: bool = Field(False, description="LoRA: also write the merged model to <run>/merged/")
 
 
-def open_sft_data(data_dir: str | Path) -> dict[str, Any]:
+def open_sft_data(data_dir: str | Path, base: str | Path) -> dict[str, Any]:
+    """Stage 60's output and the base model it is for, both verified: the base a model dir (not an adapter) with
+    the data's tokenizer (``require_same_tokenizer``), the splits' ids inside its vocabulary, a train split with
+    rows and target tokens (``lumi.formats.finetune_data``)."""
     directory = Path(data_dir)
     manifest = read_sft_manifest(directory)
-    splits = {split: load_split(directory, split) for split in ("train", "val")}
+    verify_data_files(directory, manifest, MANIFEST)
+    opened = open_model_dir(base, "SFT base model", allow_adapter=False)
+    require_same_tokenizer(opened.path, manifest.get("tokenizer_sha256"), directory,
+                           "rebuild the data with --tokenizer-dir pointing at this model")
+    require_same_world(opened.path, directory, manifest.get("config"))
+    vocab_size = opened.config.get("vocab_size")
+    splits = {split: read_sft_split(directory, split, vocab_size if isinstance(vocab_size, int) else None,
+                                    need_targets=split == "train") for split in ("train", "val")}
     if len(splits["train"][0]) == 0:
         raise LumiError(f"{directory}: the train split has no rows")
-    return {"manifest": manifest, "splits": splits, "tokenizer_dir": directory / TOKENIZER_SUBDIR}
-
-
-def check_base(base: str | Path, data: dict[str, Any]) -> Path:
-    """A base model the SFT data was tokenized for: a model dir, not an adapter, with the same tokenizer."""
-    base = Path(base)
-    if is_adapter_dir(base):
-        raise LumiError(f"{base}: is a LoRA adapter dir, not a base model; merge it first (lumi merge-lora) or "
-                        "pass the model it was trained on")
-    if not (base / "config.json").is_file():
-        raise LumiError(f"{base}: not a model dir (no config.json)")
-    spm_model = base / "spm.model"
-    if spm_model.is_file() and sha256_file(spm_model) != data["manifest"]["tokenizer_sha256"]:
-        raise LumiError(f"{base}: its tokenizer (spm.model) is not the one the SFT data was built with; rebuild the "
-                        "data with --tokenizer-dir pointing at this model")
-    return base
+    return {"manifest": manifest, "splits": splits, "tokenizer_dir": directory / TOKENIZER_SUBDIR,
+            "base": opened.path}
 
 
 class SFTLoss(nn.Module):
@@ -111,8 +111,8 @@ class SFTObjective:
         if config.base_model is None or config.data_dir is None:
             raise LumiError("lumi sft needs --model-path (the base model) and --data-dir (stage 60 output)")
         self.config, self.rank, self.world_size = config, rank, world_size
-        self.data = open_sft_data(config.data_dir)
-        self.base = check_base(config.base_model, self.data)
+        self.data = open_sft_data(config.data_dir, config.base_model)
+        self.base = self.data["base"]
         self.tokenizer_dir = self.data["tokenizer_dir"]
         self.train_tokens, self.train_mask = self.data["splits"]["train"]
         self.val_tokens, self.val_mask = self.data["splits"]["val"]
@@ -134,13 +134,11 @@ class SFTObjective:
     # --- model ---------------------------------------------------------------------------------------------------
 
     def _load_base(self) -> PreTrainedModel:
-        model = AutoModelForCausalLM.from_pretrained(str(self.base), dtype=torch.float32,
-                                                     attn_implementation=self.config.attn_implementation)
+        model = load_model(self.base, "SFT base model", attn_implementation=self.config.attn_implementation,
+                           adapter="refuse", trainable=True)
         if model.config.max_position_embeddings < self.seq_len:
             raise LumiError(f"{self.config.data_dir}: rows of {self.seq_len} tokens exceed the base model's context "
                             f"of {model.config.max_position_embeddings}; rebuild the data with --seq-len")
-        if model.config.vocab_size <= max(int(self.train_tokens.max()), 5):
-            raise LumiError(f"{self.base}: vocabulary of {model.config.vocab_size} does not cover the SFT data's ids")
         return model
 
     def build_model(self, checkpoint: Path | None) -> PreTrainedModel:
