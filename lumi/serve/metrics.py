@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest  # noqa: F401 (CONTENT_TYPE_LATEST: re-exported for the API)
 
 from lumi.generation.engine import Engine, Output
 

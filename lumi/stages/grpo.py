@@ -14,7 +14,8 @@ from pathlib import Path
 
 from lumi.core.config import CONFIG_DIR
 from lumi.core.stage_args import add_common_arguments, stage_config
-from lumi.lora import adapter_base, is_adapter_dir, write_merged
+from lumi.formats.adapter import is_adapter_dir
+from lumi.loading import derived_merged
 from lumi.train.launch import fit_objective
 from lumi.train.objectives.grpo import GRPOConfig, GRPOObjective
 
@@ -33,15 +34,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def start_model_dir(model_path: Path, output_dir: Path) -> Path:
-    """A model dir for the start model: itself, or its adapter merged (once) into ``<output-dir>/start_merged``."""
+    """A model dir for the start model: itself, or its adapter merged into ``<output-dir>/start_merged`` -- reused
+    only when it was derived from this very adapter and base and is intact (``lumi.loading.derived_merged``)."""
     if not is_adapter_dir(model_path):
         return model_path
-    adapter_base(model_path)  # refuses a missing or changed base before anything is written
-    merged = output_dir / MERGED_START
-    if not (merged / "config.json").is_file():
-        log.info("merging the adapter %s into its base: %s", model_path, merged)
-        write_merged(model_path, merged, force=True)
-    return merged
+    return derived_merged(model_path, output_dir / MERGED_START)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Literal
 import torch
 from pydantic import Field, field_validator
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
 from lumi.core.config import config_to_dict
 from lumi.core.errors import LumiError
@@ -41,7 +41,9 @@ from lumi.generation.engine import Engine
 from lumi.generation.sampling import SamplingParams
 from lumi.lm.grpo import LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_loss
 from lumi.lm.preference import token_logps
-from lumi.lora import base_fingerprint, is_adapter_dir
+from lumi.formats.adapter import base_fingerprint, is_adapter_dir
+from lumi.formats.model_dir import open_model_dir
+from lumi.loading import load_model
 from lumi.train.config import TrainerConfig
 from lumi.train.distributed import all_reduce_sum
 from lumi.train.finetune import (LoraSettings, build_finetune_model, method_description,
@@ -97,8 +99,7 @@ def check_policy(model_path: str | Path) -> Path:
     path = Path(model_path)
     if is_adapter_dir(path):
         raise LumiError(f"{path}: is a LoRA adapter dir; merge it first (lumi merge-lora), or let lumi grpo do it")
-    if not (path / "config.json").is_file():
-        raise LumiError(f"{path}: not a model dir (no config.json)")
+    open_model_dir(path, "GRPO policy (the SFT or DPO model)", allow_adapter=False)
     if not (path / CHAT_CONFIG).is_file():
         raise LumiError(f"{path}: no chat tokenizer ({CHAT_CONFIG}); GRPO starts from an SFT or DPO model, not a "
                         "pretrained checkpoint")
@@ -246,8 +247,8 @@ class GRPOObjective:
     # --- model ---------------------------------------------------------------------------------------------------
 
     def load_start_model(self) -> PreTrainedModel:
-        return AutoModelForCausalLM.from_pretrained(str(self.policy_dir), dtype=torch.float32,
-                                                    attn_implementation=self.config.attn_implementation)
+        return load_model(self.policy_dir, "GRPO policy (the SFT or DPO model)",
+                          attn_implementation=self.config.attn_implementation, adapter="refuse", trainable=True)
 
     def build_model(self, checkpoint: Path | None) -> PreTrainedModel:
         return build_finetune_model(self.config, self.load_start_model, checkpoint)
