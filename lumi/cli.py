@@ -35,6 +35,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "merge-lora": ("lumi.stages.merge_lora", "fold a LoRA adapter into its base model (a plain save_pretrained dir)"),
     "chat": ("lumi.stages.chat", "100: chat with a checkpoint in the terminal (raw completion for a base model)"),
     "serve": ("lumi.stages.serve", "100: serve a checkpoint: OpenAI-compatible API and web chat page (uvicorn)"),
+    "export": ("lumi.stages.export",
+               "105: a final model as GGUF for llama.cpp and Ollama (+ Modelfile, model card), verified"),
 }
 
 
