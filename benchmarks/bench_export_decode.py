@@ -4,7 +4,7 @@ llama.cpp on the exported GGUF (``lumi export``), lumi serve's engine (``lumi.ge
 and ``model.generate``. Every run makes exactly ``--new-tokens`` tokens (end-of-text ignored), so the rates compare.
 
     .venv/bin/python benchmarks/bench_export_decode.py --model-path out/demo/dpo/demo/final \\
-        --gguf out/demo/export/model-f16.gguf [--threads 2] [--new-tokens 128]
+        --gguf out/demo/export/model-f16.gguf [--threads 1] [--new-tokens 128]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-path", type=Path, required=True)
     parser.add_argument("--gguf", type=Path, required=True)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--new-tokens", type=int, default=128)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

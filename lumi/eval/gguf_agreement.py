@@ -48,10 +48,14 @@ def llama_cpp_version() -> str:
     return f"llama-cpp-python {llama_cpp().__version__}"
 
 
-def open_gguf(path: str | Path, n_ctx: int, threads: int = 1) -> Any:
-    """llama.cpp's model and context for ``path``; logits kept for every position (``logits_all``)."""
-    return llama_cpp().Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads,
-                             n_threads_batch=threads, logits_all=True, verbose=False)
+def open_gguf(path: str | Path, n_ctx: int, threads: int = 1, kv_f32: bool = False) -> Any:
+    """llama.cpp's model and context for ``path``; logits kept for every position (``logits_all``). The KV cache is
+    llama.cpp's default f16 (what llama-cli/server run with) unless ``kv_f32``: an f32 GGUF with an f32 cache
+    computes what the fp32 model does, up to summation order."""
+    module = llama_cpp()
+    cache = {"type_k": module.GGML_TYPE_F32, "type_v": module.GGML_TYPE_F32} if kv_f32 else {}
+    return module.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads,
+                        n_threads_batch=threads, logits_all=True, verbose=False, **cache)
 
 
 def llama_ids(llm: Any, text: str, parse_special: bool = False, add_bos: bool = False) -> list[int]:
@@ -87,19 +91,19 @@ def llama_greedy(llm: Any, ids: list[int], new_tokens: int) -> list[int]:
 
 
 def lumi_greedy(model: Any, ids: list[int], new_tokens: int) -> list[int]:
+    """Argmax continuation, the whole sequence recomputed per token (small models; no cache API involved)."""
+    out: list[int] = []
     with torch.no_grad():
-        result = model(torch.tensor([ids]), use_cache=True)
-        out: list[int] = []
         for _ in range(new_tokens):
-            out.append(int(result.logits[0, -1].argmax()))
-            result = model(torch.tensor([out[-1:]]), past_key_values=result.past_key_values, use_cache=True)
+            out.append(int(model(torch.tensor([ids + out]), use_cache=False).logits[0, -1].argmax()))
     return out
 
 
 def measure_agreement(model: Any, tokenizer: Any, gguf_path: str | Path, texts: list[str], prompts: list[str],
                       new_tokens: int = 16, threads: int = 1) -> dict[str, Any]:
     """Token-id agreement on ``texts`` (and, with a chat template, on chat prompts with the markers parsed), the
-    largest logit difference over ``prompts`` (BOS first) and how many greedy continuations are identical."""
+    largest logit difference over ``prompts`` (BOS first) and how many greedy continuations are identical, with
+    llama.cpp's default (f16) KV cache, as llama-cli and llama-server run the file."""
     prompt_ids = [[tokenizer.bos_token_id, *lumi_ids(tokenizer, p)] for p in prompts]
     context = max(len(ids) for ids in prompt_ids) + new_tokens
     if context > model.config.max_position_embeddings:
