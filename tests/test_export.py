@@ -10,6 +10,7 @@ these tests skip with that reason, and fail under CI=true.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -28,6 +29,7 @@ from lumi.data.synthetic import SyntheticWorld
 from lumi.eval.gguf_agreement import (PROBE_TEXTS, llama_greedy, llama_ids, llama_logits, lumi_greedy, lumi_ids,
                                       lumi_logits, open_gguf)
 from lumi.formats.gguf_tokenizer import gguf_vocab
+from lumi.formats.model_card import write_model_card
 from lumi.formats.model_io import load_model, load_tokenizer
 from lumi.lora import save_adapter, wrap_lora
 from lumi.model import ArchitectureConfig, build_model
@@ -174,8 +176,6 @@ def test_logits_and_greedy_on_32_prompts(llama_cpp, exported, held_out, dtype):
 
 
 def test_verify_records_agreement(llama_cpp, exported):
-    import json
-
     agreement = json.loads((exported["f32"].parent / "export.json").read_text())["agreement"]
     assert agreement["texts_identical"] == agreement["texts"] == len(PROBE_TEXTS)
     assert agreement["chat_prompts_identical"] == agreement["chat_prompts"]
@@ -226,3 +226,23 @@ def test_bad_input_is_refused_in_one_line(tmp_path, exported, capsys):
     # an existing output is kept unless --force
     assert main(["export", "--model-path", str(exported["model"]), "--output-dir", str(exported["f16"].parent)]) == 2
     assert "--force" in capsys.readouterr().err and exported["f16"].is_file()
+
+
+def test_model_card_from_an_sft_run(tmp_path):
+    """The card of a final dir: hub ids in the YAML header, local paths in the body, the run's last val metrics."""
+    run, data = tmp_path / "run", tmp_path / "sft_data"
+    (run / "final").mkdir(parents=True)
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"config": {"sources": [
+        {"type": "hub", "name": "alpaca", "dataset": "tatsu-lab/alpaca"}, {"type": "synthetic", "name": "world"}]}}))
+    (run / "final" / "sft_config.json").write_text(json.dumps(
+        {"config": {"base_model": "out/demo/checkpoints/demo/final", "data_dir": str(data), "method": "full"}}))
+    (run / "final" / "trainer_state.json").write_text(json.dumps({"step": 74, "tokens_seen": 303104}))
+    (run / "metrics.jsonl").write_text('{"step": 0, "val/loss": 2.5}\n{"step": 74, "val/loss": 0.4213, "train/loss": 1}\n')
+    write_model_card(run / "final")
+    card = (run / "final" / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["datasets"] == ["tatsu-lab/alpaca"] and "base_model" not in meta  # a local path is not a hub id
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
+    assert "supervised fine-tuning" in card and "`out/demo/checkpoints/demo/final`" in card and "`world`" in card
+    assert "| val/loss | 0.4213 |" in card and "step: 74" in card and "tokens seen: 303,104" in card
