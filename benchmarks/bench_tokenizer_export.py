@@ -63,16 +63,16 @@ def measure(texts: list[str], model_type: str, vocab_size: int, scratch: Path) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples-dir", type=Path, required=True)
-    parser.add_argument("--vocab-size", type=int, default=1024,
-                        help="pieces (the synthetic world caps unigram near 1,000)")
     args = parser.parse_args()
+    vocab_sizes = {"world": 800, "gutenberg+shakespeare": 4000}  # the world's small word list caps unigram at ~866
     torch.set_num_threads(1)
-    print(f"{'corpus':24} {'type':8} {'bytes/token':>11} {'round trip':>10} {'llama.cpp ids identical':>24}")
+    print(f"{'corpus':24} {'vocab':>5} {'type':8} {'bytes/token':>11} {'round trip':>10} "
+          f"{'llama.cpp ids identical':>24}")
     for name, texts in corpora(args.samples_dir).items():
         for model_type in ("bpe", "unigram"):
             with tempfile.TemporaryDirectory() as scratch:
-                r = measure(texts, model_type, args.vocab_size, Path(scratch))
-            print(f"{name:24} {model_type:8} {r['bytes_per_token']:11.3f} {r['roundtrip']:10.3f} "
+                r = measure(texts, model_type, vocab_sizes[name], Path(scratch))
+            print(f"{name:24} {vocab_sizes[name]:5} {model_type:8} {r['bytes_per_token']:11.3f} {r['roundtrip']:10.3f} "
                   f"{r['llama_cpp_identical']:17.3f} of {r['texts']}")
 
 

@@ -120,8 +120,9 @@ def test_output_dir_modelfile_and_model_card(exported):
     assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "README.md", "export.json", "model-f32.gguf"]
     modelfile = (out / "Modelfile").read_text()
     assert modelfile.startswith("FROM ./model-f32.gguf\n")
-    assert 'TEMPLATE """{{ range .Messages }}{{ if eq .Role "system" }}<|im_start|>system\n{{ .Content }}<|im_end|>\n{{ else' \
-        in modelfile and '{{ end }}{{ end }}<|im_start|>assistant\n"""' in modelfile
+    system_turn = '{{ if eq .Role "system" }}<|im_start|>system\n{{ .Content }}<|im_end|>\n{{ else'
+    assert 'TEMPLATE """{{ range .Messages }}' + system_turn in modelfile
+    assert '{{ end }}{{ end }}<|im_start|>assistant\n"""' in modelfile
     assert 'PARAMETER stop "<|im_end|>"' in modelfile and 'PARAMETER stop "</s>"' in modelfile
     card = (out / "README.md").read_text()
     meta = yaml.safe_load(card.split("---")[1])
@@ -238,7 +239,8 @@ def test_model_card_from_an_sft_run(tmp_path):
     (run / "final" / "sft_config.json").write_text(json.dumps(
         {"config": {"base_model": "out/demo/checkpoints/demo/final", "data_dir": str(data), "method": "full"}}))
     (run / "final" / "trainer_state.json").write_text(json.dumps({"step": 74, "tokens_seen": 303104}))
-    (run / "metrics.jsonl").write_text('{"step": 0, "val/loss": 2.5}\n{"step": 74, "val/loss": 0.4213, "train/loss": 1}\n')
+    (run / "metrics.jsonl").write_text('{"step": 0, "val/loss": 2.5}\n'
+                                       '{"step": 74, "val/loss": 0.4213, "train/loss": 1}\n')
     write_model_card(run / "final")
     card = (run / "final" / "README.md").read_text()
     meta = yaml.safe_load(card.split("---")[1])
