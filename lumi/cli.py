@@ -38,6 +38,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "chat": ("lumi.stages.chat", "100: chat with a checkpoint in the terminal (raw completion for a base model)"),
     "serve": ("lumi.stages.serve", "100: serve a checkpoint: OpenAI-compatible API and web chat page (uvicorn)"),
     "config": ("lumi.stages.configs", "list the shipped configs or print one to copy and edit"),
+    "export": ("lumi.stages.export",
+               "105: a final model as GGUF for llama.cpp and Ollama (+ Modelfile, model card), verified"),
 }
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole Lumi-Lab pipeline on the built-in synthetic world: offline, on CPU, a few minutes on 2 cores:
 # 10 corpus -> 20 tokenizer -> 30 pack -> 40 pretrain -> 50 evaluate -> 60 SFT corpus -> 70 SFT -> 80 evaluate ->
-# 85 DPO corpus -> 90 DPO -> 95 evaluate -> 100 serve (one question through the OpenAI-compatible API) -> report.
+# 85 DPO corpus -> 90 DPO -> 95 evaluate -> 100 serve (one question through the OpenAI-compatible API) -> 105 export
+# (GGUF, checked in llama.cpp) -> report.
 # `make demo` runs this inside .venv. Every stage writes its own directory under $OUT; rerunning replaces them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +57,9 @@ lumi evaluate --config config/evaluation/dpo_demo.json --model-path "$OUT/dpo/de
 stage "100 serve: start the API on the final chat model, ask one question through the openai client, stop it"
 python runs/ask_served_model.py --model-path "$OUT/dpo/demo/final" --max-tokens 32 \
     --question "$(python runs/demo_question.py)" | tee "$OUT/served_answer.txt"
+
+stage "105 export: the final chat model as GGUF for llama.cpp and Ollama, run in llama.cpp against Lumi"
+lumi export --model-path "$OUT/dpo/demo/final" --dtype f16 --verify --output-dir "$OUT/export" --force
 
 stage "report"
 python runs/demo_report.py "$OUT"

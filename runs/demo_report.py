@@ -88,6 +88,22 @@ def dpo_lines(run_dir: Path, before: dict | None) -> list[str]:
     return lines
 
 
+def export_lines(run_dir: Path) -> list[str]:
+    """Stage 105: the GGUF and how exactly llama.cpp runs it (export --verify)."""
+    export = load(run_dir / "export" / "export.json")
+    if not export:
+        return []
+    line = f"- 105 export: `{run_dir / 'export' / export['file']}` ({export['dtype']})"
+    agreement = export.get("agreement")
+    if agreement:
+        line += (f" — in {agreement['llama_cpp']}: token ids identical on **{agreement['texts_identical']}/"
+                 f"{agreement['texts']}** texts, chat prompts {agreement['chat_prompts_identical']}/"
+                 f"{agreement['chat_prompts']}; greedy continuations ({agreement['new_tokens']} tokens) identical on "
+                 f"**{agreement['greedy_identical']}/{agreement['prompts']}** prompts; largest logit difference "
+                 f"{agreement['logits_max_abs_diff']:.2g}")
+    return [line]
+
+
 def main(run_dir: Path) -> None:
     lines = [f"# Demo report: {run_dir}", ""]
     corpus = load(run_dir / "corpus" / "manifest.json")
@@ -124,6 +140,7 @@ def main(run_dir: Path) -> None:
                          f"(n={task['num_items']})")
     lines += sft_lines(run_dir, results)
     lines += dpo_lines(run_dir, load(run_dir / "evaluation_sft" / "evaluation_results.json"))
+    lines += export_lines(run_dir)
     text = "\n".join(lines) + "\n"
     (run_dir / "REPORT.md").write_text(text)
     print(text)

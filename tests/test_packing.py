@@ -368,13 +368,16 @@ def long_document(samples_dir) -> str:
     return "".join(books) * 2 + "\n"
 
 
-@pytest.fixture(scope="module", params=["demo/tokenizer.json", "pretrain/tokenizer/spm32k.json"])
+@pytest.fixture(scope="module", params=[("demo/tokenizer.json", "bpe"), ("pretrain/tokenizer/spm32k.json", "bpe"),
+                                        ("pretrain/tokenizer/spm32k.json", "unigram")])
 def shipped_tokenizer(request, three_books) -> spm.SentencePieceProcessor:
-    """Stage 20 with a shipped config's settings (the demo's BPE, pretraining's unigram), a small vocabulary."""
-    output = three_books["root"] / request.param.replace("/", "-")
-    assert main(["tokenizer", "--config", str(REPO_ROOT / "config" / request.param), "--corpus-dir",
+    """Stage 20 with a shipped config's settings (the demo's, pretraining's), a small vocabulary, both model types."""
+    config, model_type = request.param
+    output = three_books["root"] / f"{config.replace('/', '-')}-{model_type}"
+    assert main(["tokenizer", "--config", str(REPO_ROOT / "config" / config), "--corpus-dir",
                  str(three_books["corpus"]), "--output-dir", str(output), "--vocab-size", "1000",
-                 "--set", "max_training_bytes=300000", "--set", "num_threads=2"]) == 0
+                 "--set", "max_training_bytes=300000", "--set", "num_threads=2",
+                 "--set", f"model_type={model_type}"]) == 0
     return spm.SentencePieceProcessor(model_file=str(output / "spm.model"))
 
 

@@ -223,6 +223,9 @@ def test_training_learns_a_deterministic_successor_and_saves_loadable_checkpoint
     assert records[-1]["val/loss"] < floor + 0.1 and train_losses(run_dir)[-1][1] < floor + 0.1
     assert sorted(p.name for p in run_dir.glob("step_*")) == ["step_60", "step_80"]  # keep_last_k=2
     assert checkpoint_step(run_dir / "final") == 100
+    card = (run_dir / "final" / "README.md").read_text()  # the hub model card (lumi.formats.model_card)
+    assert card.startswith("---\n") and "pretrained from scratch" in card
+    assert f"| val/loss | {records[-1]['val/loss']:.4f} |" in card and '"max_steps": 100' in card
 
     model = AutoModelForCausalLM.from_pretrained(run_dir / "final")  # plain transformers, no code of ours
     # The evaluator (stage 50) on the saved checkpoint reproduces the trainer's last val loss.

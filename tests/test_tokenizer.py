@@ -303,7 +303,7 @@ def test_bad_config_values_are_refused(override, field):
 
 def test_shipped_configs_validate():
     pretrain = load_config(TokenizerConfig, CONFIG_DIR / "pretrain" / "tokenizer" / "spm32k.json")
-    assert (pretrain.vocab_size, pretrain.model_type) == (32000, "unigram")
+    assert (pretrain.vocab_size, pretrain.model_type) == (32000, "bpe")  # exports to llama.cpp exactly
     demo = load_config(TokenizerConfig, CONFIG_DIR / "demo" / "tokenizer.json")
     assert demo.vocab_size < pretrain.vocab_size and demo.model_type == "bpe"
 

@@ -40,6 +40,7 @@ from lumi.core.files import (aside_path, discard_dir, output_lock, output_path, 
 from lumi.formats.checkpoint import (FINAL, STATE_FILE, check_finite_weights, load_trainer_state,
                                      newest_intact_checkpoint, restore_rng_state, rng_state, rotate_checkpoints,
                                      save_checkpoint, step_checkpoints, step_dir_name, verified_checkpoint)
+from lumi.formats.model_card import write_model_card
 from lumi.formats.model_io import resolve_device
 from lumi.train.config import RESUMABLE_CHANGES, TrainerConfig
 from lumi.train.distributed import (barrier, decide_on_main, full_model_state_dict, load_optimizer_state_dict,
@@ -230,6 +231,8 @@ class Trainer:
             check_finite_weights(self.model.state_dict() if weights is None else weights, self.step, self.run_dir)
             save_checkpoint(directory, lambda staging: self.objective.save_model(staging, self.model, weights), state,
                             self.objective.config_file, self.resolved, overwrite=name == FINAL)
+            if name == FINAL:  # the hub model card, from the files just written and the run's metrics
+                write_model_card(directory)
             for removed in rotate_checkpoints(self.run_dir, self.config.keep_last_k):
                 log.debug("removed old checkpoint %s", removed)
         barrier()
