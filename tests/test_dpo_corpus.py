@@ -203,10 +203,12 @@ def test_shipped_dpo_configs_validate_and_point_at_the_hub():
 
 
 def test_synthetic_pairs_keep_heldout_facts_out():
-    from lumi.data.preference import SyntheticPreferenceSource, preference_records
+    from lumi.data.preference import SyntheticPreferenceSource, preference_streams
 
     source = SyntheticPreferenceSource(type="synthetic", world={"type": "synthetic", "people": 20, "places": 4})
-    pairs = list(preference_records(source))
+    streams = preference_streams(source)
+    assert [split for split, _ in streams] == ["train", "val"]
+    pairs = [pair for _, records in streams for pair in records]
     heldout = {pair["prompt"] for pair in source.world.world().preference_pairs("heldout")}
     assert pairs and not {pair["prompt"] for pair in pairs} & heldout
     assert all(pair["chosen"] != pair["rejected"] for pair in pairs)

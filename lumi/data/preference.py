@@ -41,7 +41,7 @@ from lumi.data.readers import (hh_rlhf, orca_dpo, preference_pairs, sharegpt_pre
                                ultrafeedback)
 from lumi.data.readers.base import PreferencePair, ReadStats
 from lumi.data.sft_corpus import (TOKENIZER_SUBDIR, FileSource, HubSource, SyntheticPairsSource, seeded_sample,
-                                  source_records, split_of_key, tokenizer_identity)
+                                  source_records, split_of_key, synthetic_streams, tokenizer_identity)
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,9 @@ class PreferenceFileSource(FileSource):
 
 
 class SyntheticPreferenceSource(SyntheticPairsSource):
-    """The synthetic world's preference pairs for its train facts: chosen states the fact, rejected a wrong object,
-    another fact of the subject, a refusal or the bare name (``lumi.data.synthetic.REJECTED_KINDS``)."""
+    """The synthetic world's preference pairs: chosen states the fact, rejected a wrong object, another fact of the
+    subject, a refusal or the bare name (``lumi.data.synthetic.REJECTED_KINDS``); train facts to train, validation
+    facts (validation wordings) to val, held-out facts nowhere."""
 
 
 PreferenceSource = PreferenceHubSource | PreferenceFileSource | SyntheticPreferenceSource
@@ -94,7 +95,8 @@ class PreferenceCorpusConfig(ConfigModel):
     dedup: Literal["pair", "prompt", "off"] = Field(
         "pair", description="drop repeated pairs (same prompt and answers), repeated prompts, or nothing "
                             "(after whitespace and case folding; the first one read is kept)")
-    val_fraction: float = Field(0.05, ge=0, lt=1, description="share of pairs in the val split")
+    val_fraction: float = Field(0.05, ge=0, lt=1, description=(
+        "share of pairs in the val split; a synthetic source's val split is its world's validation facts"))
     seed: int = Field(0, ge=0, description="seed of the split and of max_conversations sampling")
 
     @model_validator(mode="after")
@@ -106,10 +108,11 @@ class PreferenceCorpusConfig(ConfigModel):
 
 # --- reading
 
-def preference_records(source: PreferenceSource) -> Iterable[Any]:
+def preference_streams(source: PreferenceSource) -> list[tuple[str | None, Iterable[Any]]]:
+    """(split, records) per stream of a source; split None: split later by the seeded hash of the prompt."""
     if isinstance(source, SyntheticPreferenceSource):
-        return source.world.world().preference_pairs("train")
-    return source_records(source)
+        return synthetic_streams(source.world.world().preference_pairs)
+    return [(None, source_records(source))]
 
 
 def source_format(source: PreferenceSource, records: Iterable[Any]) -> tuple[str, Iterable[Any]]:
@@ -193,6 +196,7 @@ class Candidate:
     chosen: EncodedAnswer
     rejected: EncodedAnswer
     prompt_cut: bool
+    split: str | None = None  # fixed by the source (the synthetic world's); None: the seeded hash split
 
 
 def collect(config: PreferenceCorpusConfig, tokenizer: Any) -> tuple[list[Candidate], dict[str, dict]]:
@@ -205,9 +209,11 @@ def collect(config: PreferenceCorpusConfig, tokenizer: Any) -> tuple[list[Candid
         if source.name in stats:
             raise LumiError(f"two sources are named {source.name!r}; give each its own name")
         read_stats = ReadStats()
-        fmt, records = source_format(source, preference_records(source))
+        streams = [(split, *source_format(source, records)) for split, records in preference_streams(source)]
+        fmt = streams[0][1]
         candidates = []
-        for pair in PREFERENCE_READERS[fmt](records, read_stats):
+        for fixed_split, pair in ((split, pair) for split, fmt, records in streams
+                                  for pair in PREFERENCE_READERS[fmt](records, read_stats)):
             problem = pair_problem(pair)
             if problem:
                 read_stats.drop(problem, pair.id)
@@ -223,8 +229,10 @@ def collect(config: PreferenceCorpusConfig, tokenizer: Any) -> tuple[list[Candid
                 read_stats.drop("too_long", f"{pair.id}: prompt + answer > seq_len {config.seq_len} tokens")
                 continue
             prompt, chosen, rejected = fitted
-            candidates.append(Candidate(source.name, PreferencePair(prompt, pair.chosen, pair.rejected, pair.id),
-                                        chosen, rejected, prompt_cut=len(prompt) < len(pair.prompt)))
+            pair_id = f"{fixed_split}/{pair.id}" if fixed_split else pair.id  # ids are unique within a stream
+            candidates.append(Candidate(source.name, PreferencePair(prompt, pair.chosen, pair.rejected, pair_id),
+                                        chosen, rejected, prompt_cut=len(prompt) < len(pair.prompt),
+                                        split=fixed_split))
         sampled = seeded_sample(candidates, source.max_conversations, config.seed, source.name)
         stats[source.name] = {"format": fmt, "read": read_stats, "over_max_conversations":
                               len(candidates) - len(sampled)}
@@ -282,9 +290,10 @@ def build_preference_corpus(config: PreferenceCorpusConfig, tokenizer_dir: Path,
                         "check the input format and seq_len")
     # Split by prompt, not by record: every pair of one prompt lands in the same split (no val prompt seen in
     # training), and the split does not depend on record order.
-    by_split = {split: [c for c in candidates if split_of_key(f"{c.source}/{dedup_key(c.pair, 'prompt')}",
-                                                              config.val_fraction, config.seed) == split]
-                for split in SPLITS}
+    def split_of(c: Candidate) -> str:
+        return c.split or split_of_key(f"{c.source}/{dedup_key(c.pair, 'prompt')}", config.val_fraction, config.seed)
+
+    by_split = {split: [c for c in candidates if split_of(c) == split] for split in SPLITS}
     if not by_split["train"]:
         raise LumiError(f"all {len(candidates)} pairs went to val; lower val_fraction")
     with staged_output_dir(output_dir, force) as staging:

@@ -4,7 +4,8 @@ Per source: records (a hub dataset through ``datasets.load_dataset``, local JSON
 world's SFT pairs) -> conversations (``lumi.data.readers``) -> filters, every drop counted by reason (malformed
 records, empty turns, no assistant turn, roles out of order, language, exact and MinHash near-duplicate prompts
 across all sources, too long after templating) -> at most ``max_conversations`` kept (a seeded sample) -> a seeded
-train/val split by conversation -> token ids and assistant-only loss mask (``lumi.data.chat``) -> rows of
+train/val split by conversation (the synthetic world's split is its own: train facts to train, validation facts asked
+with validation wordings to val) -> token ids and assistant-only loss mask (``lumi.data.chat``) -> rows of
 ``seq_len`` tokens packed best-fit-decreasing, several conversations per row, padded with PAD (never a target).
 
 Output directory (written staged, replaced only when complete):
@@ -22,9 +23,9 @@ import logging
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -76,7 +77,9 @@ class FileSource(ConfigModel):
 
 
 class SyntheticPairsSource(ConfigModel):
-    """The synthetic world's SFT pairs for its train facts (held-out facts stay out: stage 80 asks about them)."""
+    """The synthetic world's SFT pairs: its train facts to the train split, its validation facts (asked with the
+    validation wordings) to the val split, whatever ``val_fraction`` says -- so the val loss, and early stopping on it,
+    measure unseen facts and wordings. Held-out facts stay out: stage 80 asks about them."""
 
     type: Literal["synthetic"] = Field(description="the synthetic world's question/answer pairs")
     name: str = Field("world", description="the source's name in the manifest")
@@ -116,7 +119,8 @@ class SFTCorpusConfig(ConfigModel):
     detect_language: bool = Field(False, description="detect the language of records that do not state it "
                                                      "(fastText lid.176, as the corpus stage)")
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="duplicate prompt removal")
-    val_fraction: float = Field(0.05, ge=0, lt=1, description="share of conversations in the val split")
+    val_fraction: float = Field(0.05, ge=0, lt=1, description=(
+        "share of conversations in the val split; a synthetic source's val split is its world's validation facts"))
     seed: int = Field(0, ge=0, description="seed of the split and of max_conversations sampling")
 
     @model_validator(mode="after")
@@ -163,12 +167,31 @@ def load_hub_records(source: HubSource) -> Iterable[dict]:
         raise LumiError(f"{what}: {str(exc).splitlines()[0]}") from None
 
 
-def source_records(source: Source) -> Iterable[Any]:
+def source_records(source: HubSource | FileSource) -> Iterable[Any]:
     if isinstance(source, HubSource):
         return load_hub_records(source)
-    if isinstance(source, FileSource):
-        return [record for path in source.paths for record in _read_json_file(Path(path))]
-    return source.world.world().sft_pairs("train")
+    return [record for path in source.paths for record in _read_json_file(Path(path))]
+
+
+def synthetic_streams(records_of_split: Callable[[str], list[dict]]) -> list[tuple[str, list[dict]]]:
+    """The synthetic world's (split, records): train facts to train, validation facts to val, as they are."""
+    return [("train", records_of_split("train")), ("val", records_of_split("validation"))]
+
+
+def record_streams(source: Source) -> list[tuple[str | None, Iterable[Any]]]:
+    """(split, records) per stream of a source; split None: split later by the seeded hash."""
+    if isinstance(source, SyntheticPairsSource):
+        return synthetic_streams(source.world.world().sft_pairs)
+    return [(None, source_records(source))]
+
+
+def read_conversations(source: Source, stats: ReadStats) -> tuple[str, Iterator[tuple[str | None, Conversation]]]:
+    """The source's record format and its (fixed split or None, conversation)s; a fixed split prefixes the id,
+    which is unique within its stream only."""
+    streams = [(split, *source_format(source, records)) for split, records in record_streams(source)]
+    conversations = ((split, replace(conversation, id=f"{split}/{conversation.id}") if split else conversation)
+                     for split, fmt, records in streams for conversation in READERS[fmt](records, stats))
+    return streams[0][1], conversations
 
 
 def source_format(source: Source, records: Iterable[Any]) -> tuple[str, Iterable[Any]]:
@@ -198,6 +221,7 @@ class Candidate:
     source: str
     conversation: Conversation
     encoded: EncodedConversation
+    split: str | None = None  # fixed by the source (the synthetic world's); None: the seeded hash split
 
 
 class LanguageFilter:
@@ -236,10 +260,10 @@ def collect(config: SFTCorpusConfig, tokenizer: Any) -> tuple[list[Candidate], d
         if source.name in stats:
             raise LumiError(f"two sources are named {source.name!r}; give each its own name")
         read_stats = ReadStats()
-        fmt, records = source_format(source, source_records(source))
         candidates = []
         cut_conversations = 0
-        for conversation in READERS[fmt](records, read_stats):
+        fmt, conversations = read_conversations(source, read_stats)
+        for fixed_split, conversation in conversations:
             problem = check_messages(conversation.messages)
             if problem:
                 read_stats.drop(problem, f"{conversation.id}")
@@ -262,7 +286,7 @@ def collect(config: SFTCorpusConfig, tokenizer: Any) -> tuple[list[Candidate], d
                     continue
                 cut_conversations += 1
                 encoded = cut
-            candidates.append(Candidate(source.name, conversation, encoded))
+            candidates.append(Candidate(source.name, conversation, encoded, fixed_split))
         per_source[source.name] = candidates
         stats[source.name] = {"format": fmt, "read": read_stats, "cut_at_turn": cut_conversations}
     if config.dedup.near.enabled:
@@ -365,7 +389,7 @@ def build_sft_corpus(config: SFTCorpusConfig, tokenizer_dir: Path, output_dir: P
             dropped.update(entry["read"].dropped)
         raise LumiError(f"no conversation left after filtering (dropped: {dict(dropped) or 'nothing read'}); "
                         "check the input format, languages and seq_len")
-    by_split = {split: [c for c in candidates if split_of(c, config.val_fraction, config.seed) == split]
+    by_split = {split: [c for c in candidates if (c.split or split_of(c, config.val_fraction, config.seed)) == split]
                 for split in SPLITS}
     if not by_split["train"]:
         raise LumiError(f"all {len(candidates)} conversations went to val; lower val_fraction")
