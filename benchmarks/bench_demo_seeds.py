@@ -10,7 +10,8 @@ held-out questions (reported only). Writes the same as JSON (``--output``) with 
 ``--jobs 5`` runs the seeds side by side (with OMP_NUM_THREADS=1 each on a shared machine).
 
 ``--from 85`` reruns only DPO and its evaluation on the seeds' earlier output (a DPO change measured on the same SFT
-models); ``--collect`` only reads the runs already in ``--out-root``.
+models); ``--from 40 --resume`` continues interrupted runs from their checkpoints; ``--collect`` only reads the runs
+already in ``--out-root``.
 """
 
 from __future__ import annotations
@@ -50,12 +51,12 @@ FIGURES = {  # figure -> (stage, what it is); the order of the table
 }
 
 
-def run_demo(seed: int, out: Path, start_stage: int) -> float:
+def run_demo(seed: int, out: Path, start_stage: int, resume: bool) -> float:
     """One demo run (stages ``start_stage``-95); its wall-clock seconds. A failing stage stops the benchmark."""
     venv_bin = Path(sys.executable).parent
     env = {**os.environ, "OUT": str(out), "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
     command = ["bash", str(REPO_ROOT / "runs" / "demo.sh"), "--seed", str(seed), "--skip-serve",
-               "--from", str(start_stage)]
+               "--from", str(start_stage)] + (["--resume"] if resume else [])
     started = time.monotonic()
     with open(out.parent / f"seed{seed}.log", "w") as log:
         result = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="rerun from this stage (e.g. 85) on the seeds' earlier output")
     parser.add_argument("--collect", action="store_true", help="run nothing: read the runs in --out-root")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run side by side")
+    parser.add_argument("--resume", action="store_true", help="training stages continue from their checkpoints")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "demo_seeds.json")
     args = parser.parse_args(argv)
     args.out_root.mkdir(parents=True, exist_ok=True)
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.collect:
             print(f"seed {seed}: runs/demo.sh --seed {seed} --skip-serve --from {args.start_stage} -> {out}",
                   flush=True)
-            seconds = round(run_demo(seed, out, args.start_stage))
+            seconds = round(run_demo(seed, out, args.start_stage, args.resume))
         figures = {**demo_report.figures(out), "seconds": seconds}
         print(json.dumps({"seed": seed, **figures}), flush=True)
         return figures

@@ -4,12 +4,13 @@
 # 85 DPO corpus -> 90 DPO -> 95 evaluate -> 100 serve (one question through the OpenAI-compatible API) -> report.
 # `make demo` runs this inside .venv. Every stage writes its own directory under $OUT; rerunning replaces them.
 #
-#   runs/demo.sh [--seed N] [--skip-serve] [--from STAGE]     (make demo SEED=N)
+#   runs/demo.sh [--seed N] [--skip-serve] [--from STAGE] [--resume]     (make demo SEED=N)
 #
 # --seed N (default 0) is the world's seed and every stage's seed: tokenizer sample, packing split, model init and
 # data order, SFT and DPO, evaluation (it overrides the configs' seed fields). Its output goes to out/demo (seed 0)
 # or out/demo-seedN unless OUT is set. --skip-serve leaves out stage 100 (benchmarks/bench_demo_seeds.py does).
 # --from STAGE (e.g. 85) reruns that stage and the later ones on the earlier stages' output already in $OUT.
+# --resume continues the training stages (40, 70, 90) from their newest checkpoint in $OUT instead of replacing them.
 # Whatever a stage chooses is chosen on the world's validation facts (the SFT/DPO val splits and the validation
 # questions of stages 80 and 95); held-out facts are asked only to report.
 set -euo pipefail
@@ -17,13 +18,15 @@ cd "$(dirname "$0")/.."
 SEED=0
 SKIP_SERVE=0
 FROM=0
+TRAIN_RUN=(--force)
 while [ $# -gt 0 ]; do
     case "$1" in
         --seed) SEED=${2:-}; shift 2 || { echo "runs/demo.sh: --seed needs a value" >&2; exit 2; } ;;
         --seed=*) SEED=${1#--seed=}; shift ;;
         --skip-serve) SKIP_SERVE=1; shift ;;
+        --resume) TRAIN_RUN=(--resume auto); shift ;;
         --from) FROM=${2:-}; shift 2 || { echo "runs/demo.sh: --from needs a stage number" >&2; exit 2; } ;;
-        *) echo "runs/demo.sh: unknown argument '$1' (usage: [--seed N] [--skip-serve] [--from STAGE])" >&2; exit 2 ;;
+        *) echo "runs/demo.sh: unknown argument '$1' (usage: [--seed N] [--skip-serve] [--from N] [--resume])" >&2; exit 2 ;;
     esac
 done
 [[ "$FROM" =~ ^[0-9]+$ ]] || { echo "runs/demo.sh: --from: expected a stage number, got '$FROM'" >&2; exit 2; }
@@ -56,7 +59,7 @@ fi
 
 if stage "40 pretrain: the micro model on CPU"; then
     lumi pretrain --config config/demo/pretrain.json "${SEED_SET[@]}" --tokenizer-dir "$OUT/tokenizer" \
-        --data-dirs "$OUT/packed" --output-dir "$OUT/checkpoints" --force
+        --data-dirs "$OUT/packed" --output-dir "$OUT/checkpoints" "${TRAIN_RUN[@]}"
 fi
 
 if stage "50 evaluate: val bits per byte, held-out fact cloze, generation checks"; then
@@ -71,7 +74,7 @@ fi
 
 if stage "70 SFT: the pretrained micro model learns to answer"; then
     lumi sft --config config/sft/training/demo.json "${SEED_SET[@]}" --model-path "$OUT/checkpoints/demo/final" \
-        --data-dir "$OUT/sft_data" --output-dir "$OUT/sft" --force
+        --data-dir "$OUT/sft_data" --output-dir "$OUT/sft" "${TRAIN_RUN[@]}"
 fi
 
 if stage "80 evaluate: validation facts (to choose on), then held-out facts with held-out wordings (to report)"; then
@@ -89,7 +92,7 @@ fi
 
 if stage "90 DPO: prefer the stated fact over a wrong one, another fact, a refusal or the bare name"; then
     lumi dpo --config config/dpo/training/demo.json "${SEED_SET[@]}" --model-path "$OUT/sft/demo/final" \
-        --data-dir "$OUT/dpo_data" --output-dir "$OUT/dpo" --force
+        --data-dir "$OUT/dpo_data" --output-dir "$OUT/dpo" "${TRAIN_RUN[@]}"
 fi
 
 if stage "95 evaluate: validation answers, then reward accuracy and held-out answers, before (80) and after DPO"; then

@@ -185,9 +185,10 @@ QUIZ_HEADERS = ("Questions and answers about the people of the valley.", "A shor
                 "Here are some questions, each with its answer.")
 DRILL_HEADERS = ("Here are some number facts.", "Let us practice with numbers.", "Some arithmetic to learn:")
 UNHELPFUL = ("I do not know.", "I cannot say.", "That is a question for someone else.", "Sorry, I have no idea.")
-# The rejected answers of preference pairs, by share: the ways the demo's SFT models answer wrongly on their own
-# (stating another fact of the subject was most of their held-out errors; "Milo Goldley." for "Milo Goldley owns a
-# map." the one DPO tended to add), plus the classic wrong fact and refusal.
+# The rejected answers of preference pairs, by share: the classic wrong fact and refusal, plus the ways the demo's SFT
+# models answer wrongly on their own (another fact of the subject; the bare name, "Milo Goldley." for "Milo Goldley
+# owns a map."). The last two were read off seed 0's held-out answers before the world had a validation split; the
+# seed benchmark (docs/BENCHMARKS.md) measures the mix on validation questions over seeds.
 REJECTED_KINDS = {"wrong_object": 0.5,    # the asked relation with another object of its category
                   "unhelpful": 0.15,      # one of UNHELPFUL
                   "incomplete": 0.1,      # the subject's name and a full stop
