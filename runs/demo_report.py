@@ -126,6 +126,9 @@ def dpo_lines(run_dir: Path, before: dict | None) -> list[str]:
                          f"**{qa['exact_match']['value']:.3f}** ({gained} gained, {lost} lost), refusals "
                          f"{previous['refusal_rate']['value']:.3f} -> **{qa['refusal_rate']['value']:.3f}** "
                          f"(before -> after DPO)")
+            if lost > gained:
+                lines.append("  - DPO lost more held-out answers than it gained here; over 5 seeds it ranks the stated "
+                             "fact first but does not reliably improve held-out answers (docs/BENCHMARKS.md)")
     served = run_dir / "served_answer.txt"
     if served.is_file():
         lines.append(f"- 100 serve: " + " / ".join(line.strip() for line in served.read_text().splitlines()
