@@ -22,11 +22,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# `make demo SEED=7`: the world's seed and every training seed (output in out/demo-seed7; SEED=0 is out/demo).
+SEED ?= 0
+
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash runs/demo.sh
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash runs/demo.sh --seed "$(SEED)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 clean-demo:
-	rm -rf out/demo
+	rm -rf out/demo out/demo-seed*

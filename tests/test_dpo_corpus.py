@@ -205,9 +205,12 @@ def test_shipped_dpo_configs_validate_and_point_at_the_hub():
 
 def test_synthetic_pairs_keep_heldout_facts_out():
     from lumi.data.preference import PREFERENCE_RECORDS, SyntheticPreferenceSource
+    from lumi.data.sft_corpus import source_parts
 
     source = SyntheticPreferenceSource(type="synthetic", world={"type": "synthetic", "people": 20, "places": 4})
-    pairs = list(PREFERENCE_RECORDS.synthetic_records(source))
+    parts = source_parts(source, PREFERENCE_RECORDS)
+    assert [split for _, _, split in parts] == ["train", "val"]
+    pairs = [pair for _, load, _ in parts for pair in load()]
     heldout = {pair["prompt"] for pair in source.world.world().preference_pairs("heldout")}
     assert pairs and not {pair["prompt"] for pair in pairs} & heldout
     assert all(pair["chosen"] != pair["rejected"] for pair in pairs)

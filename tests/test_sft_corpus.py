@@ -148,7 +148,7 @@ def test_undetectable_format_and_nothing_left(tokenizer_dir, tmp_path, capsys):
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
 
-def test_synthetic_world_pairs_hold_only_train_facts(tokenizer_dir, tmp_path):
+def test_synthetic_world_pairs_hold_only_train_and_validation_facts(tokenizer_dir, tmp_path):
     world_settings = {"type": "synthetic", "people": 20, "places": 4}
     config = SFTCorpusConfig(sources=[{"type": "synthetic", "world": world_settings}], languages=None,
                              dedup={"near": {"enabled": False}})
@@ -156,7 +156,7 @@ def test_synthetic_world_pairs_hold_only_train_facts(tokenizer_dir, tmp_path):
     world = config.sources[0].world.world()
     prompts = {json.loads(line)["messages"][0]["content"]
                for split in ("train", "val") for line in (tmp_path / "sft" / f"{split}.jsonl").read_text().splitlines()}
-    assert prompts == {pair["prompt"] for pair in world.sft_pairs("train")}
+    assert prompts == {pair["prompt"] for split in ("train", "validation") for pair in world.sft_pairs(split)}
     assert not prompts & {pair["prompt"] for pair in world.sft_pairs("heldout")}
     assert manifest["sources"]["world"]["format"] == "pairs"
 

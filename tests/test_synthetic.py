@@ -1,5 +1,5 @@
-"""The synthetic world: deterministic, clean, and honest as an evaluation (held-out wording never seen, held-out facts
-always stated, cloze answers right)."""
+"""The synthetic world: deterministic, clean, and honest as an evaluation (validation and held-out wordings never seen
+and disjoint, their facts always stated, cloze answers right)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from lumi.core.config import validate_config
 from lumi.core.errors import LumiError
 from lumi.corpus.clean import clean_text
-from lumi.data.synthetic import (FOODS, JOBS, OBJECTS, RELATIONS, UNHELPFUL, Fact, SyntheticSourceConfig,
+from lumi.data.synthetic import (FOODS, JOBS, OBJECTS, RELATIONS, SPLITS, UNHELPFUL, Fact, SyntheticSourceConfig,
                                  SyntheticWorld)
 
 SMALL = {"seed": 7, "num_people": 60, "num_places": 10}
@@ -42,7 +42,7 @@ def corpus(documents: list[str]) -> str:
 def digest(world: SyntheticWorld, num_documents: int) -> str:
     """One hash over everything a world produces."""
     payload = {"facts": [vars(fact) for fact in world.facts], "documents": list(world.documents(num_documents)),
-               **{f"{kind}_{split}": getattr(world, kind)(split) for split in ("train", "heldout")
+               **{f"{kind}_{split}": getattr(world, kind)(split) for split in SPLITS
                   for kind in ("sft_pairs", "preference_pairs", "cloze_items")}}
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode("utf-8")).hexdigest()
 
@@ -95,13 +95,25 @@ def test_world_is_consistent(world):
 
 
 def test_splits_partition_the_facts_and_cover_every_relation(world):
-    train, heldout = world.split_facts("train"), world.split_facts("heldout")
-    assert sorted(train + heldout) == sorted(world.facts)
-    assert not set(train) & set(heldout)
-    assert {fact.relation for fact in heldout} == set(RELATIONS)
-    for fact in heldout:
-        if RELATIONS[fact.relation].symmetric:
-            assert Fact(fact.object, fact.relation, fact.subject) in heldout, "a symmetric pair was split"
+    train, validation, heldout = (world.split_facts(split) for split in ("train", "validation", "heldout"))
+    assert sorted(train + validation + heldout) == sorted(world.facts)
+    assert not set(train) & set(heldout) and not set(train) & set(validation) and not set(validation) & set(heldout)
+    for facts in (validation, heldout):
+        assert {fact.relation for fact in facts} == set(RELATIONS)
+        for fact in facts:
+            if RELATIONS[fact.relation].symmetric:
+                assert Fact(fact.object, fact.relation, fact.subject) in facts, "a symmetric pair was split"
+    assert len(heldout) > len(validation) > 0.05 * len(world.facts), "the default fractions are 0.2 and 0.1"
+    with pytest.raises(LumiError, match="unknown split"):
+        world.split_facts("test")
+
+
+def test_adding_the_validation_split_kept_the_heldout_facts():
+    """The held-out facts are the first units of the same shuffle as before validation existed: a larger
+    validation share leaves them as they are, so the validation split takes its facts from training only."""
+    small, large = (SyntheticWorld.generate(**SMALL, validation_fraction=fraction) for fraction in (0.05, 0.3))
+    assert small.split_facts("heldout") == large.split_facts("heldout")
+    assert set(small.split_facts("validation")) < set(large.split_facts("validation"))
 
 
 def word_runs(template: str, length: int = 3) -> set[str]:
@@ -113,20 +125,23 @@ def word_runs(template: str, length: int = 3) -> set[str]:
     return runs
 
 
-def test_heldout_question_wording_never_appears_in_the_corpus_or_in_training(world, corpus):
+@pytest.mark.parametrize("split, other", [("heldout", "validation"), ("validation", "heldout")])
+def test_evaluation_wordings_never_appear_in_the_corpus_in_training_or_in_the_other_split(world, corpus, split,
+                                                                                           other):
     train_prompts = {pair["prompt"] for pair in world.sft_pairs("train")}
-    heldout = world.sft_pairs("heldout")
-    assert heldout
-    for pair in heldout:
+    asked = world.sft_pairs(split)
+    assert asked
+    for pair in asked:
         assert pair["prompt"] not in corpus and pair["prompt"] not in train_prompts, pair["prompt"]
     texts = corpus.lower(), *(template.lower() for relation in RELATIONS.values()
-                              for template in relation.train_questions + relation.statements)
+                              for template in relation.train_questions + relation.statements
+                              + relation.questions(other))
     for relation in RELATIONS.values():
-        assert not set(relation.heldout_questions) & set(relation.train_questions)
-        for template in relation.heldout_questions:
+        assert not set(relation.questions(split)) & set(relation.train_questions + relation.questions(other))
+        for template in relation.questions(split):
             assert word_runs(template), template
             for run in word_runs(template):
-                assert not any(run in text for text in texts), f"held-out wording {run!r} occurs in training text"
+                assert not any(run in text for text in texts), f"{split} wording {run!r} occurs in other text"
 
 
 def test_corpus_asks_only_train_facts_with_train_wordings(world, documents):
@@ -136,10 +151,11 @@ def test_corpus_asks_only_train_facts_with_train_wordings(world, documents):
     assert set(asked) <= {(pair["prompt"], pair["response"]) for pair in world.sft_pairs("train")}
 
 
-def test_heldout_facts_are_stated_in_the_corpus_in_the_cloze_wording(world, corpus):
-    for fact in world.split_facts("heldout"):
+@pytest.mark.parametrize("split", ["heldout", "validation"])
+def test_evaluation_facts_are_stated_in_the_corpus_in_the_cloze_wording(world, corpus, split):
+    for fact in world.split_facts(split):
         assert world.statement(fact) in corpus, f"never stated: {fact}"
-    for item in world.cloze_items("heldout"):
+    for item in world.cloze_items(split):
         assert f"{item['context']} {item['choices'][item['answer']]}" in corpus, item
 
 
@@ -156,7 +172,7 @@ def test_cloze_items_are_right_and_distractors_are_fair(world):
     categories = {"towns": set(world.towns), "jobs": set(JOBS), "objects": set(OBJECTS), "foods": set(FOODS),
                   "people": set(world.people)}
     first_names = {person.split(" ")[0] for person in world.people}
-    for split in ("train", "heldout"):
+    for split in SPLITS:
         facts, items = world.split_facts(split), world.cloze_items(split)
         assert len(items) == len(facts)
         for fact, item in zip(facts, items):
@@ -176,11 +192,11 @@ def test_cloze_items_are_right_and_distractors_are_fair(world):
 def test_sft_and_preference_pairs_state_true_facts_against_wrong_unhelpful_or_off_question_ones(world):
     fact_of = {world.statement(fact): fact for fact in world.facts}
     objects = [*world.towns, *JOBS, *OBJECTS, *FOODS, *world.people]
-    for split in ("train", "heldout"):
+    kinds = Counter()
+    for split in SPLITS:
         sft, preferences = world.sft_pairs(split), world.preference_pairs(split)
         split_statements = {world.statement(fact) for fact in world.split_facts(split)}
         assert [pair["prompt"] for pair in sft] == [pair["prompt"] for pair in preferences]
-        kinds = Counter()
         for pair, preference in zip(sft, preferences):
             assert set(pair) == {"prompt", "response"} and set(preference) == {"prompt", "chosen", "rejected"}
             assert pair["response"] in split_statements and preference["chosen"] == pair["response"]
@@ -197,7 +213,7 @@ def test_sft_and_preference_pairs_state_true_facts_against_wrong_unhelpful_or_of
                 wrong = {RELATIONS[fact.relation].statements[0].format(s=fact.subject, o=o) for o in objects}
                 assert rejected in wrong - {preference["chosen"]}, preference
                 kinds["wrong_object"] += 1
-        assert kinds["wrong_object"] > kinds["other_relation"] > kinds["unhelpful"] > kinds["incomplete"] > 0, kinds
+    assert kinds["wrong_object"] > kinds["other_relation"] > kinds["unhelpful"] > kinds["incomplete"] > 0, kinds
 
 
 def test_config_validates_and_rebuilds_the_same_world(world):
@@ -210,3 +226,5 @@ def test_config_validates_and_rebuilds_the_same_world(world):
         validate_config(SyntheticSourceConfig, {"type": "synthetic", "size": 3}, "demo.json")
     with pytest.raises(LumiError, match="places"):
         SyntheticWorld.generate(num_places=10_000)
+    with pytest.raises(LumiError, match="validation_fraction"):
+        SyntheticWorld.generate(heldout_fraction=0.5, validation_fraction=0.5)

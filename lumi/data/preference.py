@@ -75,8 +75,9 @@ class PreferenceFileSource(FileSource):
 
 
 class SyntheticPreferenceSource(SyntheticPairsSource):
-    """The synthetic world's preference pairs for its train facts: chosen states the fact, rejected a wrong object,
-    another fact of the subject, a refusal or the bare name (``lumi.data.synthetic.REJECTED_KINDS``)."""
+    """The synthetic world's preference pairs: chosen states the fact, rejected a wrong object, another fact of the
+    subject, a refusal or the bare name (``lumi.data.synthetic.REJECTED_KINDS``); train facts to train, validation
+    facts (validation wordings) to val, held-out facts nowhere."""
 
 
 PreferenceSource = PreferenceHubSource | PreferenceFileSource | SyntheticPreferenceSource
@@ -95,7 +96,8 @@ class PreferenceCorpusConfig(ConfigModel):
     dedup: Literal["pair", "prompt", "off"] = Field(
         "pair", description="drop repeated pairs (same prompt and answers), repeated prompts, or nothing "
                             "(after whitespace and case folding; the first one read is kept)")
-    val_fraction: float = Field(0.05, ge=0, lt=1, description="share of pairs in the val split")
+    val_fraction: float = Field(0.05, ge=0, lt=1, description=(
+        "share of pairs in the val split; a synthetic source's val split is its world's validation facts"))
     seed: int = Field(0, ge=0, description="seed of the split and of max_conversations sampling")
 
     @model_validator(mode="after")
@@ -111,7 +113,8 @@ DPO_LENGTH_FIXES = ("raise --seq-len (up to the model's context; prompts are alr
                     "or train a model with a longer context")
 
 PREFERENCE_RECORDS = RecordKind(PREFERENCE_READERS, detect_preference_format, "preference pair", "DPO data file",
-                                lambda source: source.world.world().preference_pairs("train"), preference_pairs.NAME)
+                                lambda source, split: source.world.world().preference_pairs(split),
+                                preference_pairs.NAME)
 
 
 # --- tokenization and the length policy
@@ -180,6 +183,7 @@ class Candidate:
     chosen: EncodedAnswer
     rejected: EncodedAnswer
     prompt_cut: bool
+    split: str | None = None  # fixed by the source (the synthetic world's); None: the seeded hash split
 
 
 def collect(config: PreferenceCorpusConfig, tokenizer: Any) -> tuple[list[Candidate], dict[str, dict]]:
@@ -193,7 +197,7 @@ def collect(config: PreferenceCorpusConfig, tokenizer: Any) -> tuple[list[Candid
             raise LumiError(f"two sources are named {source.name!r}; give each its own name")
         read_stats, formats = ReadStats(), {}
         candidates = []
-        for pair in read_source(source, PREFERENCE_RECORDS, read_stats, formats):
+        for fixed_split, pair in read_source(source, PREFERENCE_RECORDS, read_stats, formats):
             problem = pair_problem(pair)
             if problem:
                 read_stats.drop(problem, pair.id)
@@ -210,7 +214,8 @@ def collect(config: PreferenceCorpusConfig, tokenizer: Any) -> tuple[list[Candid
                 continue
             prompt, chosen, rejected = fitted
             candidates.append(Candidate(source.name, PreferencePair(prompt, pair.chosen, pair.rejected, pair.id),
-                                        chosen, rejected, prompt_cut=len(prompt) < len(pair.prompt)))
+                                        chosen, rejected, prompt_cut=len(prompt) < len(pair.prompt),
+                                        split=fixed_split))
         sampled = seeded_sample(candidates, source.max_conversations, config.seed, source.name)
         stats[source.name] = {"formats": formats, "read": read_stats, "over_max_conversations":
                               len(candidates) - len(sampled)}
@@ -267,9 +272,10 @@ def build_preference_corpus(config: PreferenceCorpusConfig, tokenizer_dir: Path,
                         "check the input format and seq_len")
     # Split by prompt, not by record: every pair of one prompt lands in the same split (no val prompt seen in
     # training), and the split does not depend on record order.
-    by_split = {split: [c for c in candidates if split_of_key(f"{c.source}/{dedup_key(c.pair, 'prompt')}",
-                                                              config.val_fraction, config.seed) == split]
-                for split in SPLITS}
+    def split_of(c: Candidate) -> str:
+        return c.split or split_of_key(f"{c.source}/{dedup_key(c.pair, 'prompt')}", config.val_fraction, config.seed)
+
+    by_split = {split: [c for c in candidates if split_of(c) == split] for split in SPLITS}
     if not by_split["train"]:
         raise LumiError(f"all {len(candidates)} pairs went to val; lower val_fraction")
     with staged_output_dir(output_dir, force) as staging:

@@ -4,7 +4,8 @@ Per source: records (a hub dataset through ``datasets.load_dataset``, local JSON
 world's SFT pairs) -> conversations (``lumi.data.readers``) -> filters, every drop counted by reason (malformed
 records, empty turns, no assistant turn, roles out of order, language, exact and MinHash near-duplicate prompts
 across all sources, too long after templating) -> at most ``max_conversations`` kept (a seeded sample) -> a seeded
-train/val split by conversation -> token ids and assistant-only loss mask (``lumi.data.chat``) -> rows of
+train/val split by conversation (the synthetic world's split is its own: train facts to train, validation facts asked
+with validation wordings to val) -> token ids and assistant-only loss mask (``lumi.data.chat``) -> rows of
 ``seq_len`` tokens packed best-fit-decreasing, several conversations per row, padded with PAD (never a target).
 
 Output directory (written staged, replaced only when complete):
@@ -21,7 +22,7 @@ import logging
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal
 
@@ -80,7 +81,9 @@ class FileSource(ConfigModel):
 
 
 class SyntheticPairsSource(ConfigModel):
-    """The synthetic world's SFT pairs for its train facts (held-out facts stay out: stage 80 asks about them)."""
+    """The synthetic world's SFT pairs: its train facts to the train split, its validation facts (asked with the
+    validation wordings) to the val split, whatever ``val_fraction`` says -- so the val loss, and early stopping on it,
+    measure unseen facts and wordings. Held-out facts stay out: stage 80 asks about them."""
 
     type: Literal["synthetic"] = Field(description="the synthetic world's question/answer pairs")
     name: str = Field("world", description="the source's name in the manifest")
@@ -120,7 +123,8 @@ class SFTCorpusConfig(ConfigModel):
     detect_language: bool = Field(False, description="detect the language of records that do not state it "
                                                      "(fastText lid.176, as the corpus stage)")
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="duplicate prompt removal")
-    val_fraction: float = Field(0.05, ge=0, lt=1, description="share of conversations in the val split")
+    val_fraction: float = Field(0.05, ge=0, lt=1, description=(
+        "share of conversations in the val split; a synthetic source's val split is its world's validation facts"))
     seed: int = Field(0, ge=0, description="seed of the split and of max_conversations sampling")
 
     @model_validator(mode="after")
@@ -156,18 +160,25 @@ class RecordKind:
     detect: Callable[[Any], str | None]
     item: str                                  # "conversation", "preference pair"
     file_what: str                             # "SFT data file"
-    synthetic_records: Callable[[Any], Iterable[Any]]
+    synthetic_records: Callable[[Any, str], Iterable[Any]]  # (source, world split) -> records
     synthetic_format: str
 
 
-def source_parts(source: Source, kind: RecordKind) -> list[tuple[str, Callable[[], Iterable[Any]]]]:
-    """(label, records loader) per part a source is read in: each local file alone (its own format), a hub
-    dataset or the synthetic world whole."""
+# The synthetic world's parts: its train facts go to the train split, its validation facts to val, as they are.
+SYNTHETIC_SPLITS = (("train", "train"), ("validation", "val"))
+
+
+def source_parts(source: Source, kind: RecordKind) -> list[tuple[str, Callable[[], Iterable[Any]], str | None]]:
+    """(label, records loader, fixed split) per part a source is read in: each local file alone (its own format)
+    and a hub dataset whole, split later by the seeded hash (None); the synthetic world as its train and validation
+    facts, each to its own split."""
     if isinstance(source, FileSource):
-        return [(path, lambda path=path: read_records(path, kind.file_what)) for path in source.paths]
+        return [(path, lambda path=path: read_records(path, kind.file_what), None) for path in source.paths]
     if isinstance(source, HubSource):
-        return [(f"source '{source.name}' (dataset {source.dataset})", lambda: load_hub_records(source))]
-    return [(f"source '{source.name}'", lambda: kind.synthetic_records(source))]
+        return [(f"source '{source.name}' (dataset {source.dataset})", lambda: load_hub_records(source), None)]
+    return [(f"source '{source.name}' ({world_split} facts)",
+             lambda world_split=world_split: kind.synthetic_records(source, world_split), split)
+            for world_split, split in SYNTHETIC_SPLITS]
 
 
 def part_format(source: Source, label: str, records: list[Any], kind: RecordKind) -> str:
@@ -185,11 +196,13 @@ def part_format(source: Source, label: str, records: list[Any], kind: RecordKind
     return fmt
 
 
-def read_source(source: Source, kind: RecordKind, stats: ReadStats, formats: dict[str, str]) -> Iterator[Any]:
-    """The items of every part of ``source``, each part read by its own (detected) reader, its format recorded in
-    ``formats``; lines that are not JSON are counted (``invalid_json``, with file:line and cause). A part that
-    yields nothing fails the stage in one line naming it and the format tried."""
-    for label, load in source_parts(source, kind):
+def read_source(source: Source, kind: RecordKind, stats: ReadStats,
+                formats: dict[str, str]) -> Iterator[tuple[str | None, Any]]:
+    """(fixed split or None, item) for the items of every part of ``source``, each part read by its own (detected)
+    reader, its format recorded in ``formats``; lines that are not JSON are counted (``invalid_json``, with
+    file:line and cause). A part that yields nothing fails the stage in one line naming it and the format tried. A
+    fixed split prefixes the item's id, which is unique within its part only."""
+    for label, load, fixed_split in source_parts(source, kind):
         records = []
         for record in load():
             if isinstance(record, BadRecord):
@@ -202,7 +215,7 @@ def read_source(source: Source, kind: RecordKind, stats: ReadStats, formats: dic
         before, yielded = Counter(stats.dropped), 0
         for item in kind.readers[fmt](records, stats):
             yielded += 1
-            yield item
+            yield fixed_split, (replace(item, id=f"{fixed_split}/{item.id}") if fixed_split else item)
         if not yielded:
             dropped = dict(stats.dropped - before) or "nothing read"
             raise LumiError(f"{label}: no {kind.item} read as format '{fmt}' (dropped: {dropped}); pass --format / "
@@ -256,7 +269,7 @@ SFT_LENGTH_FIXES = ("raise --seq-len (up to the model's context), --set overlong
 
 
 SFT_RECORDS = RecordKind(READERS, detect, "conversation", "SFT data file",
-                         lambda source: source.world.world().sft_pairs("train"), "pairs")
+                         lambda source, split: source.world.world().sft_pairs(split), "pairs")
 
 
 # --- filters
@@ -271,6 +284,7 @@ class Candidate:
     source: str
     conversation: Conversation
     encoded: EncodedConversation
+    split: str | None = None  # fixed by the source (the synthetic world's); None: the seeded hash split
 
 
 class LanguageFilter:
@@ -311,7 +325,7 @@ def collect(config: SFTCorpusConfig, tokenizer: Any) -> tuple[list[Candidate], d
         read_stats, formats = ReadStats(), {}
         candidates = []
         cut_conversations = 0
-        for conversation in read_source(source, SFT_RECORDS, read_stats, formats):
+        for fixed_split, conversation in read_source(source, SFT_RECORDS, read_stats, formats):
             problem = check_messages(conversation.messages)
             if problem:
                 read_stats.drop(problem, f"{conversation.id}")
@@ -334,7 +348,7 @@ def collect(config: SFTCorpusConfig, tokenizer: Any) -> tuple[list[Candidate], d
                     continue
                 cut_conversations += 1
                 encoded = cut
-            candidates.append(Candidate(source.name, conversation, encoded))
+            candidates.append(Candidate(source.name, conversation, encoded, fixed_split))
         per_source[source.name] = candidates
         stats[source.name] = {"formats": formats, "read": read_stats, "cut_at_turn": cut_conversations}
     if config.dedup.near.enabled:
@@ -436,7 +450,7 @@ def build_sft_corpus(config: SFTCorpusConfig, tokenizer_dir: Path, output_dir: P
             dropped.update(entry["read"].dropped)
         raise LumiError(f"no conversation left after filtering (dropped: {dict(dropped) or 'nothing read'}); "
                         "check the input format, languages and seq_len")
-    by_split = {split: [c for c in candidates if split_of(c, config.val_fraction, config.seed) == split]
+    by_split = {split: [c for c in candidates if (c.split or split_of(c, config.val_fraction, config.seed)) == split]
                 for split in SPLITS}
     if not by_split["train"]:
         raise LumiError(f"all {len(candidates)} conversations went to val; lower val_fraction")

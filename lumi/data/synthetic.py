@@ -6,12 +6,14 @@ object)``). From it come, all seeded:
 
 * corpus documents (short stories that state the facts in varied wordings, town portraits, arithmetic, and quizzes
   that ask *train* facts with train wordings), lazily;
-* SFT pairs and DPO preference pairs, split into *train* and *heldout* facts. Held-out facts are stated in the corpus
-  but never asked anywhere in training. Held-out questions use wordings of which no three-word run appears in
-  training pairs or anywhere in the corpus; their key words (``profession``, ``hometown``, ``parents`` ...) do occur
-  in train wordings and statements, in other sentence frames. So answering them needs the fact (learned from
-  prose), the answering skill (learned from other facts) and the mapping from a new wording to its relation, not a
-  memorised string or a word the world never taught;
+* SFT pairs and DPO preference pairs, split into *train*, *validation* and *heldout* facts. Validation and held-out
+  facts are stated in the corpus but never asked anywhere in training. Each of the two is asked with its own
+  wordings, of which no three-word run appears in training pairs, anywhere in the corpus or in the other's wordings;
+  their key words (``profession``, ``hometown``, ``parents`` ...) do occur in train wordings and statements, in other
+  sentence frames. So answering them needs the fact (learned from prose), the answering skill (learned from other
+  facts) and the mapping from a new wording to its relation, not a memorised string or a word the world never taught.
+  The two are the same kind of test on disjoint facts and wordings: whatever a stage chooses (early stopping, the DPO
+  data and settings) is chosen on validation questions, and held-out questions are only ever reported;
 * cloze items for held-out (or train) facts, whose context is the canonical corpus wording, so they test the fact and
   not the phrasing; their distractors come from the same category, so chance is ``1 / len(choices)``.
 
@@ -31,7 +33,8 @@ from pydantic import Field
 from lumi.core.config import ConfigModel
 from lumi.core.errors import LumiError
 
-Split = Literal["train", "heldout"]
+Split = Literal["train", "validation", "heldout"]
+SPLITS: tuple[Split, ...] = ("train", "validation", "heldout")
 
 
 @dataclass(frozen=True, order=True)
@@ -46,8 +49,9 @@ class Relation:
     """How one relation is stated and asked about.
 
     ``statements[0]`` is the canonical wording: it ends with `` {o}.`` and, cut before the object, gives the cloze
-    context. Held-out question templates share no three-word run with the train templates or any corpus text; the
-    train templates are many and varied so SFT learns key words -> relation rather than a few memorised strings.
+    context. Validation and held-out question templates share no three-word run with the train templates, any corpus
+    text or each other; the train templates are many and varied so SFT learns key words -> relation rather than a few
+    memorised strings.
     """
 
     name: str
@@ -55,6 +59,7 @@ class Relation:
     statements: tuple[str, ...]
     train_questions: tuple[str, ...]
     heldout_questions: tuple[str, ...]
+    validation_questions: tuple[str, ...]
     symmetric: bool = False
     cloze_by_first_name: bool = False  # siblings share a surname, so full-name choices would give the answer away
 
@@ -63,7 +68,8 @@ class Relation:
         return self.statements[0].removesuffix(" {o}.")
 
     def questions(self, split: Split) -> tuple[str, ...]:
-        return self.train_questions if split == "train" else self.heldout_questions
+        return {"train": self.train_questions, "validation": self.validation_questions,
+                "heldout": self.heldout_questions}[split]
 
 
 # Jobs and objects all start with a consonant so "works as a" / "owns a" never hint at the answer through "an".
@@ -101,7 +107,8 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
         train_questions=("Where does {s} live?", "In which town does {s} live?", "Tell me where {s} lives.",
                          "What is {s}'s hometown?", "Where is the home of {s}?", "Name the place where {s} lives.",
                          "Which town is home to {s}?", "In what place does {s} have a home?"),
-        heldout_questions=("Name the town that {s} calls home.", "Which place is the hometown of {s}?")),
+        heldout_questions=("Name the town that {s} calls home.", "Which place is the hometown of {s}?"),
+        validation_questions=("In what town is the residence of {s}?", "Which town has {s} for a resident?")),
     Relation(
         "works_as", "jobs",
         statements=("{s} works as a {o}.", "{s} has a job as a {o}.", "{s} earns a living as a {o}.",
@@ -109,7 +116,8 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
         train_questions=("What does {s} do for work?", "What is the job of {s}?", "What is {s}'s job?",
                          "What is the occupation of {s}?", "What profession is {s} in?", "Name the profession of {s}.",
                          "What trade does {s} follow?", "Tell me the job that {s} does."),
-        heldout_questions=("What occupation does {s} have?", "Which profession does {s} practice?")),
+        heldout_questions=("What occupation does {s} have?", "Which profession does {s} practice?"),
+        validation_questions=("What line of work is {s} in?", "How does {s} make a living?")),
     Relation(
         "owns", "objects",
         statements=("{s} owns a {o}.", "{s} keeps a {o} at home.", "There is a {o} that belongs to {s}.",
@@ -117,7 +125,8 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
         train_questions=("What does {s} own?", "What object belongs to {s}?", "Which thing does {s} own?",
                          "What thing does {s} possess?", "What is {s}'s property?", "Name the object that {s} owns.",
                          "Tell me what {s} keeps at home.", "Which item is owned by {s}?"),
-        heldout_questions=("Name an item that {s} possesses.", "Tell me which thing is the property of {s}.")),
+        heldout_questions=("Name an item that {s} possesses.", "Tell me which thing is the property of {s}."),
+        validation_questions=("Which object does {s} have at home?", "Say what kind of object {s} has.")),
     Relation(
         "likes", "foods",
         statements=("{s}'s favorite food is {o}.", "{s} loves to eat {o}.", "Of all foods, {s} likes {o} best.",
@@ -127,7 +136,8 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
                          "Which meal makes {s} happiest?", "Name the food that {s} likes most.",
                          "Tell me the dish {s} would choose.", "What would {s} eat every day if possible?"),
         heldout_questions=("Which dish would {s} pick above all others?",
-                           "If {s} could only eat one thing, what would it be?")),
+                           "If {s} could only eat one thing, what would it be?"),
+        validation_questions=("Which food does {s} enjoy the most?", "Name the meal {s} prefers most.")),
     Relation(
         "friend_of", "people", symmetric=True,
         statements=("{s} is a friend of {o}.", "{s} and {o} are good friends.",
@@ -135,7 +145,8 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
         train_questions=("Who is {s}'s friend?", "Who is a friend of {s}?", "Who is a pal of {s}?",
                          "Who does {s} spend time with?", "Which person is a close friend of {s}?",
                          "Name a friend of {s}.", "Who shares a friendship with {s}?", "Tell me who is friends with {s}."),
-        heldout_questions=("With whom does {s} share a close friendship?", "Name the pal of {s}.")),
+        heldout_questions=("With whom does {s} share a close friendship?", "Name the pal of {s}."),
+        validation_questions=("Who counts as a friend to {s}?", "Whose friendship does {s} value?")),
     Relation(
         "sibling_of", "people", symmetric=True, cloze_by_first_name=True,
         statements=("{s} has a sibling named {o}.", "{s} and {o} are siblings.",
@@ -144,7 +155,8 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
         train_questions=("Who is {s}'s sibling?", "Who is the sibling of {s}?", "Who has the same parents as {s}?",
                          "Who is a brother or a sister of {s}?", "Which person is in the same family as {s}?",
                          "Name the sibling of {s}.", "Tell me who the sibling of {s} is.", "Who grew up with {s}?"),
-        heldout_questions=("Which person shares parents with {s}?", "Name the brother or sister of {s}.")),
+        heldout_questions=("Which person shares parents with {s}?", "Name the brother or sister of {s}."),
+        validation_questions=("Who is related to {s} as a sibling?", "Which sister or brother does {s} have?")),
 )}
 
 # Story and document furniture. None of it asserts anything about an entity, so no document contradicts the world.
@@ -173,9 +185,10 @@ QUIZ_HEADERS = ("Questions and answers about the people of the valley.", "A shor
                 "Here are some questions, each with its answer.")
 DRILL_HEADERS = ("Here are some number facts.", "Let us practice with numbers.", "Some arithmetic to learn:")
 UNHELPFUL = ("I do not know.", "I cannot say.", "That is a question for someone else.", "Sorry, I have no idea.")
-# The rejected answers of preference pairs, by share: the ways the demo's SFT models answer wrongly on their own
-# (stating another fact of the subject was most of their held-out errors; "Milo Goldley." for "Milo Goldley owns a
-# map." the one DPO tended to add), plus the classic wrong fact and refusal.
+# The rejected answers of preference pairs, by share: the classic wrong fact and refusal, plus the ways the demo's SFT
+# models answer wrongly on their own (another fact of the subject; the bare name, "Milo Goldley." for "Milo Goldley
+# owns a map."). The last two were read off seed 0's held-out answers before the world had a validation split; the
+# seed benchmark (docs/BENCHMARKS.md) measures the mix on validation questions over seeds.
 REJECTED_KINDS = {"wrong_object": 0.5,    # the asked relation with another object of its category
                   "unhelpful": 0.15,      # one of UNHELPFUL
                   "incomplete": 0.1,      # the subject's name and a full stop
@@ -208,12 +221,13 @@ def _paragraphs(*groups: list[str]) -> str:
 class SyntheticWorld:
     """People, towns and the facts joining them, plus every text derived from them. Build with ``generate``."""
 
-    def __init__(self, seed: int, people: list[str], towns: list[str], facts: list[Fact], heldout: frozenset[Fact]):
+    def __init__(self, seed: int, people: list[str], towns: list[str], facts: list[Fact],
+                 split_of: dict[Fact, Split]):
         self.seed = seed
         self.people = people
         self.towns = towns
         self.facts = facts
-        self._heldout = heldout
+        self._split_of = split_of
         self._objects: dict[str, dict[str, str]] = {person: {} for person in people}
         for fact in facts:
             self._objects[fact.subject][fact.relation] = fact.object
@@ -225,13 +239,16 @@ class SyntheticWorld:
 
     @classmethod
     def generate(cls, seed: int = 0, num_people: int = 300, num_places: int = 40,
-                 heldout_fraction: float = 0.2) -> SyntheticWorld:
+                 heldout_fraction: float = 0.2, validation_fraction: float = 0.1) -> SyntheticWorld:
         if num_people < 8:
             raise LumiError(f"synthetic world: people must be at least 8 (got {num_people})")
         if not 4 <= num_places <= len(TOWN_NAMES):
             raise LumiError(f"synthetic world: places must be between 4 and {len(TOWN_NAMES)} (got {num_places})")
         if not 0 < heldout_fraction < 1:
             raise LumiError(f"synthetic world: heldout_fraction must be between 0 and 1 (got {heldout_fraction})")
+        if not (0 < validation_fraction and heldout_fraction + validation_fraction < 1):
+            raise LumiError(f"synthetic world: validation_fraction must be above 0 and leave train facts after "
+                            f"heldout_fraction (got {validation_fraction} + {heldout_fraction})")
         rng = random.Random(f"lumi-synthetic/{seed}/world")
         towns = rng.sample(TOWN_NAMES, num_places)
         people, siblings = _invent_families(rng, num_people)
@@ -243,7 +260,7 @@ class SyntheticWorld:
             facts += [Fact(person, relation, partners[person])
                       for relation, partners in (("friend_of", friends), ("sibling_of", siblings))
                       if person in partners]
-        return cls(seed, people, towns, facts, _heldout_facts(seed, facts, heldout_fraction))
+        return cls(seed, people, towns, facts, _split_facts(seed, facts, heldout_fraction, validation_fraction))
 
     # ----- corpus -----
 
@@ -364,7 +381,9 @@ class SyntheticWorld:
 
     def split_facts(self, split: Split) -> list[Fact]:
         """The facts of one split. A symmetric pair (A friend of B, B friend of A) is always in the same split."""
-        return [fact for fact in self.facts if (fact in self._heldout) == (split == "heldout")]
+        if split not in SPLITS:
+            raise LumiError(f"synthetic world: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        return [fact for fact in self.facts if self._split_of[fact] == split]
 
     def sft_pairs(self, split: Split) -> list[dict[str, str]]:
         """One ``{"prompt", "response"}`` per fact of the split and question template of the split; the response is
@@ -459,20 +478,26 @@ def _match_friends(rng: random.Random, people: list[str], siblings: dict[str, st
     return friends
 
 
-def _heldout_facts(seed: int, facts: list[Fact], fraction: float) -> frozenset[Fact]:
-    """Hold out ``fraction`` of each relation's facts, keeping both directions of a symmetric pair together (else
-    the train half would give the held-out half away)."""
+def _split_facts(seed: int, facts: list[Fact], heldout_fraction: float,
+                 validation_fraction: float) -> dict[Fact, Split]:
+    """Hold out ``heldout_fraction`` of each relation's facts and set ``validation_fraction`` aside for validation
+    (at least one of each), keeping both directions of a symmetric pair together (else the train half would give
+    the other away). The held-out facts are the first of one seeded shuffle, so adding the validation split left a
+    seed's held-out facts as they were."""
     rng = random.Random(f"lumi-synthetic/{seed}/split")
-    heldout: list[Fact] = []
+    split_of: dict[Fact, Split] = {fact: "train" for fact in facts}
     for name, relation in RELATIONS.items():
         units = [[fact] for fact in facts if fact.relation == name]
         if relation.symmetric:
             units = [[fact, Fact(fact.object, name, fact.subject)] for fact in facts
                      if fact.relation == name and fact.subject < fact.object]
         rng.shuffle(units)
-        for unit in units[:max(1, round(len(units) * fraction))]:
-            heldout += unit
-    return frozenset(heldout)
+        heldout_end = max(1, round(len(units) * heldout_fraction))
+        validation_end = heldout_end + max(1, round(len(units) * validation_fraction))
+        for index, unit in enumerate(units[:validation_end]):
+            for fact in unit:
+                split_of[fact] = "heldout" if index < heldout_end else "validation"
+    return split_of
 
 
 class SyntheticSourceConfig(ConfigModel):
@@ -486,12 +511,15 @@ class SyntheticSourceConfig(ConfigModel):
     places: int = Field(default=40, ge=4, le=len(TOWN_NAMES), description="towns in the world")
     heldout_fraction: float = Field(default=0.2, gt=0, lt=1,
                                     description=("share of facts held out from SFT/DPO training pairs (asked only in "
-                                                 "evaluation)"))
+                                                 "the evaluations that report, never to choose anything)"))
+    validation_fraction: float = Field(default=0.1, gt=0, lt=1,
+                                       description=("share of facts kept out of training pairs to choose settings on "
+                                                    "(early stopping, DPO data and settings): the SFT/DPO val split"))
 
     def world_options(self) -> dict[str, int | float]:
         """Keyword arguments of ``SyntheticWorld.generate``: later stages rebuild the same world from them."""
         return {"seed": self.seed, "num_people": self.people, "num_places": self.places,
-                "heldout_fraction": self.heldout_fraction}
+                "heldout_fraction": self.heldout_fraction, "validation_fraction": self.validation_fraction}
 
     def world(self) -> SyntheticWorld:
         return SyntheticWorld.generate(**self.world_options())

@@ -91,7 +91,9 @@ class SyntheticQAConfig(ConfigModel):
 
     world: SyntheticSourceConfig = Field(description="{\"from\": corpus config} (its synthetic source, the same "
                                                      "world), or the world's settings themselves")
-    split: Literal["heldout", "train"] = Field("heldout", description="which facts (and question wordings)")
+    split: Literal["heldout", "validation", "train"] = Field(
+        "heldout", description="which facts (and question wordings): validation to choose settings on, heldout "
+                               "only to report")
 
     @field_validator("world", mode="before")
     @classmethod

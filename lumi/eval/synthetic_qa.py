@@ -1,4 +1,4 @@
-"""Exact-match question answering on the synthetic world's held-out facts: the SFT skill measured.
+"""Exact-match question answering on the synthetic world's held-out (or validation) facts: the SFT skill measured.
 
 Each held-out fact is asked with each of its relation's held-out question wordings (never in the SFT data nor in the
 corpus); the prompt goes through the model's chat template (one user turn, an open assistant turn), the answer is
@@ -21,7 +21,7 @@ from lumi.eval.loglikelihood import encode
 from lumi.eval.scoring import mean_and_stderr
 from lumi.formats.records import read_json_lines
 
-SPLITS = ("heldout", "train")
+SPLITS = ("heldout", "validation", "train")
 REFUSALS = frozenset(" ".join(text.split()).lower() for text in UNHELPFUL)
 
 

@@ -38,7 +38,8 @@ trained on, so the world is defined once)."""
     dataset: str | None = Field(None, description="datasets.load_dataset name (hub) or builder (json)")
     dataset_config: str | None = Field(None, description="its config name")
     data_files: str | list[str] | None = Field(None, description="data_files for load_dataset")
-    split: str | None = Field(None, description="dataset split; synthetic_cloze: heldout (default) or train")
+    split: str | None = Field(None, description="dataset split; synthetic_cloze: heldout (default), validation "
+                                                "or train")
     world: SyntheticSourceConfig | None = Field(None, description="synthetic_cloze: {\"from\": corpus config} (its "
                                                                   "synthetic source, the same world), or the world's "
                                                                   "settings themselves")

@@ -12,7 +12,7 @@ from lumi.core.errors import LumiError
 from lumi.data.synthetic import SyntheticSourceConfig
 from lumi.eval.tasks.base import Record, Task, TaskItem, TaskSource, choice_item
 
-SPLITS = ("heldout", "train")
+SPLITS = ("heldout", "validation", "train")
 
 
 def read(source: TaskSource) -> list[Record]:
