@@ -66,19 +66,23 @@ SKIP_STEPS = 10  # untimed first steps, both sides
 LUMI_CODE = ("model.py", "lm/loss.py", "train/optim.py", "train/step.py")  # a change here retrains Lumi's runs
 
 
+def litgpt_init(arch: dict) -> dict:
+    """litgpt's pretraining init for a shape: std sqrt(2/5d), output projections 1/(sqrt(d) n_layers)."""
+    return {"init_std": math.sqrt(2 / 5 / arch["hidden_size"]),
+            "output_init_std": 1 / math.sqrt(arch["hidden_size"]) / arch["num_layers"]}
+
+
 # name -> (pretraining config fields, architecture fields as a function of the architecture, BOS targets scored)
 LUMI_RUNS = {
     "lumi_recipe": ({"optimizer": "muon", "schedule": "wsd"}, None, False),
     "lumi_adamw": ({"optimizer": "adamw", "schedule": "cosine"}, None, False),
-    "adamw_init_0.02": ({"optimizer": "adamw", "schedule": "cosine"},
-                        lambda arch: {"init_std": 0.02, "output_init_std": 0.02}, False),
-    "adamw_no_output_scale": ({"optimizer": "adamw", "schedule": "cosine"},
-                              lambda arch: {"output_init_std": math.sqrt(2 / 5 / arch["hidden_size"])}, False),
+    "adamw_litgpt_init": ({"optimizer": "adamw", "schedule": "cosine"}, litgpt_init, False),
+    "adamw_litgpt_init_no_output_scale": ({"optimizer": "adamw", "schedule": "cosine"},
+                                          lambda arch: {"init_std": litgpt_init(arch)["init_std"]}, False),
     "adamw_decay_all": ({"optimizer": "adamw", "schedule": "cosine", "decay_embeddings_and_norms": True}, None, False),
     "adamw_no_masking": ({"optimizer": "adamw", "schedule": "cosine", "document_masking": False}, None, False),
     "adamw_bos_targets": ({"optimizer": "adamw", "schedule": "cosine"}, None, True),
-    "recipe_init_0.02": ({"optimizer": "muon", "schedule": "wsd"},
-                         lambda arch: {"init_std": 0.02, "output_init_std": 0.02}, False),
+    "recipe_litgpt_init": ({"optimizer": "muon", "schedule": "wsd"}, litgpt_init, False),
     "recipe_no_masking": ({"optimizer": "muon", "schedule": "wsd", "document_masking": False}, None, False),
 }
 

@@ -113,7 +113,7 @@ class BareLlama(nn.Module):
         self.register_buffer("sin", angles.sin(), persistent=False)
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=arch.weight_init_std)
+                nn.init.normal_(module.weight, std=arch.init_std)
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         length = inputs.shape[1]

@@ -8,7 +8,6 @@ model config and the generation config so ``generate`` stops at EOS and pads wit
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -38,16 +37,13 @@ class ArchitectureConfig(ConfigModel):
     rope_theta: float = Field(gt=0, description="RoPE base frequency")
     tie_embeddings: bool = Field(description="share the input embedding and the output head")
     dropout: float = Field(ge=0.0, lt=1.0, description="attention dropout (LLaMA has no other dropout site)")
-    # Default init measured in docs/BENCHMARKS.md (bench_litgpt.py, micro, 3 seeds) against the former 0.02 for
-    # every weight: litgpt's pretraining init (GPT-NeoX's), which AdamW trained to a lower val loss at equal tokens.
-    init_std: float | None = Field(None, gt=0.0, le=1.0,
-                                   description="std of the normal init of linear and embedding weights (default: "
-                                               "sqrt(2 / (5 hidden_size)), litgpt's and GPT-NeoX's 'small init'; "
-                                               "measured against 0.02 in docs/BENCHMARKS.md)")
+    init_std: float = Field(gt=0.0, le=1.0, description="std of the normal init of linear and embedding weights "
+                                                     "(litgpt's sqrt(2 / (5 hidden_size)) is better for AdamW, 0.02 "
+                                                     "for Muon: docs/BENCHMARKS.md, peer benchmark)")
     output_init_std: float | None = Field(None, gt=0.0, le=1.0,
                                           description="std of the normal init of the attention and MLP output "
                                                       "projections, which add into the residual stream (default: "
-                                                      "1 / (sqrt(hidden_size) num_layers), litgpt's)")
+                                                      "init_std; litgpt: 1 / (sqrt(hidden_size) num_layers))")
     rms_norm_eps: float = Field(gt=0.0, lt=1e-2, description="RMSNorm epsilon")
 
     @model_validator(mode="after")
@@ -63,17 +59,6 @@ class ArchitectureConfig(ConfigModel):
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
-
-    @property
-    def weight_init_std(self) -> float:
-        return self.init_std if self.init_std is not None else math.sqrt(2 / (5 * self.hidden_size))
-
-    @property
-    def residual_init_std(self) -> float:
-        """The output projections' std: a residual stream summing 2 x num_layers of them stays O(1) at init."""
-        if self.output_init_std is not None:
-            return self.output_init_std
-        return 1 / (math.sqrt(self.hidden_size) * self.num_layers)
 
 
 def load_architecture(name_or_path: str | Path, vocab_size: int | None = None) -> ArchitectureConfig:
@@ -103,7 +88,7 @@ def llama_config(arch: ArchitectureConfig, attn_implementation: str = "sdpa") ->
         rope_parameters={"rope_type": "default", "rope_theta": arch.rope_theta},
         tie_word_embeddings=arch.tie_embeddings,
         attention_dropout=arch.dropout,
-        initializer_range=arch.weight_init_std,
+        initializer_range=arch.init_std,
         rms_norm_eps=arch.rms_norm_eps,
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
@@ -120,10 +105,11 @@ def generation_config() -> GenerationConfig:
 def build_model(arch: ArchitectureConfig, attn_implementation: str = "sdpa") -> LlamaForCausalLM:
     """A freshly initialised model (weights drawn from torch's global RNG: seed it first for reproducibility)."""
     model = LlamaForCausalLM(llama_config(arch, attn_implementation))
-    with torch.no_grad():  # transformers draws every weight with one std; the output projections get their own
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.normal_(0.0, arch.residual_init_std)
-            layer.mlp.down_proj.weight.normal_(0.0, arch.residual_init_std)
+    if arch.output_init_std is not None:  # transformers draws every weight with one std; these get their own
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.o_proj.weight.normal_(0.0, arch.output_init_std)
+                layer.mlp.down_proj.weight.normal_(0.0, arch.output_init_std)
     model.generation_config = generation_config()
     return model
 

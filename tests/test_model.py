@@ -156,23 +156,20 @@ def test_initial_loss_is_close_to_uniform():
     ids = torch.randint(6, arch.vocab_size, (4, 128))
     with torch.no_grad():
         loss = float(causal_lm_loss(model, ids, document_masking=False))
-    expected = math.log(arch.vocab_size) + arch.weight_init_std ** 2 * arch.hidden_size / 2
+    expected = math.log(arch.vocab_size) + arch.init_std ** 2 * arch.hidden_size / 2
     assert abs(loss - expected) / expected < 0.01
 
 
-def test_init_draws_output_projections_with_their_own_std():
+def test_init_draws_output_projections_with_their_own_std_when_set():
     torch.manual_seed(0)
     arch = load_architecture("micro", vocab_size=2048)
-    model = build_model(arch)
-    assert arch.weight_init_std == pytest.approx(math.sqrt(2 / (5 * 128)))  # litgpt's default for micro
-    assert arch.residual_init_std == pytest.approx(1 / (math.sqrt(128) * 4))
-    for name, param in model.named_parameters():
-        if param.ndim == 2:
-            expected = arch.residual_init_std if name.endswith(("o_proj.weight", "down_proj.weight")) \
-                else arch.weight_init_std
-            assert float(param.std()) == pytest.approx(expected, rel=0.05), name
-    pinned = load_architecture("micro").model_copy(update={"init_std": 0.02, "output_init_std": 0.02})
-    assert pinned.weight_init_std == pinned.residual_init_std == 0.02  # a config may still pin the old init
+    litgpt = arch.model_copy(update={"init_std": math.sqrt(2 / (5 * 128)), "output_init_std": 1 / (math.sqrt(128) * 4)})
+    for config, output_std in ((arch, arch.init_std), (litgpt, litgpt.output_init_std)):
+        model = build_model(config)
+        for name, param in model.named_parameters():
+            if param.ndim == 2:
+                expected = output_std if name.endswith(("o_proj.weight", "down_proj.weight")) else config.init_std
+                assert float(param.std()) == pytest.approx(expected, rel=0.05), name
 
 
 def test_rows_laid_end_to_end_give_the_same_loss(monkeypatch):
