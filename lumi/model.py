@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from pydantic import Field, model_validator
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -36,7 +37,13 @@ class ArchitectureConfig(ConfigModel):
     rope_theta: float = Field(gt=0, description="RoPE base frequency")
     tie_embeddings: bool = Field(description="share the input embedding and the output head")
     dropout: float = Field(ge=0.0, lt=1.0, description="attention dropout (LLaMA has no other dropout site)")
-    init_std: float = Field(gt=0.0, le=1.0, description="std of the normal init of linear and embedding weights")
+    init_std: float = Field(gt=0.0, le=1.0, description="std of the normal init of linear and embedding weights "
+                                                     "(litgpt's sqrt(2 / (5 hidden_size)) is better for AdamW, 0.02 "
+                                                     "for Muon: docs/BENCHMARKS.md, peer benchmark)")
+    output_init_std: float | None = Field(None, gt=0.0, le=1.0,
+                                          description="std of the normal init of the attention and MLP output "
+                                                      "projections, which add into the residual stream (default: "
+                                                      "init_std; litgpt: 1 / (sqrt(hidden_size) num_layers))")
     rms_norm_eps: float = Field(gt=0.0, lt=1e-2, description="RMSNorm epsilon")
 
     @model_validator(mode="after")
@@ -98,6 +105,11 @@ def generation_config() -> GenerationConfig:
 def build_model(arch: ArchitectureConfig, attn_implementation: str = "sdpa") -> LlamaForCausalLM:
     """A freshly initialised model (weights drawn from torch's global RNG: seed it first for reproducibility)."""
     model = LlamaForCausalLM(llama_config(arch, attn_implementation))
+    if arch.output_init_std is not None:  # transformers draws every weight with one std; these get their own
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.o_proj.weight.normal_(0.0, arch.output_init_std)
+                layer.mlp.down_proj.weight.normal_(0.0, arch.output_init_std)
     model.generation_config = generation_config()
     return model
 

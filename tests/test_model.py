@@ -147,13 +147,29 @@ def test_loss_matches_transformers_own_loss_and_is_independent_of_chunking():
 
 
 def test_initial_loss_is_close_to_uniform():
+    """At init the logits are ~ N(0, s^2) with s = init std x sqrt(hidden) (the final RMSNorm makes the hidden state's
+    RMS 1, the head is the tied embedding), so the loss is log(vocab) + s^2 / 2 (log-normal mean of the partition
+    sum); a wrong init scale or a broken head moves it away from that."""
     torch.manual_seed(0)
     arch = load_architecture("micro")
     model = build_model(arch).eval()
     ids = torch.randint(6, arch.vocab_size, (4, 128))
     with torch.no_grad():
         loss = float(causal_lm_loss(model, ids, document_masking=False))
-    assert abs(loss - math.log(arch.vocab_size)) / math.log(arch.vocab_size) < 0.02
+    expected = math.log(arch.vocab_size) + arch.init_std ** 2 * arch.hidden_size / 2
+    assert abs(loss - expected) / expected < 0.01
+
+
+def test_init_draws_output_projections_with_their_own_std_when_set():
+    torch.manual_seed(0)
+    arch = load_architecture("micro", vocab_size=2048)
+    litgpt = arch.model_copy(update={"init_std": math.sqrt(2 / (5 * 128)), "output_init_std": 1 / (math.sqrt(128) * 4)})
+    for config, output_std in ((arch, arch.init_std), (litgpt, litgpt.output_init_std)):
+        model = build_model(config)
+        for name, param in model.named_parameters():
+            if param.ndim == 2:
+                expected = output_std if name.endswith(("o_proj.weight", "down_proj.weight")) else config.init_std
+                assert float(param.std()) == pytest.approx(expected, rel=0.05), name
 
 
 def test_rows_laid_end_to_end_give_the_same_loss(monkeypatch):

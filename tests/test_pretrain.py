@@ -157,6 +157,9 @@ def test_no_weight_decay_on_norms_and_embeddings():
         assert not any("norm" in n or "embed_tokens" in n for n in decayed)
         assert ("lm_head.weight" in decayed) == (not tied)
         assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == model.num_parameters()
+        groups_all = parameter_groups(model, 0.1, decay_all=True)
+        assert [g["weight_decay"] for g in groups_all] == [0.1, 0.1]  # litgpt's: every parameter decayed
+        assert [len(g["params"]) for g in groups_all] == [len(decay["params"]), len(no_decay["params"])]
 
 
 def test_muon_takes_the_hidden_matrices_and_adamw_embeddings_head_and_norms():

@@ -32,8 +32,10 @@ from lumi.lm.scoring import score_packed_split, summarize
 
 
 def evaluate_packed_split(model: PreTrainedModel, split: PackedSplit, batch_size: int = 8, max_rows: int | None = None,
-                          device: torch.device | str | None = None) -> dict[str, Any]:
-    """Mean loss (nats/token), perplexity and bits per byte over the first ``max_rows`` rows (all by default).
+                          device: torch.device | str | None = None, document_masking: bool = True) -> dict[str, Any]:
+    """Mean loss (nats/token), perplexity and bits per byte over the first ``max_rows`` rows (all by default), each
+    document scored alone (``document_masking``, the trainer's metric) or, with it off, whole rows under a plain
+    causal mask (documents see the ones before them in the row).
 
     Restores the model's train/eval mode afterwards, so the trainer can call it mid-run.
     """
@@ -41,7 +43,7 @@ def evaluate_packed_split(model: PreTrainedModel, split: PackedSplit, batch_size
     was_training = model.training
     model.eval()
     try:
-        score = score_packed_split(split, lambda batch: summed_nats(model, batch.to(device), document_masking=True),
+        score = score_packed_split(split, lambda batch: summed_nats(model, batch.to(device), document_masking=document_masking),
                                    batch_size, max_rows)
     finally:
         model.train(was_training)

@@ -46,6 +46,8 @@ class TrainerConfig(ConfigModel):
     adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
     weight_decay: float = Field(0.1, ge=0, description="decoupled decay of linear weights (never norms or "
                                                        "embeddings)")
+    decay_embeddings_and_norms: bool = Field(
+        False, description="weight decay on every parameter (litgpt's default) instead of the linear weights only")
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 disables clipping")
 
     seed: int = Field(1234, description="seeds the init, the data order and every RNG")

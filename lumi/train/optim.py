@@ -22,22 +22,24 @@ from torch.optim.lr_scheduler import LambdaLR
 from lumi.train.config import TrainerConfig
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: matrices of linear layers (decayed) and everything else (norms, embeddings, no decay)."""
+def parameter_groups(model: nn.Module, weight_decay: float, decay_all: bool = False) -> list[dict]:
+    """Two AdamW groups: matrices of linear layers (decayed) and everything else (norms, embeddings: not decayed
+    unless ``decay_all``)."""
     embedding_params = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
     decay, no_decay = [], []
     for param in model.parameters():  # yields each shared (tied) parameter once
         if not param.requires_grad:
             continue
         (decay if param.ndim >= 2 and id(param) not in embedding_params else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": weight_decay if decay_all else 0.0}]
 
 
-def muon_split(model: nn.Module, weight_decay: float) -> tuple[list[dict], list[dict]]:
+def muon_split(model: nn.Module, weight_decay: float, decay_all: bool = False) -> tuple[list[dict], list[dict]]:
     """(Muon groups, AdamW groups): the hidden 2-D matrices to Muon; an untied output head (decayed), norms and
     embeddings (not decayed) to AdamW. Empty groups are left out."""
     head_params = {id(p) for p in model.get_output_embeddings().parameters()}
-    decay, no_decay = parameter_groups(model, weight_decay)
+    decay, no_decay = parameter_groups(model, weight_decay, decay_all)
     matrices = [p for p in decay["params"] if id(p) not in head_params and p.ndim == 2]
     adamw_decay = [p for p in decay["params"] if id(p) in head_params or p.ndim != 2]
     groups = [{"params": adamw_decay, "weight_decay": weight_decay}, no_decay]
@@ -84,8 +86,9 @@ def build_optimizer(model: nn.Module, config: TrainerConfig) -> torch.optim.Opti
     adamw_settings = {"lr": config.lr, "betas": (config.adam_beta1, config.adam_beta2), "eps": config.adam_eps,
                       "fused": on_cuda or None}
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(parameter_groups(model, config.weight_decay), **adamw_settings)
-    muon_groups, adamw_groups = muon_split(model, config.weight_decay)
+        return torch.optim.AdamW(parameter_groups(model, config.weight_decay, config.decay_embeddings_and_norms),
+                                 **adamw_settings)
+    muon_groups, adamw_groups = muon_split(model, config.weight_decay, config.decay_embeddings_and_norms)
     muon = torch.optim.Muon(muon_groups, lr=config.muon_lr or config.lr, momentum=config.muon_momentum,
                             adjust_lr_fn="match_rms_adamw")
     return MuonAdamW(muon, torch.optim.AdamW(adamw_groups, **adamw_settings))
