@@ -20,7 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lumi.eval.gguf_agreement import PROBE_TEXTS, llama_cpp_version, llama_greedy, lumi_ids, open_gguf  # noqa: E402
-from lumi.formats.model_io import load_model, load_tokenizer  # noqa: E402
+from lumi.formats.model_io import load_tokenizer  # noqa: E402
+from lumi.loading import load_model  # noqa: E402
 from lumi.generation.engine import Engine  # noqa: E402
 from lumi.generation.sampling import SamplingParams  # noqa: E402
 
@@ -41,7 +42,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_model(args.model_path, device="cpu", dtype="float32")
+    model = load_model(args.model_path, "model to benchmark", dtype="float32", device="cpu")
     tokenizer = load_tokenizer(args.model_path)
     prompts = [[tokenizer.bos_token_id, *lumi_ids(tokenizer, text)[:32]] for text in PROBE_TEXTS[:8]]
     n = args.new_tokens

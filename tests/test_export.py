@@ -31,7 +31,8 @@ from lumi.eval.gguf_agreement import (PROBE_TEXTS, llama_greedy, llama_ids, llam
 from lumi.formats.gguf import DTYPES
 from lumi.formats.gguf_tokenizer import gguf_vocab
 from lumi.formats.model_card import write_model_card
-from lumi.formats.model_io import load_model, load_tokenizer
+from lumi.formats.model_io import load_tokenizer
+from lumi.loading import load_model
 from lumi.lora import save_adapter, wrap_lora
 from lumi.model import ArchitectureConfig, build_model
 from lumi.stages.tokenizer import TokenizerConfig, train_tokenizer
@@ -167,7 +168,7 @@ def test_llama_cpp_applies_the_chat_template_to_lumi_ids(llama_cpp, exported):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_logits_and_greedy_on_32_prompts(llama_cpp, exported, held_out, dtype):
     tokenizer = load_tokenizer(exported["model"])
-    model = load_model(exported["model"], device="cpu", dtype="float32")
+    model = load_model(exported["model"], "test model", dtype="float32", device="cpu")
     prompts = _prompts(held_out[1], tokenizer)
     llm = open_gguf(exported[dtype], n_ctx=max(map(len, prompts)) + NEW_TOKENS, kv_f32=True)
     diffs = [float(np.abs(lumi_logits(model, ids) - llama_logits(llm, ids)).max()) for ids in prompts]
@@ -189,7 +190,7 @@ def test_verify_records_agreement(llama_cpp, exported):
 
 def test_lora_adapter_is_merged_first(llama_cpp, exported):
     root, base = exported["root"], exported["model"]
-    model = wrap_lora(load_model(base, device="cpu", dtype="float32"), r=4, alpha=8, dropout=0.0,
+    model = wrap_lora(load_model(base, "test model", dtype="float32", device="cpu"), r=4, alpha=8, dropout=0.0,
                       target_modules=["q_proj", "k_proj", "down_proj"])
     torch.manual_seed(0)
     with torch.no_grad():  # LoRA's B starts at zero: make the adapter change the model
@@ -199,8 +200,8 @@ def test_lora_adapter_is_merged_first(llama_cpp, exported):
     save_adapter(model, base, root / "adapter", base)
     assert main(["export", "--model-path", str(root / "adapter"), "--dtype", "f32",
                  "--output-dir", str(root / "adapter_gguf")]) == 0
-    merged = load_model(root / "adapter", device="cpu", dtype="float32")
-    plain = load_model(base, device="cpu", dtype="float32")
+    merged = load_model(root / "adapter", "test model", dtype="float32", device="cpu")
+    plain = load_model(base, "test model", dtype="float32", device="cpu")
     ids = _prompts(PROBE_TEXTS, load_tokenizer(base), count=1)[0]
     llm = open_gguf(root / "adapter_gguf" / "model-f32.gguf", n_ctx=len(ids), kv_f32=True)
     got = llama_logits(llm, ids)

@@ -11,7 +11,7 @@ from eval_helpers import head_lines, make_tiny_model_dir, write_tokenizer
 from lumi.eval.harness import write_lm_eval_task
 from lumi.eval.scoring import score_items
 from lumi.eval.tasks import TaskSource, get_task
-from lumi.formats.model_io import load_for_evaluation
+from lumi.loading import load_for_evaluation
 from lumi.generation.engine import Engine
 from lumi.serve.api import ServerSettings, create_app
 from lumi.serve.checkpoint import load_for_serving
