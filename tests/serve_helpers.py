@@ -17,4 +17,5 @@ def make_serving_dirs(root: Path, max_seq_len: int = 128) -> dict[str, Path]:
     chat = make_tiny_model_dir(root / "chat", tokenizer_dir, max_seq_len=max_seq_len)
     template = get_template("chatml")
     save_chat_tokenizer(chat_tokenizer(tokenizer_dir, template), template, chat, tokenizer_dir)
+    (chat / "tokenizer_meta.json").unlink()  # its tokenizer files are no longer stage 20's, as in an SFT checkpoint
     return {"base": base, "chat": chat}

@@ -212,7 +212,8 @@ def test_evaluate_dpo_matches_the_trainer_and_compares_with_sft(workspace, lora_
     """Stage 95: the held-out rewards of the final adapter (reference: the SFT base it records) equal the trainer's
     last val metrics (same pairs, same math); answers are generated for held-out prompts; --compare takes the SFT
     model's results."""
-    qa = {"world": {"type": "synthetic", "people": 8, "places": 4}, "max_items": 3, "max_new_tokens": 4}
+    # the world of the DPO data (workspace): evaluate refuses a model of another world
+    qa = {"world": {"type": "synthetic", "people": 20, "places": 4}, "max_items": 3, "max_new_tokens": 4}
     sft_config, dpo_config = tmp_path / "sft_eval.json", tmp_path / "dpo_eval.json"
     atomic_write_json(sft_config, {"batch_size": 4, "synthetic_qa": qa})
     atomic_write_json(dpo_config, {"batch_size": 4, "synthetic_qa": qa, "preference": [{

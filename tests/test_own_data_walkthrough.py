@@ -16,6 +16,7 @@ import pytest
 from conftest import REPO_ROOT
 
 from lumi.cli import VERBS, main
+from lumi.core.config import CONFIG_DIR
 from lumi.core.stage_args import OUTPUT_ROOT
 from lumi.data.preference import read_dpo_manifest
 from lumi.data.sft_corpus import read_sft_manifest
@@ -195,4 +196,4 @@ def test_10_one_rule_for_default_configs_and_outputs():
         if output is not None:
             assert output.parts[0] == OUTPUT_ROOT.name, (verb, output)
         if config is not None:
-            assert "demo" not in str(config.relative_to(REPO_ROOT / "config")), (verb, config)
+            assert "demo" not in str(config.relative_to(CONFIG_DIR)), (verb, config)

@@ -47,7 +47,8 @@ def test_the_wheel_runs_stage_10_from_an_empty_directory(installed, tmp_path):
     origin = subprocess.run([str(installed), "-c", "import lumi; print(lumi.__file__)"], cwd=tmp_path,
                             capture_output=True, text=True, check=True).stdout
     assert str(REPO_ROOT) not in origin, origin  # the wheel's copy, not this checkout
-    result = lumi(installed, tmp_path, "corpus", "--output-dir", "corpus", "--set", "sources.0.documents=200")
+    result = lumi(installed, tmp_path, "corpus", "--config", "demo/corpus.json", "--output-dir", "corpus",
+                  "--set", "sources.0.documents=200")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "corpus" / "manifest.json").is_file()
     shown = lumi(installed, tmp_path, "config", "show", "config/demo/corpus.json")

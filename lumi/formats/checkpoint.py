@@ -66,9 +66,11 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(directory: Path, write_model: Callable[[Path], None], trainer_state: dict[str, Any],
-                    config_file: str, config: dict[str, Any], overwrite: bool = False) -> Path:
+                    config_file: str, config: dict[str, Any], overwrite: bool = False,
+                    describe: Callable[[Path], None] | None = None) -> Path:
     """Write one checkpoint directory atomically: ``write_model(staging_dir)`` puts the loadable model there (the
-    objective's ``save_model``), then the trainer state and the resolved settings (``config_file``) go beside it.
+    objective's ``save_model``), then the trainer state and the resolved settings (``config_file``) go beside it,
+    then ``describe(staging_dir)`` (the model card of ``final/``), read from those files, before the checksums.
     ``overwrite`` replaces an existing one (``final/``)."""
     with staged_output_dir(directory, force=overwrite) as staging:
         write_model(staging)
@@ -76,6 +78,8 @@ def save_checkpoint(directory: Path, write_model: Callable[[Path], None], traine
         atomic_write_json(staging / config_file, config)
         summary = {k: v for k, v in trainer_state.items() if isinstance(v, (int, float, str))}
         atomic_write_json(staging / SUMMARY_FILE, summary)
+        if describe is not None:
+            describe(staging)
         # Last: its presence says every file above was written whole.
         atomic_write_json(staging / CHECKSUMS_FILE, {
             item.name: {"bytes": item.stat().st_size, "sha256": sha256_file(item)}

@@ -64,8 +64,9 @@ def _yaml_list(key: str, values: list[str]) -> list[str]:
     return [f"{key}:"] + [f"- {json.dumps(v)}" for v in values] if values else []
 
 
-def model_card(model_dir: Path, export: dict[str, Any] | None = None) -> str:
-    """The card text for ``model_dir`` (the trained dir; for an export, the dir it was exported from)."""
+def model_card(model_dir: Path, export: dict[str, Any] | None = None, title: str | None = None) -> str:
+    """The card text for ``model_dir`` (the trained dir; for an export, the dir it was exported from); ``title``
+    defaults to the dir's name."""
     record_name = next((name for name in TRAINING_RECORDS if (model_dir / name).is_file()), None)
     resolved = _read(model_dir / record_name) if record_name else None
     config = (resolved or {}).get("config", {})
@@ -80,7 +81,7 @@ def model_card(model_dir: Path, export: dict[str, Any] | None = None) -> str:
     if base and HUB_ID.match(str(base)):
         header.append(f"base_model: {json.dumps(str(base))}")
     header.append("---")
-    body = [f"# {model_dir.resolve().name}", "",
+    body = [f"# {title or model_dir.resolve().name}", "",
             "A LLaMA-architecture model trained with Lumi-Lab "
             f"({TRAINING_RECORDS.get(record_name, 'no training record in this dir')}).", ""]
     body += ["## Training", ""]
@@ -125,7 +126,7 @@ def _export_section(export: dict[str, Any]) -> list[str]:
 
 
 def write_model_card(directory: str | Path, model_dir: str | Path | None = None,
-                     export: dict[str, Any] | None = None) -> None:
+                     export: dict[str, Any] | None = None, title: str | None = None) -> None:
     """Write ``directory/README.md`` describing ``model_dir`` (default: ``directory`` itself)."""
     directory = Path(directory)
-    atomic_write_text(directory / CARD, model_card(Path(model_dir) if model_dir else directory, export))
+    atomic_write_text(directory / CARD, model_card(Path(model_dir) if model_dir else directory, export, title))

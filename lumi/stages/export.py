@@ -18,7 +18,7 @@ from lumi.formats.gguf import DTYPES, write_gguf
 from lumi.formats.gguf_tokenizer import gguf_vocab
 from lumi.formats.model_card import write_model_card
 from lumi.formats.model_io import load_tokenizer
-from lumi.formats.ollama import modelfile
+from lumi.data.ollama import modelfile
 from lumi.loading import load_model
 
 log = logging.getLogger(__name__)

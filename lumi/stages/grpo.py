@@ -20,7 +20,7 @@ from lumi.train.launch import fit_objective
 from lumi.train.objectives.grpo import GRPOConfig, GRPOObjective
 
 log = logging.getLogger(__name__)
-DEFAULT_CONFIG = CONFIG_DIR / "rl" / "training" / "demo.json"
+DEFAULT_CONFIG = CONFIG_DIR / "rl" / "training" / "gsm8k_lora_tiny.json"
 MERGED_START = "start_merged"
 
 
@@ -30,7 +30,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="optimizer steps (overrides max_steps/epochs)")
     parser.add_argument("--resume", metavar="auto|PATH",
                         help="continue from the newest checkpoint of this run (auto) or from a checkpoint dir")
-    add_common_arguments(parser, DEFAULT_CONFIG, default_output="checkpoints/grpo")
+    add_common_arguments(parser, DEFAULT_CONFIG, default_output="grpo")
 
 
 def start_model_dir(model_path: Path, output_dir: Path) -> Path:

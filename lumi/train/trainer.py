@@ -229,10 +229,10 @@ class Trainer:
         directory = self.run_dir / name
         if self.is_main:
             check_finite_weights(self.model.state_dict() if weights is None else weights, self.step, self.run_dir)
+            # final/ gets the hub model card, from the files just written and the run's metrics, under the checksums
+            describe = (lambda staging: write_model_card(staging, title=self.run_dir.name)) if name == FINAL else None
             save_checkpoint(directory, lambda staging: self.objective.save_model(staging, self.model, weights), state,
-                            self.objective.config_file, self.resolved, overwrite=name == FINAL)
-            if name == FINAL:  # the hub model card, from the files just written and the run's metrics
-                write_model_card(directory)
+                            self.objective.config_file, self.resolved, overwrite=name == FINAL, describe=describe)
             for removed in rotate_checkpoints(self.run_dir, self.config.keep_last_k):
                 log.debug("removed old checkpoint %s", removed)
         barrier()
