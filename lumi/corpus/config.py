@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from lumi.core.config import CONFIG_DIR, ConfigModel, resolve_references, strip_comments
 from lumi.core.errors import LumiError
@@ -266,6 +266,11 @@ def resolve_world(world: Any) -> Any:
     if not (isinstance(world, dict) and "from" in world):
         return world
     return {**synthetic_source_of(world["from"]), **{k: v for k, v in world.items() if k != "from"}}
+
+
+# The type of every ``world`` config field (SFT, DPO and RL prompt sources, evaluation tasks): the world's settings,
+# or ``{"from": CORPUS_CONFIG, **overrides}`` resolved to them before validation.
+WorldSettings = Annotated[SyntheticSourceConfig, BeforeValidator(resolve_world)]
 
 
 def synthetic_source_of(corpus_config: str) -> dict[str, Any]:

@@ -8,17 +8,16 @@ checks it). Its reference is the fact's canonical statement, what stage 95's exa
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from lumi.core.config import ConfigModel
 from lumi.core.errors import LumiError
-from lumi.corpus.config import resolve_world
+from lumi.corpus.config import WorldSettings
 from lumi.data.readers import gsm8k
 from lumi.data.readers.base import ReadStats, RecordError
 from lumi.data.sft_corpus import HubSource, load_hub_records, seeded_sample, split_of_key
-from lumi.data.synthetic import SyntheticSourceConfig
 
 SPLITS = ("train", "val")
 
@@ -28,14 +27,9 @@ class SyntheticQuestions(ConfigModel):
 
     type: Literal["synthetic"] = Field(description="the synthetic world's train-fact questions")
     name: str = Field("world", description="the source's name in ids and logs")
-    world: SyntheticSourceConfig = Field(description="{\"from\": corpus config} (the world the model was trained "
-                                                     "on), or the world's settings")
+    world: WorldSettings = Field(description="{\"from\": corpus config} (the world the model was trained "
+                                             "on), or the world's settings")
     max_prompts: int | None = Field(None, ge=1, description="keep at most this many (a seeded sample)")
-
-    @field_validator("world", mode="before")
-    @classmethod
-    def _world_from_corpus_config(cls, world: Any) -> Any:
-        return resolve_world(world)
 
 
 class GSM8KQuestions(ConfigModel):

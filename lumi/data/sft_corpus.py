@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from lumi.core.config import ConfigModel, config_to_dict
-from lumi.corpus.config import NearDedupConfig, resolve_world
+from lumi.corpus.config import NearDedupConfig, WorldSettings
 from lumi.corpus.minhash import MinHasher, near_duplicate_of
-from lumi.data.synthetic import SyntheticSourceConfig
 from lumi.data.chat import (END_OF_TURN_ID, EncodedConversation, TEMPLATES, chat_tokenizer, check_messages,
                             cut_at_turn, encode_conversation, get_template, save_chat_tokenizer, verify_chat_tokenizer)
 from lumi.data.readers import FORMATS, READERS, Conversation, ReadStats, detect
@@ -87,14 +86,9 @@ class SyntheticPairsSource(ConfigModel):
 
     type: Literal["synthetic"] = Field(description="the synthetic world's question/answer pairs")
     name: str = Field("world", description="the source's name in the manifest")
-    world: SyntheticSourceConfig = Field(description="{\"from\": corpus config} (its synthetic source: the world the "
-                                                     "base model was pretrained on), or the world's settings")
+    world: WorldSettings = Field(description="{\"from\": corpus config} (its synthetic source: the world the "
+                                             "base model was pretrained on), or the world's settings")
     max_conversations: int | None = Field(None, ge=1, description="keep at most this many (a seeded sample)")
-
-    @field_validator("world", mode="before")
-    @classmethod
-    def _world_from_corpus_config(cls, world: Any) -> Any:
-        return resolve_world(world)
 
 
 Source = HubSource | FileSource | SyntheticPairsSource

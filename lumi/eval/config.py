@@ -5,15 +5,14 @@ Relative paths are read from the current directory (run from the repository root
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from lumi.core.config import CONFIG_DIR, ConfigModel
 from lumi.eval.tasks import TASKS
 from lumi.eval.tasks.base import TaskSource
-from lumi.corpus.config import resolve_world
-from lumi.data.synthetic import SyntheticSourceConfig
+from lumi.corpus.config import WorldSettings
 
 DEFAULT_PROMPTS = CONFIG_DIR / "evaluation" / "smoke_test_prompts.json"
 
@@ -89,16 +88,12 @@ class SFTLossConfig(ConfigModel):
 class SyntheticQAConfig(ConfigModel):
     """Exact-match answers to the synthetic world's facts, asked through the chat template."""
 
-    world: SyntheticSourceConfig = Field(description="{\"from\": corpus config} (its synthetic source, the same "
-                                                     "world), or the world's settings themselves")
+    world: WorldSettings = Field(description="{\"from\": corpus config} (its synthetic source, the same "
+                                             "world), or the world's settings themselves")
     split: Literal["heldout", "validation", "train"] = Field(
         "heldout", description="which facts (and question wordings): validation to choose settings on, heldout "
                                "only to report")
 
-    @field_validator("world", mode="before")
-    @classmethod
-    def _world_from_corpus_config(cls, world: Any) -> Any:
-        return resolve_world(world)
     max_new_tokens: int = Field(32, ge=1, description="answer tokens generated at most")
     max_items: int | None = Field(None, ge=1, description="ask only the first items")
 

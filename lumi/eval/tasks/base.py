@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from lumi.core.config import ConfigModel
 from lumi.core.errors import LumiError
 from lumi.core.files import parse_json, parse_json_lines, read_text
-from lumi.corpus.config import resolve_world
-from lumi.data.synthetic import SyntheticSourceConfig
+from lumi.corpus.config import WorldSettings
 
 TaskKind = Literal["multiple_choice", "greedy_continuation"]
 RECORD_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError)
@@ -40,14 +39,9 @@ trained on, so the world is defined once)."""
     data_files: str | list[str] | None = Field(None, description="data_files for load_dataset")
     split: str | None = Field(None, description="dataset split; synthetic_cloze: heldout (default), validation "
                                                 "or train")
-    world: SyntheticSourceConfig | None = Field(None, description="synthetic_cloze: {\"from\": corpus config} (its "
-                                                                  "synthetic source, the same world), or the world's "
-                                                                  "settings themselves")
-
-    @field_validator("world", mode="before")
-    @classmethod
-    def _world_from_corpus_config(cls, world: Any) -> Any:
-        return resolve_world(world)
+    world: WorldSettings | None = Field(None, description="synthetic_cloze: {\"from\": corpus config} (its "
+                                                          "synthetic source, the same world), or the world's "
+                                                          "settings themselves")
 
     @model_validator(mode="after")
     def _one_origin(self) -> "TaskSource":
