@@ -16,7 +16,7 @@ import torch
 
 from lumi.core.errors import LumiError
 from lumi.core.files import atomic_write_json, output_path, read_json, staged_output_dir
-from lumi.formats.adapter import adapter_fingerprint, base_fingerprint
+from lumi.formats.adapter import adapter_fingerprint, base_fingerprint, is_adapter_dir
 from lumi.formats.model_dir import ModelDir, open_model_dir, verify_checksums, write_checksums
 from lumi.formats.model_io import DTYPES, load_tokenizer, resolve_device
 
@@ -180,6 +180,12 @@ def derived_merged(adapter_dir: str | Path, output_dir: str | Path) -> Path:
         atomic_write_json(staging / DERIVED_RECORD, {**source, "adapter_path": str(adapter_dir.absolute())})
         write_checksums(staging)
     return output_dir
+
+
+def merged_if_adapter(model_path: str | Path, merged_dir: str | Path) -> Path:
+    """A model dir to train from: ``model_path`` itself, or, for a LoRA adapter dir, its merge into ``merged_dir``
+    (``derived_merged``: reused only when derived from this very adapter and base and intact)."""
+    return derived_merged(model_path, merged_dir) if is_adapter_dir(model_path) else Path(model_path)
 
 
 def load_for_evaluation(model_dir: str | Path, device: str = "auto", dtype: str = "auto",

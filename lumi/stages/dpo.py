@@ -8,18 +8,15 @@ its recorded base once, into ``<output-dir>/sft_merged/`` (the policy's start an
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from lumi.core.config import CONFIG_DIR
 from lumi.core.stage_args import add_common_arguments, stage_config
-from lumi.formats.adapter import is_adapter_dir
-from lumi.loading import derived_merged
+from lumi.loading import merged_if_adapter
 from lumi.train.finetune import check_run_name
 from lumi.train.launch import fit_objective
 from lumi.train.objectives.dpo import DPOConfig, DPOObjective
 
-log = logging.getLogger(__name__)
 DEFAULT_CONFIG = CONFIG_DIR / "dpo" / "training" / "lora_tiny.json"
 MERGED_SFT = "sft_merged"
 
@@ -34,16 +31,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, DEFAULT_CONFIG, default_output="dpo")
 
 
-def sft_model_dir(model_path: Path, output_dir: Path) -> Path:
-    """A model dir for the SFT model: itself, or its adapter merged into ``<output-dir>/sft_merged`` -- reused only
-    when it was derived from this very adapter and base and is intact (``lumi.loading.derived_merged``)."""
-    if not is_adapter_dir(model_path):
-        return model_path
-    return derived_merged(model_path, output_dir / MERGED_SFT)
-
-
 def run(args: argparse.Namespace) -> int:
-    model_path = sft_model_dir(args.model_path, args.output_dir) if args.model_path else None
+    model_path = merged_if_adapter(args.model_path, args.output_dir / MERGED_SFT) if args.model_path else None
     flags = {"model_path": str(model_path) if model_path else None,
              "data_dir": str(args.data_dir) if args.data_dir else None, "max_steps": args.max_steps}
     config = stage_config(args, DPOConfig, flags)

@@ -9,17 +9,14 @@ base once, into ``<output-dir>/start_merged/``.
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from lumi.core.config import CONFIG_DIR
 from lumi.core.stage_args import add_common_arguments, stage_config
-from lumi.formats.adapter import is_adapter_dir
-from lumi.loading import derived_merged
+from lumi.loading import merged_if_adapter
 from lumi.train.launch import fit_objective
 from lumi.train.objectives.grpo import GRPOConfig, GRPOObjective
 
-log = logging.getLogger(__name__)
 DEFAULT_CONFIG = CONFIG_DIR / "rl" / "training" / "gsm8k_lora_tiny.json"
 MERGED_START = "start_merged"
 
@@ -33,16 +30,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, DEFAULT_CONFIG, default_output="grpo")
 
 
-def start_model_dir(model_path: Path, output_dir: Path) -> Path:
-    """A model dir for the start model: itself, or its adapter merged into ``<output-dir>/start_merged`` -- reused
-    only when it was derived from this very adapter and base and is intact (``lumi.loading.derived_merged``)."""
-    if not is_adapter_dir(model_path):
-        return model_path
-    return derived_merged(model_path, output_dir / MERGED_START)
-
-
 def run(args: argparse.Namespace) -> int:
-    model_path = start_model_dir(args.model_path, args.output_dir) if args.model_path else None
+    model_path = merged_if_adapter(args.model_path, args.output_dir / MERGED_START) if args.model_path else None
     flags = {"model_path": str(model_path) if model_path else None, "max_steps": args.max_steps}
     config = stage_config(args, GRPOConfig, flags)
     return fit_objective(config, lambda rank, world: GRPOObjective(config, rank=rank, world_size=world),
