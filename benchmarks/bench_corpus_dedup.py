@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from bench_corpus_data import planted_sources, sentence_pool, write_jsonl_sources
 from lumi.core.config import validate_config
 from lumi.corpus.config import CorpusConfig
-from lumi.stages.corpus import build_corpus
+from lumi.corpus.build import build_corpus
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ Memory (``--memory``): writes a ``--memory-mb`` MB corpus to disk in a streaming
 Long document (``--long-mb N``): a corpus of ~1 MB of ordinary documents plus one N MB document (the books of the
 samples, repeated), packed in a child process per run, each reporting its own peak RSS (``VmHWM``): documents encoded
 whole (``PART_CHARS`` set beyond any document: the path before long documents were encoded in parts) against the
-parts of ``lumi.stages.pack.PART_CHARS`` characters, with wall time and tokens per second of each.
+parts of ``lumi.data.packing.PART_CHARS`` characters, with wall time and tokens per second of each.
 
     .venv/bin/python benchmarks/bench_packing.py --mb 60
     .venv/bin/python benchmarks/bench_packing.py --memory --memory-mb 1024 --workdir /tmp/bench-packing
@@ -42,8 +42,8 @@ from lumi.core.config import CONFIG_DIR, load_config  # noqa: E402
 from lumi.core.files import atomic_write_json  # noqa: E402
 from lumi.core.stage_args import available_cores  # noqa: E402
 from lumi.formats.corpus import CORPUS_FORMAT, MANIFEST, ShardWriter  # noqa: E402
-from lumi.stages.pack import PackingConfig, pack_corpus  # noqa: E402
-from lumi.stages.tokenizer import TokenizerConfig, train_tokenizer  # noqa: E402
+from lumi.data.packing import PackingConfig, pack_corpus  # noqa: E402
+from lumi.data.tokenizer_training import TokenizerConfig, train_tokenizer  # noqa: E402
 
 SAMPLES_DIR = REPO_ROOT.parent / "shared" / "data" / "samples"
 PRETRAINING_SAMPLES = ["gutenberg_pg11.txt", "gutenberg_pg84.txt", "tinyshakespeare_train90.txt",
@@ -175,7 +175,7 @@ def memory(args: argparse.Namespace, workdir: Path, tokenizer_dir: Path) -> None
 # The child reports its own peak (VmHWM): ru_maxrss would also count the parent's pages it was forked from.
 PACK_CHILD = """
 import os, re, sys
-from lumi.stages import pack
+from lumi.data import packing as pack
 pack.PART_CHARS = int(os.environ["PART_CHARS"])
 from lumi.cli import main
 status = main(["pack", *sys.argv[1:]])
@@ -185,7 +185,7 @@ sys.exit(status)
 
 
 def long_document(args: argparse.Namespace, workdir: Path, tokenizer_dir: Path) -> None:
-    from lumi.stages.pack import PART_CHARS
+    from lumi.data.packing import PART_CHARS
 
     corpus = workdir / f"corpus-long-{args.long_mb}mb"
     books = "".join((args.samples_dir / name).read_text(encoding="utf-8")

@@ -31,7 +31,7 @@ from lumi.formats.gguf import write_gguf  # noqa: E402
 from lumi.formats.gguf_tokenizer import build_vocab  # noqa: E402
 from lumi.formats.tokenizer import load_sentencepiece  # noqa: E402
 from lumi.model import ArchitectureConfig, build_model  # noqa: E402
-from lumi.stages.tokenizer import TokenizerConfig, train_tokenizer  # noqa: E402
+from lumi.data.tokenizer_training import TokenizerConfig, train_tokenizer  # noqa: E402
 
 
 def corpora(samples_dir: Path) -> dict[str, list[str]]:

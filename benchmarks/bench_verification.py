@@ -34,8 +34,8 @@ from lumi.formats import corpus as store  # noqa: E402
 from lumi.formats.packed import check_token_ids  # noqa: E402
 from lumi.formats.tokenizer import load_tokenizer_meta  # noqa: E402
 from lumi.model import build_model, load_architecture  # noqa: E402
-from lumi.stages.pack import PackingConfig, pack_corpus  # noqa: E402
-from lumi.stages.tokenizer import TokenizerConfig, train_tokenizer  # noqa: E402
+from lumi.data.packing import PackingConfig, pack_corpus  # noqa: E402
+from lumi.data.tokenizer_training import TokenizerConfig, train_tokenizer  # noqa: E402
 
 
 def timed(function, *args, **kwargs) -> tuple[float, object]:

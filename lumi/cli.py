@@ -68,17 +68,24 @@ def build_parser(prog: str = "lumi") -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "lumi", defaults: Mapping[str, Any] | None = None) -> int:
-    """Run one verb. A numbered script passes ``prog`` (its own name in ``--help``) and may pass ``defaults`` for
-    the verb's flags (``scripts/80_evaluate_sft.py``: the SFT evaluation config), shown as such in ``--help``."""
-    argv = normalize_flag_spelling(sys.argv[1:] if argv is None else argv)
+def parse_args(argv: Sequence[str], prog: str = "lumi",
+               defaults: Mapping[str, Any] | None = None) -> argparse.Namespace:
+    """The parsed flags of one verb's command line, its parser built from its stage module (what tests of a stage's
+    flags use instead of importing the stage)."""
+    argv = normalize_flag_spelling(argv)
     parser = build_parser(prog)
     sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     verb = next((t for t in argv if not t.startswith("-")), None)
     if verb in VERBS:
         importlib.import_module(VERBS[verb][0]).configure_parser(sub_action.choices[verb])
         sub_action.choices[verb].set_defaults(**(defaults or {}))
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "lumi", defaults: Mapping[str, Any] | None = None) -> int:
+    """Run one verb. A numbered script passes ``prog`` (its own name in ``--help``) and may pass ``defaults`` for
+    the verb's flags (``scripts/80_evaluate_sft.py``: the SFT evaluation config), shown as such in ``--help``."""
+    args = parse_args(sys.argv[1:] if argv is None else argv, prog, defaults)
     setup_logging(args.verbose)
     return run_guarded(importlib.import_module(args._module).run, args)
 

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lumi.cli import main  # noqa: E402
 from lumi.core.stage_args import default_output_dir  # noqa: E402
-from lumi.stages.evaluate import SFT_CONFIG  # noqa: E402
+from lumi.eval.config import SFT_CONFIG  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["evaluate", *sys.argv[1:]], prog=Path(__file__).name,

@@ -15,7 +15,7 @@ from packed_helpers import nano_architecture
 from lumi.core.files import atomic_write_jsonl
 from lumi.data.synthetic import SyntheticWorld
 from lumi.model import ArchitectureConfig, build_model
-from lumi.stages.tokenizer import TokenizerConfig, train_tokenizer
+from lumi.data.tokenizer_training import TokenizerConfig, train_tokenizer
 
 TINY_VOCAB = 512
 

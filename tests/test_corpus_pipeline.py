@@ -18,7 +18,7 @@ from lumi.core.files import sha256_file
 from lumi.corpus.config import CorpusConfig, HubSourceConfig
 from lumi.corpus.steps import WriteShards
 from lumi.formats.corpus import iter_text_batches, read_manifest
-from lumi.stages.corpus import build_corpus
+from lumi.corpus.build import build_corpus
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from bench_corpus_data import (make_document, planted_sources, sentence_pool,  # noqa: E402

@@ -21,8 +21,9 @@ from lumi.eval.config import EvaluationConfig
 from lumi.eval.generation import format_prompt, load_prompts, repeated_ngram_rate, run_generation, stop_token_ids
 from lumi.eval.report import compare_results, load_previous_results
 from lumi.loading import load_for_evaluation
-from lumi.stages.evaluate import RESULTS_FILE, RESULTS_SCHEMA
-from lumi.stages.pack import PackingConfig, pack_corpus
+from lumi.eval.evaluate import RESULTS_SCHEMA
+from lumi.eval.report import RESULTS_FILE
+from lumi.data.packing import PackingConfig, pack_corpus
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

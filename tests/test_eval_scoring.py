@@ -24,7 +24,7 @@ from lumi.eval.tasks import Task, TaskSource
 from lumi.eval.tasks.base import choice_item
 from lumi.loading import load_for_evaluation
 from lumi.formats.packed import load_packed_split
-from lumi.stages.pack import PackingConfig, pack_corpus
+from lumi.data.packing import PackingConfig, pack_corpus
 
 CONTEXT = 64  # the tiny model's context window, small so truncation is easy to reach
 

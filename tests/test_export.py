@@ -35,7 +35,7 @@ from lumi.formats.model_io import load_tokenizer
 from lumi.loading import load_model
 from lumi.lora import save_adapter, wrap_lora
 from lumi.model import ArchitectureConfig, build_model
-from lumi.stages.tokenizer import TokenizerConfig, train_tokenizer
+from lumi.data.tokenizer_training import TokenizerConfig, train_tokenizer
 
 VOCAB = 512
 SEQ_LEN = 256

@@ -35,7 +35,7 @@ from lumi.eval.tasks.base import TaskSource, read_records
 from lumi.formats.corpus import MANIFEST as CORPUS_MANIFEST, iter_text_batches
 from lumi.formats.packed import MANIFEST as PACKED_MANIFEST, load_packed_split
 from lumi.formats.tokenizer import load_tokenizer_meta
-from lumi.stages.pack import PackingConfig, pack_corpus
+from lumi.data.packing import PackingConfig, pack_corpus
 from lumi.train.objectives.pretrain import PretrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -313,7 +313,7 @@ def test_set_aside_output_of_a_process_killed_between_renames_is_restored(tmp_pa
 
 SIGTERM_WHILE_PACKING = """
 import os, signal, sys
-from lumi.stages import pack as packing
+from lumi.data import packing
 original = packing.PackedSplitWriter.write
 def write(self, documents, text_bytes):
     os.kill(os.getpid(), signal.SIGTERM)

@@ -13,8 +13,8 @@ import pytest
 
 from lumi.core import hashing
 from lumi.corpus import steps as corpus_steps
-from lumi.stages import tokenizer as tokenizer_stage
-from lumi.stages.pack import DocumentSplitter
+from lumi.data import tokenizer_training
+from lumi.data.packing import DocumentSplitter
 
 MASK = (1 << 64) - 1
 SEEDS = [0, 1, 1234, (1 << 64) - 1]
@@ -37,7 +37,7 @@ def test_splitmix64_matches_the_published_vectors():
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_tokenizer_holdout_draws_are_the_keyed_blake2b_of_the_text(seed):
-    assert tokenizer_stage.text_draws is hashing.text_draws  # the held-out / sample draw of CorpusSample._route
+    assert tokenizer_training.text_draws is hashing.text_draws  # the held-out / sample draw of CorpusSample._route
     for text in ["", "a", "héllo wörld\n", "x" * 1000]:
         digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16, key=seed.to_bytes(8, "little")).digest()
         expected = (int.from_bytes(digest[:8], "little") / 2**64, int.from_bytes(digest[8:], "little") / 2**64)

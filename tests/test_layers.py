@@ -116,6 +116,21 @@ def test_no_import_cycle_between_modules():
             visit(module, [module])
 
 
+# Everything that is not a command line: the library, and the tests, benchmarks and helper scripts that use it.
+STAGE_IMPORTERS = ("cli", "stages")
+OUTSIDE_THE_PACKAGE = ("tests", "benchmarks", "scripts")
+NON_STAGE_FILES = sorted([path for path in MODULES if top(module_name(path)) not in STAGE_IMPORTERS] +
+                         [path for folder in OUTSIDE_THE_PACKAGE for path in (PACKAGE.parent / folder).rglob("*.py")])
+
+
+@pytest.mark.parametrize("path", NON_STAGE_FILES, ids=lambda path: str(path.relative_to(PACKAGE.parent)))
+def test_only_the_command_line_imports_a_stage(path: Path):
+    """A stage module is its flags and its run(): what anything else needs from it (packing, tokenizer training, the
+    evaluator, a corpus build) lives in the library below, and a stage's flags are reached through lumi.cli."""
+    stages = sorted(name for name in lumi_imports(path) if name == "lumi.stages" or name.startswith("lumi.stages."))
+    assert not stages, f"{path.relative_to(PACKAGE.parent)} imports {stages}: import the library module instead"
+
+
 def test_the_rule_catches_a_crossing(tmp_path: Path):
     """The parser sees function-level imports and the ``from package import module`` form."""
     module = tmp_path / "lazy.py"

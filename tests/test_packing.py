@@ -21,10 +21,10 @@ from lumi.core.errors import LumiError
 from lumi.core.files import sha256_file
 from lumi.formats.corpus import MANIFEST as CORPUS_MANIFEST
 from lumi.formats.packed import MANIFEST, check_packed_tokenizer, load_packed_split, read_packed_manifest, token_dtype
-from lumi.stages import pack as packing
-from lumi.stages.pack import (CUT_WINDOW, DocumentEncoder, DocumentSplitter, PackedSplitWriter, PackingConfig,
+from lumi.data import packing
+from lumi.data.packing import (CUT_WINDOW, DocumentEncoder, DocumentSplitter, PackedSplitWriter, PackingConfig,
                               pack_corpus, split_tail)
-from lumi.stages.tokenizer import TokenizerConfig, train_tokenizer
+from lumi.data.tokenizer_training import TokenizerConfig, train_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEQ_LEN = 64

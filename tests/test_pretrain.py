@@ -25,7 +25,7 @@ from lumi.formats.checkpoint import checkpoint_step
 from lumi.formats.metrics import read_metrics
 from lumi.formats.packed import load_packed_split, unigram_entropy
 from lumi.model import ArchitectureConfig, build_model, load_architecture, parameter_counts
-from lumi.stages.pack import PackingConfig, pack_corpus
+from lumi.data.packing import PackingConfig, pack_corpus
 from lumi.train.objectives.pretrain import PretrainConfig
 from lumi.train.optim import build_optimizer, build_scheduler, lr_at, muon_split, parameter_groups
 from lumi.train.step import TrainStep

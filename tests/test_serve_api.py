@@ -207,18 +207,15 @@ def test_cors_is_off_unless_origins_are_configured(server):
 
 
 def test_serve_flags_key_from_environment_and_loopback_default(monkeypatch, tmp_path):
-    from lumi.cli import build_parser
-    from lumi.stages import serve
+    from lumi.cli import parse_args
+    from lumi.serve.settings import settings_from_args
 
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "verb")
-    serve.configure_parser(sub.choices["serve"])
-    args = parser.parse_args(["serve", "--model-path", str(tmp_path)])
+    args = parse_args(["serve", "--model-path", str(tmp_path)])
     assert args.host == "127.0.0.1"
     monkeypatch.setenv("LUMI_API_KEY", "from-env")
-    assert serve.settings_from_args(args).api_key == "from-env"
+    assert settings_from_args(args).api_key == "from-env"
     monkeypatch.delenv("LUMI_API_KEY")
-    assert serve.settings_from_args(parser.parse_args(["serve", "--model-path", str(tmp_path)])).api_key is None
+    assert settings_from_args(parse_args(["serve", "--model-path", str(tmp_path)])).api_key is None
 
 
 def test_chat_with_a_base_model_says_to_use_completions(server):

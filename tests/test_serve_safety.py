@@ -247,24 +247,22 @@ def test_flag_errors_are_one_line(server, capsys, monkeypatch):
 
 
 def test_key_file_public_bind_and_served_model_name(tmp_path, monkeypatch):
-    from lumi.cli import build_parser
-    from lumi.stages import serve
+    from lumi.cli import parse_args
+    from lumi.serve.settings import settings_from_args
 
-    parser = build_parser()
-    serve.configure_parser(next(a for a in parser._actions if a.dest == "verb").choices["serve"])
     run_dir = tmp_path / "runs" / "sft-lora" / "final"
     monkeypatch.delenv("LUMI_API_KEY", raising=False)
-    settings = serve.settings_from_args(parser.parse_args(["serve", "--model-path", str(run_dir)]))
+    settings = settings_from_args(parse_args(["serve", "--model-path", str(run_dir)]))
     assert settings.model_id == "sft-lora/final"  # two runs' final checkpoints are told apart
     key_file = tmp_path / "key"
     key_file.write_text("from-file\n")
-    args = parser.parse_args(["serve", "--model-path", str(run_dir), "--host", "0.0.0.0", "--api-key-file",
+    args = parse_args(["serve", "--model-path", str(run_dir), "--host", "0.0.0.0", "--api-key-file",
                               str(key_file), "--served-model-name", "mine"])
-    assert serve.settings_from_args(args).api_key == "from-file" and serve.settings_from_args(args).model_id == "mine"
-    args = parser.parse_args(["serve", "--model-path", str(run_dir), "--host", "0.0.0.0", "--insecure-no-api-key"])
-    assert serve.settings_from_args(args).api_key is None
+    assert settings_from_args(args).api_key == "from-file" and settings_from_args(args).model_id == "mine"
+    args = parse_args(["serve", "--model-path", str(run_dir), "--host", "0.0.0.0", "--insecure-no-api-key"])
+    assert settings_from_args(args).api_key is None
     with pytest.raises(LumiError, match="API key"):
-        serve.settings_from_args(parser.parse_args(["serve", "--model-path", str(run_dir), "--host", "0.0.0.0"]))
+        settings_from_args(parse_args(["serve", "--model-path", str(run_dir), "--host", "0.0.0.0"]))
 
 
 def test_port_zero_prints_the_bound_port(server):

@@ -21,7 +21,8 @@ from lumi.core.special_tokens import BOS_ID, CHAT_MARKERS, EOS_ID, IM_END_ID, IM
 from lumi.formats.corpus import read_manifest as read_corpus_manifest
 from lumi.formats.tokenizer import (HF_TOKENIZER, META, REPORT, SPM_MODEL, check_tokenizer_integrity, load_hf_tokenizer,
                                     load_sentencepiece, load_tokenizer_meta, tokenizer_sha256)
-from lumi.stages.tokenizer import UNIGRAM_EXACT_CHARS, CorpusSample, TokenizerConfig, chunk_document, train_tokenizer
+from lumi.data.tokenizer_training import (UNIGRAM_EXACT_CHARS, CorpusSample, TokenizerConfig, chunk_document,
+                                         train_tokenizer)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VOCAB_SIZE = 800

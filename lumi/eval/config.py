@@ -15,6 +15,10 @@ from lumi.eval.tasks.base import TaskSource
 from lumi.corpus.config import WorldSettings
 
 DEFAULT_PROMPTS = CONFIG_DIR / "evaluation" / "smoke_test_prompts.json"
+# the shipped evaluation configs after pretraining (the default of `lumi evaluate`), SFT and DPO
+PRETRAIN_CONFIG = CONFIG_DIR / "evaluation" / "pretrain.json"
+SFT_CONFIG = CONFIG_DIR / "evaluation" / "sft.json"
+DPO_CONFIG = CONFIG_DIR / "evaluation" / "dpo.json"
 
 
 class PerplexityConfig(ConfigModel):

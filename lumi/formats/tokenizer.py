@@ -1,6 +1,6 @@
 """A stage-20 tokenizer directory as every later stage reads it: its file names, metadata, integrity check and
 the two loaders (SentencePiece for packing and training, transformers for evaluation and serving), special ids
-checked on every load. Written by ``lumi.stages.tokenizer``."""
+checked on every load. Written by ``lumi.data.tokenizer_training``."""
 
 from __future__ import annotations
 

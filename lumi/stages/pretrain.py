@@ -7,14 +7,13 @@ The loop is ``lumi.train.trainer.Trainer`` (resume, signals, non-finite stop, ch
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from lumi.core.config import CONFIG_DIR
 from lumi.core.stage_args import add_common_arguments, stage_config
 from lumi.formats.packed import read_packed_manifest
 from lumi.model import describe, load_architecture
-from lumi.train.distributed import close_process_group, init_process_group_from_env
+from lumi.train.launch import fit_objective
 from lumi.train.objectives.pretrain import (PretrainConfig, PretrainObjective, budget_summary, tokenizer_vocab_size,
                                             total_steps)
 from lumi.train.trainer import Trainer
@@ -63,22 +62,11 @@ def run(args: argparse.Namespace) -> int:
     if args.describe:
         print(describe_run(config))
         return 0
-    process = init_process_group_from_env()  # torchrun's RANK/WORLD_SIZE/LOCAL_RANK; one process without them
-    try:
-        if not process.is_main:
-            logging.getLogger().setLevel(logging.WARNING)  # one copy of the run's log, from rank 0
-        objective = PretrainObjective(config, rank=process.rank, world_size=process.world_size)
-        trainer = Trainer(config, objective, args.output_dir, resume=args.resume, force=args.force,
-                          rank=process.rank, world_size=process.world_size, device=process.device)
-        if trainer.step >= trainer.total_steps:
-            if process.is_main:
-                print(f"{trainer.run_dir}: already trained {trainer.step} of {trainer.total_steps} steps; "
-                      "nothing to do")
-            return 0
-        code = trainer.fit()
-        if code == 0 and process.is_main and process.world_size == 1:
-            prompt, continuation = objective.sample(trainer.model)
+
+    def show_sample(trainer: Trainer) -> None:
+        if trainer.world_size == 1:
+            prompt, continuation = trainer.objective.sample(trainer.model)
             print(f"sample (greedy, from the start of a val row): {prompt!r} -> {continuation!r}")
-        return code
-    finally:
-        close_process_group()
+
+    return fit_objective(config, lambda rank, world: PretrainObjective(config, rank=rank, world_size=world),
+                         args.output_dir, args.resume, args.force, after=show_sample)

@@ -1,4 +1,5 @@
-"""One fine-tuning run of an objective in this process group: what ``lumi sft`` and ``lumi dpo`` share."""
+"""One training run of an objective in this process group: what ``lumi pretrain``, ``sft``, ``dpo`` and ``grpo``
+share."""
 
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ from lumi.core.config import config_reference  # noqa: E402
 # (title, "module:Class", example config files)
 CONFIGS = [
     ("Stage 10 — corpus", "lumi.corpus.config:CorpusConfig", "config/demo/corpus.json, config/pretrain/corpus/*.json"),
-    ("Stage 20 — tokenizer", "lumi.stages.tokenizer:TokenizerConfig", "config/pretrain/tokenizer/spm32k.json"),
-    ("Stage 30 — packing", "lumi.stages.pack:PackingConfig", "config/pretrain/packing/default.json"),
+    ("Stage 20 — tokenizer", "lumi.data.tokenizer_training:TokenizerConfig", "config/pretrain/tokenizer/spm32k.json"),
+    ("Stage 30 — packing", "lumi.data.packing:PackingConfig", "config/pretrain/packing/default.json"),
     ("Model architecture", "lumi.model:ArchitectureConfig", "config/architectures/*.json"),
     ("Stage 40 — pretraining", "lumi.train.objectives.pretrain:PretrainConfig", "config/pretrain/training/*.json"),
     ("Stage 60 — SFT corpus", "lumi.data.sft_corpus:SFTCorpusConfig", "config/sft/datasets/*.json"),

@@ -14,9 +14,8 @@ with the chat tokenizer), plus ``dpo_config.json`` and the trainer state for exa
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -28,7 +27,6 @@ from lumi.core.config import config_to_dict
 from lumi.core.errors import LumiError
 from lumi.core.files import sha256_file
 from lumi.core.special_tokens import PAD_ID
-from lumi.data.packed_stream import MixedRowSampler
 from lumi.data.preference import MANIFEST, pairs_batch, read_dpo_manifest
 from lumi.data.sft_corpus import TOKENIZER_SUBDIR
 from lumi.lm.preference import LOSS_TYPES, pair_logps, preference_losses
@@ -36,11 +34,9 @@ from lumi.formats.adapter import base_fingerprint, is_adapter_dir
 from lumi.formats.finetune_data import read_pairs, verify_data_files
 from lumi.formats.lineage import require_same_world
 from lumi.formats.model_dir import ModelDir, open_model_dir, require_same_tokenizer
-from lumi.loading import load_model
 from lumi.train.config import TrainerConfig
 from lumi.train.distributed import all_reduce_sum
-from lumi.train.finetune import (LoraSettings, build_finetune_model, method_description,
-                                 save_finetune_model)
+from lumi.train.finetune import FineTuneObjective, LoraSettings, method_description
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
@@ -152,11 +148,12 @@ class DPOLoss(nn.Module):
         return terms["loss"].sum()
 
 
-class DPOObjective:
+class DPOObjective(FineTuneObjective):
     """Preference pairs in, DPO-family loss out; the Objective of ``lumi.train.objectives.base``."""
 
     name = "dpo"
     config_file = "dpo_config.json"
+    rows_description = "pairs of up to"
 
     def __init__(self, config: DPOConfig, rank: int = 0, world_size: int = 1):
         if config.model_path is None or config.data_dir is None:
@@ -168,47 +165,30 @@ class DPOObjective:
         self.tokenizer_dir = data_dir / TOKENIZER_SUBDIR
         policy = check_policy(config.model_path, self.manifest, self.tokenizer_dir)
         require_same_world(policy.path, data_dir, self.manifest.get("config"))
-        self.policy_dir = policy.path
+        self.policy_dir = self.start = policy.path
+        self.start_purpose = "DPO policy (the SFT model)"
         vocab_size = policy.config.get("vocab_size")
         self.train, self.val = (read_pairs(data_dir, split, vocab_size if isinstance(vocab_size, int) else None)
                                 for split in ("train", "val"))
         if len(self.train["chosen_ids"]) == 0:
             raise LumiError(f"{data_dir}: the train split has no pairs")
         self.seq_len = int(self.train["chosen_ids"].shape[1])
-        self.sampler = MixedRowSampler([len(self.train["chosen_ids"])], [1.0], config.seed)
-        self.global_pairs = config.micro_batch_size * config.grad_accumulation * world_size
-        if config.max_steps is not None:
-            self.total_steps = config.max_steps
-        elif config.epochs is not None:
-            self.total_steps = max(1, math.ceil(config.epochs * len(self.train["chosen_ids"]) / self.global_pairs))
-        else:
-            raise LumiError("set max_steps or epochs in the DPO config (or pass --max-steps)")
+        self.plan_steps(len(self.train["chosen_ids"]), config.micro_batch_size * config.grad_accumulation, "DPO")
         self.run_name = f"dpo_{config.method}"
         self.reference: dict[str, dict[str, torch.Tensor]] | None = None  # precomputed, per split
         self.loss: DPOLoss | None = None
         self.resolved = {"config": config_to_dict(config), "policy_sha256": base_fingerprint(self.policy_dir),
                          "data_manifest_sha256": sha256_file(data_dir / MANIFEST), "seq_len": self.seq_len,
-                         "world_size": world_size, "global_batch_pairs": self.global_pairs,
+                         "world_size": world_size, "global_batch_pairs": self.global_items,
                          "total_steps": self.total_steps}
 
     # --- model ---------------------------------------------------------------------------------------------------
-
-    def load_sft_model(self) -> PreTrainedModel:
-        model = load_model(self.policy_dir, "DPO policy (the SFT model)",
-                           attn_implementation=self.config.attn_implementation, adapter="refuse", trainable=True)
-        if model.config.max_position_embeddings < self.seq_len:
-            raise LumiError(f"{self.config.data_dir}: pairs of up to {self.seq_len} tokens exceed the model's context "
-                            f"of {model.config.max_position_embeddings}; rebuild the data with --seq-len")
-        return model
-
-    def build_model(self, checkpoint: Path | None) -> PreTrainedModel:
-        return build_finetune_model(self.config, self.load_sft_model, checkpoint)
 
     def loss_module(self, model: PreTrainedModel, compile: bool) -> nn.Module:
         device = next(model.parameters()).device
         frozen = None
         if self.config.method == "full" or self.config.precompute_reference:
-            frozen = self.load_sft_model().to(device).eval().requires_grad_(False)
+            frozen = self.load_start().to(device).eval().requires_grad_(False)
         if self.config.precompute_reference:
             self.reference = {"train": self._score_reference(frozen, self.train),
                               "val": self._score_reference(frozen, self.val)}
@@ -241,13 +221,7 @@ class DPOObjective:
         return self.reference[split] if self.reference is not None else None
 
     def next_step(self) -> list[dict[str, torch.Tensor]]:
-        """This rank's micro-batches of the next global batch (pairs in the sampler's seeded order; micro-batch ``a``
-        of rank ``r`` is slice ``(a * world + r) * micro``, as stage 70)."""
-        rows = [row for _, row in self.sampler.next_rows(self.global_pairs)]
-        micro = self.config.micro_batch_size
-        return [pairs_batch(self.train, rows[(step * self.world_size + self.rank) * micro:][:micro],
-                            self._split_reference("train"))
-                for step in range(self.config.grad_accumulation)]
+        return self.rank_micro_batches(lambda rows: pairs_batch(self.train, rows, self._split_reference("train")))
 
     def step_tokens(self, micro_batches: list[dict[str, torch.Tensor]]) -> int:
         return self.world_size * sum(int((b[f"{side}_ids"] != PAD_ID).sum()) for b in micro_batches
@@ -269,28 +243,16 @@ class DPOObjective:
 
     # --- checkpoints and reporting -------------------------------------------------------------------------------
 
-    def save_model(self, directory: Path, model: PreTrainedModel, state_dict: dict[str, torch.Tensor] | None) -> None:
-        save_finetune_model(self.config, model, self.tokenizer_dir, directory, self.policy_dir, state_dict)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.load_state_dict(state)
-
     def describe(self) -> list[str]:
         reference = ("precomputed log-probs" if self.config.precompute_reference else
                      "the adapter-disabled policy" if self.config.method == "lora" else "a frozen copy")
         return [f"DPO ({self.config.loss}, beta {self.config.beta}, {method_description(self.config)}) of {self.policy_dir} on "
                 f"{self.config.data_dir}: {len(self.train['chosen_ids'])} train pairs, "
                 f"{len(self.val['chosen_ids'])} val pairs of up to {self.seq_len} tokens; reference: {reference}; "
-                f"{self.total_steps} steps of {self.global_pairs} pairs"]
+                f"{self.total_steps} steps of {self.global_items} pairs"]
 
     def summary(self) -> str:
         return f"{self.sampler.epochs()[0]:.2f} epochs of the DPO train pairs"
-
-    def flops_per_token(self) -> int | None:
-        return None
 
     def batch_shape(self) -> str:
         return f"micro_batch_size={self.config.micro_batch_size} pairs x up to {self.seq_len} tokens (x2: chosen, rejected)"

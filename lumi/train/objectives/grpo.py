@@ -34,7 +34,6 @@ from lumi.core.errors import LumiError
 from lumi.core.files import read_json
 from lumi.core.special_tokens import PAD_ID
 from lumi.data.chat import CHAT_CONFIG, encode_conversation, get_template
-from lumi.data.packed_stream import MixedRowSampler
 from lumi.data.rewards import REWARDS, check_rewards, score
 from lumi.data.rl_prompts import PromptSource, load_prompts
 from lumi.generation.engine import Engine
@@ -43,11 +42,9 @@ from lumi.lm.grpo import LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_loss
 from lumi.lm.preference import token_logps
 from lumi.formats.adapter import base_fingerprint, is_adapter_dir
 from lumi.formats.model_dir import open_model_dir
-from lumi.loading import load_model
 from lumi.train.config import TrainerConfig
 from lumi.train.distributed import all_reduce_sum
-from lumi.train.finetune import (LoraSettings, build_finetune_model, method_description,
-                                 save_finetune_model)
+from lumi.train.finetune import FineTuneObjective, LoraSettings, method_description
 
 GREEDY = SamplingParams(temperature=0.0)
 
@@ -192,7 +189,7 @@ class GRPOLoss(nn.Module):
         return terms["loss"]
 
 
-class GRPOObjective:
+class GRPOObjective(FineTuneObjective):
     """Prompts in, sampled and scored groups, GRPO loss out; the Objective of ``lumi.train.objectives.base``."""
 
     name = "grpo"
@@ -205,6 +202,8 @@ class GRPOObjective:
             raise LumiError("lumi grpo trains with distributed ddp: rollouts need each process's whole weights")
         self.config, self.rank, self.world_size = config, rank, world_size
         self.policy_dir = check_policy(config.model_path)
+        self.start = self.tokenizer_dir = self.policy_dir  # a checkpoint gets the policy's chat tokenizer
+        self.start_purpose = "GRPO policy (the SFT or DPO model)"
         rows = config.micro_batch_size * config.grad_accumulation
         if rows % config.num_generations:
             raise LumiError(f"micro_batch_size x grad_accumulation ({rows}) must be a multiple of num_generations "
@@ -221,14 +220,7 @@ class GRPOObjective:
         if longest + config.max_completion_length > self.context:
             raise LumiError(f"a prompt of {longest} tokens + max_completion_length {config.max_completion_length} "
                             f"exceeds the model's context of {self.context}; lower max_completion_length")
-        self.sampler = MixedRowSampler([len(self.train)], [1.0], config.seed)
-        self.global_prompts = self.prompts_per_process * world_size
-        if config.max_steps is not None:
-            self.total_steps = config.max_steps
-        elif config.epochs is not None:
-            self.total_steps = max(1, math.ceil(config.epochs * len(self.train) / self.global_prompts))
-        else:
-            raise LumiError("set max_steps or epochs in the GRPO config (or pass --max-steps)")
+        self.plan_steps(len(self.train), self.prompts_per_process, "GRPO")
         self.run_name = f"grpo_{config.method}"
         self.rollout_step = 0
         self.model: PreTrainedModel | None = None
@@ -246,18 +238,11 @@ class GRPOObjective:
 
     # --- model ---------------------------------------------------------------------------------------------------
 
-    def load_start_model(self) -> PreTrainedModel:
-        return load_model(self.policy_dir, "GRPO policy (the SFT or DPO model)",
-                          attn_implementation=self.config.attn_implementation, adapter="refuse", trainable=True)
-
-    def build_model(self, checkpoint: Path | None) -> PreTrainedModel:
-        return build_finetune_model(self.config, self.load_start_model, checkpoint)
-
     def loss_module(self, model: PreTrainedModel, compile: bool) -> nn.Module:
         device = next(model.parameters()).device
         reference = None
         if self.config.beta > 0 and self.config.method == "full":
-            reference = self.load_start_model().to(device).eval().requires_grad_(False)
+            reference = self.load_start().to(device).eval().requires_grad_(False)
         self.model = model
         self.loss = GRPOLoss(model, self.config, reference)
         return self.loss
@@ -291,7 +276,7 @@ class GRPOObjective:
         started = time.perf_counter()
         self._count_update_time()
         config, group = self.config, self.config.num_generations
-        rows = [row for _, row in self.sampler.next_rows(self.global_prompts)]
+        rows = [row for _, row in self.sampler.next_rows(self.global_items)]
         mine = [self.train[row] for row in rows[self.rank * self.prompts_per_process:][:self.prompts_per_process]]
         prompt_ids = [item["ids"] for item in mine for _ in range(group)]
         first_row = self.rank * len(prompt_ids)
@@ -361,9 +346,6 @@ class GRPOObjective:
 
     # --- checkpoints and reporting -------------------------------------------------------------------------------
 
-    def save_model(self, directory: Path, model: PreTrainedModel, state_dict: dict[str, torch.Tensor] | None) -> None:
-        save_finetune_model(self.config, model, self.policy_dir, directory, self.policy_dir, state_dict)
-
     def state_dict(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state_dict(), "rollout_step": self.rollout_step,
                 "zero_signal_groups": self.stats.zero_signal_total, "groups": self.stats.groups_total}
@@ -380,16 +362,13 @@ class GRPOObjective:
         rewards = ", ".join(f"{name} x{weight:g}" for name, weight in config.rewards.items())
         return [f"GRPO ({config.loss_type}, {method_description(config)}) of {self.policy_dir}: "
                 f"{len(self.train)} train prompts, {len(self.val)} val prompts; {self.total_steps} steps of "
-                f"{self.global_prompts} prompts x {config.num_generations} completions (up to "
+                f"{self.global_items} prompts x {config.num_generations} completions (up to "
                 f"{config.max_completion_length} tokens, temperature {config.temperature}); rewards: {rewards}; "
                 f"reference: {reference}"]
 
     def summary(self) -> str:
         return (f"{self.sampler.epochs()[0]:.2f} epochs of the RL train prompts; {self.stats.zero_signal_total} of "
                 f"{self.stats.groups_total} groups (this process's) had equal rewards: no signal")
-
-    def flops_per_token(self) -> int | None:
-        return None
 
     def batch_shape(self) -> str:
         return (f"micro_batch_size={self.config.micro_batch_size} completions x up to prompt + "

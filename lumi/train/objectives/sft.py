@@ -32,13 +32,10 @@ from lumi.formats.finetune_data import read_sft_split, verify_data_files
 from lumi.formats.lineage import require_same_world
 from lumi.formats.model_dir import open_model_dir, require_same_tokenizer
 from lumi.data.chat import loss_targets
-from lumi.data.packed_stream import MixedRowSampler
 from lumi.data.sft_corpus import MANIFEST, TOKENIZER_SUBDIR, read_sft_manifest
 from lumi.lm.loss import summed_nats
-from lumi.loading import load_model
 from lumi.train.config import TrainerConfig
-from lumi.train.finetune import (LoraSettings, build_finetune_model, method_description,
-                                 save_finetune_model)
+from lumi.train.finetune import FineTuneObjective, LoraSettings, method_description
 
 
 class SFTConfig(TrainerConfig):
@@ -101,7 +98,7 @@ def rows_batch(tokens: np.ndarray, mask: np.ndarray, rows: list[int] | range) ->
             "loss_mask": torch.from_numpy(mask[index].astype(np.int64))}
 
 
-class SFTObjective:
+class SFTObjective(FineTuneObjective):
     """Packed conversations in, assistant-only loss out; the Objective of ``lumi.train.objectives.base``."""
 
     name = "sft"
@@ -112,37 +109,19 @@ class SFTObjective:
             raise LumiError("lumi sft needs --model-path (the base model) and --data-dir (stage 60 output)")
         self.config, self.rank, self.world_size = config, rank, world_size
         self.data = open_sft_data(config.data_dir, config.base_model)
-        self.base = self.data["base"]
+        self.start, self.start_purpose = self.data["base"], "SFT base model"
         self.tokenizer_dir = self.data["tokenizer_dir"]
         self.train_tokens, self.train_mask = self.data["splits"]["train"]
         self.val_tokens, self.val_mask = self.data["splits"]["val"]
         self.seq_len = int(self.train_tokens.shape[1])
-        self.sampler = MixedRowSampler([len(self.train_tokens)], [1.0], config.seed)
-        self.global_rows = config.micro_batch_size * config.grad_accumulation * world_size
-        if config.max_steps is not None:
-            self.total_steps = config.max_steps
-        elif config.epochs is not None:
-            self.total_steps = max(1, math.ceil(config.epochs * len(self.train_tokens) / self.global_rows))
-        else:
-            raise LumiError("set max_steps or epochs in the SFT config (or pass --max-steps)")
+        self.plan_steps(len(self.train_tokens), config.micro_batch_size * config.grad_accumulation, "SFT")
         self.run_name = f"{config.method}"
-        self.resolved = {"config": config_to_dict(config), "base_sha256": base_fingerprint(self.base),
+        self.resolved = {"config": config_to_dict(config), "base_sha256": base_fingerprint(self.start),
                          "data_manifest_sha256": sha256_file(Path(config.data_dir) / MANIFEST),
-                         "seq_len": self.seq_len, "world_size": world_size, "global_batch_rows": self.global_rows,
+                         "seq_len": self.seq_len, "world_size": world_size, "global_batch_rows": self.global_items,
                          "total_steps": self.total_steps}
 
     # --- model ---------------------------------------------------------------------------------------------------
-
-    def _load_base(self) -> PreTrainedModel:
-        model = load_model(self.base, "SFT base model", attn_implementation=self.config.attn_implementation,
-                           adapter="refuse", trainable=True)
-        if model.config.max_position_embeddings < self.seq_len:
-            raise LumiError(f"{self.config.data_dir}: rows of {self.seq_len} tokens exceed the base model's context "
-                            f"of {model.config.max_position_embeddings}; rebuild the data with --seq-len")
-        return model
-
-    def build_model(self, checkpoint: Path | None) -> PreTrainedModel:
-        return build_finetune_model(self.config, self._load_base, checkpoint)
 
     def loss_module(self, model: PreTrainedModel, compile: bool) -> nn.Module:
         return SFTLoss(model, compile_chunks=compile)
@@ -153,16 +132,10 @@ class SFTObjective:
     # --- data ----------------------------------------------------------------------------------------------------
 
     def next_step(self) -> list[dict[str, torch.Tensor]]:
-        """This rank's micro-batches of the next global batch (rows in the sampler's seeded order, as pretraining
-        slices them: micro-batch ``a`` of rank ``r`` is slice ``(a * world + r) * micro``)."""
-        rows = [row for _, row in self.sampler.next_rows(self.global_rows)]
-        micro = self.config.micro_batch_size
-        return [rows_batch(self.train_tokens, self.train_mask,
-                           rows[(step * self.world_size + self.rank) * micro:][:micro])
-                for step in range(self.config.grad_accumulation)]
+        return self.rank_micro_batches(lambda rows: rows_batch(self.train_tokens, self.train_mask, rows))
 
     def step_tokens(self, micro_batches: list[dict[str, torch.Tensor]]) -> int:
-        return self.global_rows * self.seq_len
+        return self.global_items * self.seq_len
 
     def evaluate(self, score: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> dict[str, float]:
         """Val loss over the assistant targets of the first ``eval_max_rows`` val rows."""
@@ -177,26 +150,15 @@ class SFTObjective:
 
     # --- checkpoints and reporting -------------------------------------------------------------------------------
 
-    def save_model(self, directory: Path, model: PreTrainedModel, state_dict: dict[str, torch.Tensor] | None) -> None:
-        save_finetune_model(self.config, model, self.tokenizer_dir, directory, self.base, state_dict)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.load_state_dict(state)
-
     def describe(self) -> list[str]:
         manifest = self.data["manifest"]
-        return [f"SFT ({method_description(self.config)}) of {self.base} on {self.config.data_dir}: {len(self.train_tokens)} train rows of "
+        return [f"SFT ({method_description(self.config)}) of {self.start} on {self.config.data_dir}: "
+                f"{len(self.train_tokens)} train rows of "
                 f"{self.seq_len} tokens ({manifest['splits']['train']['target_tokens']:,} assistant targets), "
-                f"template {manifest['template']}, {self.total_steps} steps of {self.global_rows} rows"]
+                f"template {manifest['template']}, {self.total_steps} steps of {self.global_items} rows"]
 
     def summary(self) -> str:
         return f"{self.sampler.epochs()[0]:.2f} epochs of the SFT train rows"
-
-    def flops_per_token(self) -> int | None:
-        return None
 
     def batch_shape(self) -> str:
         return f"micro_batch_size={self.config.micro_batch_size} x seq_len={self.seq_len} (SFT rows)"
