@@ -21,6 +21,7 @@ from lumi.core.files import atomic_write_json
 from lumi.data.chat import copy_chat_tokenizer
 from lumi.formats.adapter import adapter_fingerprint
 from lumi.formats.model_dir import write_checksums
+from lumi.formats.tokenizer import check_tokenizer_integrity
 from lumi.loading import DERIVED_RECORD, load_for_evaluation
 from lumi.lora import save_adapter, wrap_lora
 from lumi.serve.checkpoint import load_for_serving
@@ -164,6 +165,23 @@ def test_a_flipped_byte_in_an_adapter_with_checksums_is_refused(workspace, tmp_p
     flip_byte(adapter / "adapter_model.safetensors")
     line = reader_error(reader, workspace, tmp_path, adapter, capsys)
     assert "adapter_model.safetensors: damaged" in line, line
+
+
+# --- item 6: fine-tuned checkpoints are checked like pretraining ones ---------------------------------------------
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_an_sft_checkpoint_carries_tokenizer_meta_and_evaluate_checks_it(workspace, tmp_path, capsys, method):
+    """Stage 70 writes tokenizer_meta.json (hashes of the chat tokenizer files as written) into every checkpoint, as
+    pretraining does; an edited tokenizer.json is then refused by the evaluator's loader even without checksums."""
+    assert sft(workspace, tmp_path, workspace["sft"], "--set", f"method={method}", "--set", f"name=sft_{method}") == 0
+    final = tmp_path / "sft_out" / f"sft_{method}" / "final"
+    meta = json.loads((final / "tokenizer_meta.json").read_text())
+    assert {"spm.model", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= set(meta["files"])
+    check_tokenizer_integrity(final)  # the files as written match their record
+    (final / "checksums.json").unlink(missing_ok=True)  # only tokenizer_meta.json can tell now
+    (final / "tokenizer.json").write_text((final / "tokenizer.json").read_text().replace('"<unk>"', '"<UNK>"', 1))
+    line = reader_error("evaluate", workspace, tmp_path, final, capsys)
+    assert "tokenizer.json: sha256 differs from tokenizer_meta.json" in line, line
 
 
 # --- item 5: one line, never a traceback ----------------------------------------------------------------------------

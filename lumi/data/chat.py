@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lumi.core.errors import LumiError
-from lumi.core.files import atomic_write_json
+from lumi.core.files import atomic_write_json, read_json, sha256_file
 from lumi.core.special_tokens import BOS_ID, BOS_TOKEN, EOS_ID, IM_END_ID, IM_END_TOKEN, IM_START_ID, IM_START_TOKEN
 from lumi.formats.tokenizer import META as TOKENIZER_META, check_tokenizer_integrity
 
@@ -40,7 +40,7 @@ ALPACA_PREAMBLE = ("Below is an instruction that describes a task. Write a respo
                    "the request.")
 CHAT_CONFIG = "chat_template_config.json"  # which template a tokenizer dir was written with (lumi's own record)
 CHAT_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
-                        "spm.model", CHAT_CONFIG)
+                        "spm.model", CHAT_CONFIG, TOKENIZER_META)
 
 
 @dataclass(frozen=True)
@@ -209,6 +209,38 @@ def encode_conversation(tokenizer: Any, messages: list[dict], template: Template
     return encode_parts(tokenizer, render_parts(messages, template, add_generation_prompt))
 
 
+def longest_piece_chars(tokenizer: Any) -> int:
+    """The most characters one token of ``tokenizer`` covers (its longest vocabulary piece; a byte piece's spelling
+    ``<0x41>`` overstates its one byte, which only loosens the bound): a text of ``n`` characters is at least
+    ``n / longest_piece_chars`` tokens."""
+    return max(map(len, tokenizer.get_vocab()))
+
+
+def messages_that_can_fit(messages: list[dict], max_tokens: int, longest_piece: int) -> int:
+    """How many leading messages a prefix of at most ``max_tokens`` tokens can reach: the messages from the first one
+    whose content brings the total past ``max_tokens * longest_piece`` characters on can lie in no such prefix.
+    Counting characters is what keeps a message of megabytes from being tokenized at all (its ids, offsets and the
+    tokenizer's working memory grow with it: ~2 GB for 5 MB) when it could never be trained on."""
+    budget, total = max_tokens * longest_piece, 0
+    for index, message in enumerate(messages):
+        total += len(message["content"])
+        if total > budget:
+            return index
+    return len(messages)
+
+
+def encode_within(tokenizer: Any, messages: list[dict], template: Template, max_tokens: int,
+                  longest_piece: int) -> tuple[EncodedConversation | None, bool]:
+    """(encoding, whole): ``encode_conversation`` of every message when the conversation may fit ``max_tokens``;
+    else of the leading messages that can lie in such a prefix (their ids, mask and turn ends are those of the whole
+    conversation's encoding: every text segment ends at a marker), for ``cut_at_turn`` to cut, or None when not even
+    the first can."""
+    count = messages_that_can_fit(messages, max_tokens, longest_piece)
+    if count == len(messages):
+        return encode_conversation(tokenizer, messages, template), True
+    return (encode_parts(tokenizer, render_parts(messages[:count], template)) if count else None), False
+
+
 def cut_at_turn(encoded: EncodedConversation, max_tokens: int) -> EncodedConversation | None:
     """The longest prefix ending at an assistant turn end that fits ``max_tokens`` (None when not even the first
     exchange fits). The template's text after ``<|im_end|>`` is dropped with the rest."""
@@ -292,6 +324,23 @@ def save_chat_tokenizer(tokenizer: Any, template: Template, directory: str | Pat
         shutil.copy2(Path(source_dir) / "spm.model", directory / "spm.model")
     atomic_write_json(directory / CHAT_CONFIG, {"template": template.name, "system_prompt": template.default_system,
                                                 "end_of_turn_id": END_OF_TURN_ID})
+    write_chat_tokenizer_meta(directory, source_dir)
+
+
+def write_chat_tokenizer_meta(directory: Path, source_dir: str | Path | None) -> None:
+    """``tokenizer_meta.json`` of a chat tokenizer dir: the trained tokenizer's record (``source_dir``'s, a stage-20
+    dir or a pretraining checkpoint) with ``files`` hashing the chat files as written. ``copy_chat_tokenizer`` carries
+    it into every SFT, DPO and GRPO checkpoint and merged model, so ``open_model_dir`` (evaluate, serve, the next
+    stage) checks their tokenizer files exactly as it checks a pretraining checkpoint's. A source without a record
+    (a foreign tokenizer) gives none, as before."""
+    source_meta = Path(source_dir) / TOKENIZER_META if source_dir is not None else None
+    if source_meta is None or not source_meta.is_file() or not (directory / "spm.model").is_file():
+        return
+    meta = read_json(source_meta, what="tokenizer metadata")
+    hashed = [name for name in CHAT_TOKENIZER_FILES if name != TOKENIZER_META and (directory / name).is_file()]
+    meta["files"] = {name: sha256_file(directory / name) for name in hashed}
+    meta["sha256"] = meta["files"]["spm.model"]
+    atomic_write_json(directory / TOKENIZER_META, meta)
 
 
 def generation_eos_ids() -> list[int]:

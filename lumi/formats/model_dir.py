@@ -102,6 +102,8 @@ def open_model_dir(path: str | Path, what: str = "model", allow_adapter: bool = 
             raise LumiError(f"{path}: is a LoRA adapter dir, not a base model (the {what}); merge it first "
                             "(lumi merge-lora) or pass the model it was trained on")
         verify_checksums(path)
+        if (path / TOKENIZER_META).is_file():  # stage 70/90/97 adapters carry the chat tokenizer's record
+            check_tokenizer_integrity(path)
         adapter_config = read_json(path / "adapter_config.json", what="adapter config")
         base = open_model_dir(adapter_base(path, base_dir), f"base model of {path}", allow_adapter=False)
         return ModelDir(path, adapter_config if isinstance(adapter_config, dict) else {}, base)
@@ -111,6 +113,6 @@ def open_model_dir(path: str | Path, what: str = "model", allow_adapter: bool = 
     if not isinstance(config, dict):
         raise LumiError(f"{path / 'config.json'}: expected a JSON object, found {type(config).__name__}")
     verify_checksums(path)
-    if (path / TOKENIZER_META).is_file():  # a pretraining checkpoint: its tokenizer files are the trained ones
+    if (path / TOKENIZER_META).is_file():  # any lumi checkpoint: its tokenizer files as trained or chat-templated
         check_tokenizer_integrity(path)
     return ModelDir(path, config)
