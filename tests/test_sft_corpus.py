@@ -176,3 +176,47 @@ def test_shipped_sft_configs_validate_and_point_at_the_hub():
         load_config(SFTConfig, path)
     for name in ("demo.json", "sft_demo.json", "sft.json"):
         load_config(EvaluationConfig, CONFIG_DIR / "evaluation" / name)
+
+
+def test_a_message_that_cannot_fit_is_cut_exactly_as_the_whole_encoding(tokenizer_dir):
+    """encode_within leaves out the messages no fitting prefix can reach; what cut_at_turn keeps is the same as from
+    the whole conversation's encoding."""
+    from lumi.data.chat import chat_tokenizer, cut_at_turn, encode_within, longest_piece_chars
+
+    template = get_template("chatml", None)
+    tokenizer = chat_tokenizer(tokenizer_dir, template)
+    longest = longest_piece_chars(tokenizer)
+    messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."},
+                {"role": "user", "content": "x" * (64 * longest + 1)}, {"role": "assistant", "content": "Red."}]
+    partial, whole = encode_within(tokenizer, messages, template, 64, longest)
+    assert not whole and partial is not None
+    assert cut_at_turn(partial, 64) == cut_at_turn(encode_conversation(tokenizer, messages, template), 64)
+    assert encode_within(tokenizer, messages[2:], template, 64, longest) == (None, False)
+    assert encode_within(tokenizer, messages[:2], template, 64, longest)[1]
+
+
+def test_a_5_mb_message_without_spaces_is_dropped_without_tokenizing_it(tokenizer_dir, tmp_path):
+    """Issue #24 point 8: it peaked at ~2 GB RSS (the tokenizer's ids and offsets of millions of tokens); a message
+    longer than seq_len tokens can ever hold is counted too_long from its length alone. The child reports its own
+    peak (VmHWM) against a run without the long record, so the import cost is not counted."""
+    import subprocess
+    import sys
+
+    child = ("import re, sys\nfrom lumi.cli import main\nstatus = main(sys.argv[1:])\n"
+             "print('peak_kib', re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1))\n"
+             "sys.exit(status)")
+
+    def peak_mib(records, name):
+        command = [sys.executable, "-c", child, "sft-corpus", "--input", str(write(tmp_path / f"{name}.jsonl",
+                                                                                   records)), "--tokenizer-dir", str(tokenizer_dir), "--output-dir", str(tmp_path / name), "--seq-len", "128",
+                   "--set", "languages=null", "--set", "val_fraction=0.0"]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        return int(done.stdout.split("peak_kib")[-1]) / 1024
+
+    short = [{"instruction": f"Name colour {i}.", "output": "Blue."} for i in range(4)]
+    baseline = peak_mib(short, "short")
+    long_run = peak_mib(short + [{"instruction": "Spell it.", "output": "x" * (5 << 20)}], "long")
+    assert long_run - baseline < 300, f"{long_run:.0f} MiB peak against {baseline:.0f} MiB without the long record"
+    [source] = read_sft_manifest(tmp_path / "long")["sources"].values()
+    assert source["dropped"] == {"too_long": 1}
+    assert "characters > seq_len 128" in source["dropped_examples"]["too_long"][0]

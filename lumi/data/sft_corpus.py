@@ -33,7 +33,8 @@ from lumi.core.config import ConfigModel, config_to_dict
 from lumi.corpus.config import NearDedupConfig, WorldSettings
 from lumi.corpus.minhash import MinHasher, near_duplicate_of
 from lumi.data.chat import (END_OF_TURN_ID, EncodedConversation, TEMPLATES, chat_tokenizer, check_messages,
-                            cut_at_turn, encode_conversation, get_template, save_chat_tokenizer, verify_chat_tokenizer)
+                            cut_at_turn, encode_within, get_template, longest_piece_chars, save_chat_tokenizer,
+                            verify_chat_tokenizer)
 from lumi.data.readers import FORMATS, READERS, Conversation, ReadStats, detect
 from lumi.core.errors import LumiError
 from lumi.core.files import (atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text,
@@ -308,6 +309,7 @@ def seeded_sample(items: list, limit: int | None, seed: int, name: str) -> list:
 def collect(config: SFTCorpusConfig, tokenizer: Any) -> tuple[list[Candidate], dict[str, dict]]:
     """Read every source and apply the filters; returns the kept candidates and per-source statistics."""
     template = get_template(config.template, config.system_prompt)
+    longest_piece = longest_piece_chars(tokenizer)
     languages = LanguageFilter(config.languages, config.detect_language)
     stats: dict[str, dict] = {}
     seen_prompts: set[str] = set()
@@ -333,12 +335,13 @@ def collect(config: SFTCorpusConfig, tokenizer: Any) -> tuple[list[Candidate], d
                     read_stats.drop("duplicate_prompt", conversation.id)
                     continue
                 seen_prompts.add(key)
-            encoded = encode_conversation(tokenizer, conversation.messages, template)
-            if len(encoded.input_ids) > config.seq_len:
-                cut = cut_at_turn(encoded, config.seq_len) if config.overlong == "cut_at_turn" else None
+            encoded, whole = encode_within(tokenizer, conversation.messages, template, config.seq_len, longest_piece)
+            if not whole or len(encoded.input_ids) > config.seq_len:
+                cut = cut_at_turn(encoded, config.seq_len) if encoded and config.overlong == "cut_at_turn" else None
                 if cut is None:
-                    read_stats.drop("too_long", f"{conversation.id}: {len(encoded.input_ids)} tokens > seq_len "
-                                                f"{config.seq_len}")
+                    size = f"{len(encoded.input_ids)} tokens" if whole else \
+                        f"over {config.seq_len * longest_piece:,} characters"
+                    read_stats.drop("too_long", f"{conversation.id}: {size} > seq_len {config.seq_len}")
                     continue
                 cut_conversations += 1
                 encoded = cut
