@@ -17,6 +17,7 @@ import torch
 from lumi.core.errors import LumiError
 from lumi.core.files import atomic_write_json, output_path, read_json, staged_output_dir
 from lumi.formats.adapter import adapter_fingerprint, base_fingerprint, is_adapter_dir
+from lumi.formats.lineage import copy_lineage
 from lumi.formats.model_dir import ModelDir, open_model_dir, verify_checksums, write_checksums
 from lumi.formats.model_io import DTYPES, load_tokenizer, resolve_device
 
@@ -128,6 +129,7 @@ def _merge_into(adapter_dir: Path, staging: Path, base_dir: str | Path | None) -
     from lumi.data.chat import save_chat_model
 
     save_chat_model(load_model(adapter_dir, "adapter to merge", base_dir=base_dir), adapter_dir, staging)
+    copy_lineage(adapter_dir, staging)
 
 
 def write_merged(adapter_dir: str | Path, output_dir: str | Path, base_dir: str | Path | None = None,

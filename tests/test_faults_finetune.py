@@ -20,6 +20,7 @@ from lumi.core.errors import LumiError
 from lumi.core.files import atomic_write_json
 from lumi.data.chat import copy_chat_tokenizer
 from lumi.formats.adapter import adapter_fingerprint
+from lumi.formats.lineage import world_fingerprint
 from lumi.formats.model_dir import write_checksums
 from lumi.formats.tokenizer import check_tokenizer_integrity
 from lumi.loading import DERIVED_RECORD, load_for_evaluation
@@ -376,6 +377,30 @@ def test_a_model_of_the_same_world_is_accepted(workspace, tmp_path):
     model = pretrained_on(copy_dir(workspace["sft"], tmp_path / "model"), tmp_path, DATA_WORLD)
     (model / "checksums.json").unlink()
     assert dpo(workspace, tmp_path, model) == 0
+
+
+def test_worlds_are_recorded_and_refused_after_the_data_was_moved(workspace, tmp_path, capsys):
+    """Every manifest of data from the world, and every checkpoint (lineage.json), records the world's fingerprint:
+    an SFT adapter whose SFT data dir was moved away still says its world, and DPO data of another world is refused
+    in one line (before, its lineage was followed through the moved path and lost)."""
+    world = world_fingerprint(DATA_WORLD)
+    for data in ("sft_data", "dpo_data"):
+        assert json.loads((workspace[data] / "manifest.json").read_text())["worlds"] == [world]
+    data = copy_dir(workspace["sft_data"], tmp_path / "sft_data")
+    assert sft(workspace, tmp_path, workspace["sft"], data=data) == 0
+    adapter = tmp_path / "sft_out" / "lora" / "final"
+    assert json.loads((adapter / "lineage.json").read_text()) == {"worlds": [world]}
+    data.rename(tmp_path / "archived_sft_data")  # the adapter's sft_config.json now names a missing dir
+    other = tmp_path / "other_world"
+    assert main(["dpo-corpus", "--config", "config/dpo/datasets/demo.json", "--tokenizer-dir", str(workspace["sft"]),
+                 "--output-dir", str(other), "--seq-len", str(SEQ_LEN),
+                 "--set", 'sources.0.world={"type": "synthetic", "people": 20, "places": 4, "seed": 1}']) == 0
+    capsys.readouterr()
+    assert dpo(workspace, tmp_path, adapter, data=other) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "uses synthetic world" in line and "comes from world " + world[:12] in line, line
+    assert dpo(workspace, tmp_path, adapter) == 0  # its own world's data is accepted
+    assert json.loads((tmp_path / "dpo_out" / "sft_merged" / "lineage.json").read_text()) == {"worlds": [world]}
 
 
 # --- item 8: stage 60/85 hold their output's lock for the whole run -------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 from lumi.core.config import config_to_dict
 from lumi.corpus.config import CorpusConfig
 from lumi.formats.corpus import CORPUS_FORMAT
+from lumi.formats.lineage import WORLDS_KEY, worlds_in_config
 
 
 def config_sha256(config: CorpusConfig) -> str:
@@ -65,6 +66,7 @@ def build_manifest(config: CorpusConfig, shards: list[dict[str, Any]], scan: dic
         "dropped": dropped_totals,
         "config": resolved,
         "config_sha256": config_sha256(config),
+        WORLDS_KEY: sorted(worlds_in_config(resolved)),
     }
 
 

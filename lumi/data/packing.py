@@ -52,6 +52,7 @@ from lumi.core.hashing import index_uniforms
 from lumi.core.stage_args import available_cores
 from lumi.formats.corpus import MANIFEST as CORPUS_MANIFEST
 from lumi.formats.corpus import iter_text_batches, read_manifest
+from lumi.formats.lineage import WORLDS_KEY, artifact_worlds
 from lumi.formats.packed import MANIFEST, PACKED_FORMAT, SPLITS, spm_model_sha256, token_dtype
 from lumi.formats.tokenizer import SPM_MODEL as TOKENIZER_MODEL
 from lumi.formats.tokenizer import load_sentencepiece
@@ -451,6 +452,7 @@ def pack_corpus(corpus_dir: str | Path, tokenizer_dir: str | Path, output_dir: s
             "splits": splits,
             "corpus": {"dir": str(corpus_dir.resolve()), "manifest_sha256": sha256_file(corpus_dir / CORPUS_MANIFEST),
                        "documents": total},
+            WORLDS_KEY: sorted(artifact_worlds(corpus_dir)),
             "config": config_to_dict(config),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

@@ -35,6 +35,7 @@ from lumi.core.errors import LumiError
 from lumi.core.files import (atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text,
                              read_manifest_file, sha256_file, staged_output_dir)
 from lumi.formats.finetune_data import PAIR_ARRAYS, array_records, read_pairs
+from lumi.formats.lineage import WORLDS_KEY, worlds_in_config
 from lumi.core.special_tokens import IM_START_ID, PAD_ID
 from lumi.data.chat import (END_OF_TURN_ID, TEMPLATES, Template, chat_tokenizer, check_messages, encode_conversation,
                             get_template, save_chat_tokenizer, verify_chat_tokenizer)
@@ -313,6 +314,7 @@ def build_preference_corpus(config: PreferenceCorpusConfig, tokenizer_dir: Path,
             "files": array_records(staging, [f"{split}_pairs.npz" for split in SPLITS]),
             "sources": sources, "splits": splits, "seconds": round(seconds, 3),
             "config": config_to_dict(config),
+            WORLDS_KEY: sorted(worlds_in_config(config_to_dict(config))),
         }
         atomic_write_text(staging / "DATA_CARD.md", data_card(manifest))
         atomic_write_json(staging / MANIFEST, manifest)

@@ -40,6 +40,7 @@ from lumi.core.errors import LumiError
 from lumi.core.files import (atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text,
                         read_json, read_manifest_file, sha256_file, staged_output_dir)
 from lumi.formats.finetune_data import array_records, read_sft_split
+from lumi.formats.lineage import WORLDS_KEY, worlds_in_config
 from lumi.formats.model_dir import tokenizer_identity  # the one identity, recorded as tokenizer_sha256
 from lumi.formats.records import BadRecord, read_records
 from lumi.core.special_tokens import PAD_ID
@@ -487,6 +488,7 @@ def build_sft_corpus(config: SFTCorpusConfig, tokenizer_dir: Path, output_dir: P
             "seconds": round(seconds, 3),
             "conversations_per_second": round(sum(s["read"] for s in sources.values()) / max(seconds, 1e-9), 1),
             "config": config_to_dict(config),
+            WORLDS_KEY: sorted(worlds_in_config(config_to_dict(config))),
         }
         atomic_write_text(staging / "DATA_CARD.md", data_card(manifest))
         atomic_write_json(staging / MANIFEST, manifest)

@@ -5,6 +5,7 @@ a copy each."""
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any, Callable, Literal, Protocol, TypeVar
@@ -13,10 +14,11 @@ import torch
 from pydantic import Field
 from transformers import PreTrainedModel
 
-from lumi.core.config import ConfigModel
+from lumi.core.config import ConfigModel, config_to_dict
 from lumi.core.errors import LumiError
 from lumi.data.chat import save_chat_model
 from lumi.data.packed_stream import MixedRowSampler
+from lumi.formats.lineage import artifact_worlds, worlds_in_config, write_lineage
 from lumi.loading import load_adapter_onto, load_model
 from lumi.lora import save_adapter, wrap_lora
 
@@ -136,8 +138,17 @@ class FineTuneObjective:
     def build_model(self, checkpoint: Path | None) -> PreTrainedModel:
         return build_finetune_model(self.config, self.load_start, checkpoint)
 
+    @functools.cached_property
+    def worlds(self) -> set[str]:
+        """The synthetic worlds a checkpoint of this run derives from (its starting model's, its data's, those its
+        config names), recorded in each checkpoint's ``lineage.json``."""
+        data_dir = getattr(self.config, "data_dir", None)
+        return (artifact_worlds(self.start) | (artifact_worlds(data_dir) if data_dir else set())
+                | worlds_in_config(config_to_dict(self.config)))
+
     def save_model(self, directory: Path, model: PreTrainedModel, state_dict: dict[str, torch.Tensor] | None) -> None:
         save_finetune_model(self.config, model, self.tokenizer_dir, directory, self.start, state_dict)
+        write_lineage(directory, self.worlds)
 
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict()

@@ -22,6 +22,7 @@ from lumi.core.errors import LumiError
 from lumi.core.special_tokens import PAD_ID
 from lumi.data.packed_stream import BatchStream, MixedRowSampler, PackedSource, open_sources
 from lumi.formats.checkpoint import PRETRAIN_CONFIG_FILE, save_pretrained_with_tokenizer
+from lumi.formats.lineage import artifact_worlds, write_lineage
 from lumi.formats.tokenizer import load_hf_tokenizer, load_sentencepiece
 from lumi.lm.loss import scored_target_mask, summed_nats
 from lumi.lm.scoring import bits_per_byte, perplexity, score_packed_split, summarize
@@ -120,6 +121,7 @@ class PretrainObjective:
         self.tokens_per_step = self.stream.global_batch_rows * self.seq_len
         self.total_steps = total_steps(config, self.tokens_per_step)
         self.run_name = self.arch.name
+        self.worlds = set().union(*(artifact_worlds(source.path) for source in self.sources))  # recorded per checkpoint
         self.resolved = {"config": config_to_dict(config), "architecture": self.arch.model_dump(mode="json"),
                          "seq_len": self.seq_len, "world_size": world_size,
                          "global_batch_rows": self.stream.global_batch_rows, "total_steps": self.total_steps}
@@ -169,6 +171,7 @@ class PretrainObjective:
 
     def save_model(self, directory: Path, model: PreTrainedModel, state_dict: dict[str, torch.Tensor] | None) -> None:
         save_pretrained_with_tokenizer(directory, model, self.tokenizer_dir, state_dict)
+        write_lineage(directory, self.worlds)
 
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict()
