@@ -131,6 +131,22 @@ def test_only_the_command_line_imports_a_stage(path: Path):
     assert not stages, f"{path.relative_to(PACKAGE.parent)} imports {stages}: import the library module instead"
 
 
+# The steps of the staging/replace protocol (issue #24): only lumi.core.files.OutputClaim takes them, for every
+# stage output, corpus build and training run dir alike.
+PROTOCOL_STEPS = {"restore_set_aside", "remove_stale_leftovers", "replace_dir", "aside_path"}
+PROTOCOL_OWNER = PACKAGE / "core" / "files.py"
+
+
+@pytest.mark.parametrize("path", [path for path in MODULES if path != PROTOCOL_OWNER],
+                         ids=lambda path: module_name(path))
+def test_one_owner_of_the_staging_protocol(path: Path):
+    names = {node.id for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))) if isinstance(node, ast.Name)}
+    names |= {alias.name for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+              if isinstance(node, ast.ImportFrom) for alias in node.names}
+    steps = sorted(names & PROTOCOL_STEPS)
+    assert not steps, f"{module_name(path)} takes staging steps {steps} itself: go through lumi.core.files.OutputClaim"
+
+
 def test_the_rule_catches_a_crossing(tmp_path: Path):
     """The parser sees function-level imports and the ``from package import module`` form."""
     module = tmp_path / "lazy.py"

@@ -391,6 +391,81 @@ def output_lock(path: str | os.PathLike, reentrant: bool = False) -> Iterator[Pa
                 parent.rmdir()
 
 
+class OutputClaim:
+    """The one owner of the staging/replace protocol of an output ``path`` (a stage's output dir, a corpus build, a
+    training run dir): every writer of an output goes through it, in this order, so each kill point leaves exactly
+    one complete copy, which the next command finds, and a refused command deletes nothing.
+
+    1. ``with OutputClaim(path) as claim``: the output's lock (``output_lock``), then a finished copy that a kill
+       left set aside (``.NAME.old-<pid>``) while ``NAME`` is missing is moved back (it is the only copy).
+    2. The command decides whether to go ahead (refusing deletes nothing); then ``claim.go_ahead()`` removes what
+       dead processes left (staging, half-deleted dirs, set-aside copies of outputs that are complete again),
+       keeping a set-aside copy while the output is not ``complete`` (default: it exists).
+    3. Either ``claim.replace_with(new)`` (a staged or separately built dir: the old output is set aside, the new one
+       renamed in, the old one deleted) or, for a writer that works in place (a run dir), ``claim.set_aside()``
+       before it starts and ``claim.finish()`` once it is complete: the old copy is deleted only then.
+    """
+
+    def __init__(self, path: str | os.PathLike, complete: Callable[[Path], bool] | None = None):
+        self.final = output_path(path)
+        self.complete = complete or (lambda output: output.exists())
+        self.aside: Path | None = None  # this process's set-aside copy of the output it replaces in place
+        self._lock = contextlib.ExitStack()
+
+    def __enter__(self) -> "OutputClaim":
+        self._lock.enter_context(output_lock(self.final))
+        try:
+            restore_set_aside(self.final.parent, self.final.name)
+        except BaseException:
+            self._lock.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.close()
+
+    def set_aside_copies(self) -> list[Path]:
+        return set_aside_copies(self.final)
+
+    def go_ahead(self, inside: bool = False) -> None:
+        """``inside``: also the leftovers of outputs staged within this one (a run dir's checkpoints)."""
+        remove_stale_leftovers(self.final.parent, self.final.name, complete=self.complete)
+        if inside:
+            remove_stale_leftovers(self.final)
+
+    def staging_dir(self) -> Path:
+        """A new, empty ``.NAME.tmp-<pid>-*`` beside the output, with the permissions ``mkdir`` gives."""
+        try:
+            staging = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=_staging_name(self.final.name, "tmp") + "-"))
+            os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp creates 0700; outputs get the permissions mkdir gives
+        except OSError as exc:
+            raise storage_error(exc, self.final.parent) or exc
+        return staging
+
+    def replace_with(self, new: Path) -> None:
+        replace_dir(new, self.final)
+
+    def set_aside(self) -> Path:
+        """Before writing in place: the output moves to ``.NAME.old-<pid>`` until ``finish()``. When a killed earlier
+        writer already set a complete copy aside and left the output incomplete, that copy is the one kept (renamed
+        to this process) and the incomplete output goes: at every kill point exactly one complete copy exists."""
+        self.aside = aside_path(self.final)
+        stale = [path for path in self.set_aside_copies() if path != self.aside]
+        if stale and not self.complete(self.final):
+            os.replace(stale[0], self.aside)
+            if self.final.exists():
+                discard_dir(self.final)
+        elif self.final.exists():
+            os.replace(self.final, self.aside)
+        return self.aside
+
+    def finish(self) -> None:
+        """The output written in place is complete: only now does the copy it replaces go."""
+        if self.aside is not None and self.aside.exists():
+            discard_dir(self.aside, self.final.name)
+        self.go_ahead()
+
+
 @contextlib.contextmanager
 def staged_output_dir(path: str | os.PathLike, force: bool) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` atomically when the block succeeds.
@@ -399,29 +474,23 @@ def staged_output_dir(path: str | os.PathLike, force: bool) -> Iterator[Path]:
     disk, read-only, ...) becomes one line naming ``path``. While the block runs ``path`` is locked
     (``output_lock``), and leftovers of killed earlier attempts at the same output are removed first.
     """
-    final = output_path(path)
-    with output_lock(final):
-        restore_set_aside(final.parent, final.name)  # the only copy, if a kill left it set aside
-        check_output_dir(final, force)  # a refused command deletes nothing
-        remove_stale_leftovers(final.parent, final.name)
-        try:
-            staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=_staging_name(final.name, "tmp") + "-"))
-            os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp creates 0700; outputs get the permissions mkdir gives
-        except OSError as exc:
-            raise storage_error(exc, final.parent) or exc
+    with OutputClaim(path) as claim:
+        check_output_dir(claim.final, force)  # a refused command deletes nothing
+        claim.go_ahead()
+        staging = claim.staging_dir()
         try:
             yield staging
         except BaseException as exc:
-            error = storage_error(exc, final, within=staging)
+            error = storage_error(exc, claim.final, within=staging)
             shutil.rmtree(staging, ignore_errors=True)
             if error is not None:
                 raise error from exc
             raise
         try:
-            replace_dir(staging, final)
+            claim.replace_with(staging)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
-            raise storage_error(exc, final) or exc
+            raise storage_error(exc, claim.final) or exc
 
 
 def aside_path(path: Path) -> Path:

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from lumi.core.errors import LumiError
-from lumi.core.files import output_lock, remove_stale_leftovers, replace_dir, restore_set_aside, storage_error
+from lumi.core.files import OutputClaim, storage_error
 from lumi.corpus.config import CorpusConfig, LocalSourceConfig
 from lumi.corpus.engine import prepare_build_dir, run_build
 from lumi.corpus.sources import check_source
@@ -33,10 +33,10 @@ def build_corpus(config: CorpusConfig, output_dir: Path, force: bool = False) ->
     """Build (or resume building) the corpus at ``output_dir``; return its manifest, or None when the stages
     were submitted to a cluster and finish there."""
     config = checked_sources(config)
-    with output_lock(output_dir) as final:
-        restore_set_aside(final.parent, final.name)  # the only copy, if a kill left it set aside
+    with OutputClaim(output_dir) as claim:  # the lock; the only copy moved back if a kill left it set aside
+        final = claim.final
         build, replaces = prepare_build_dir(final, force, config)  # may refuse: nothing deleted before
-        remove_stale_leftovers(final.parent, final.name)
+        claim.go_ahead()
         if replaces and config.executor.type == "slurm":
             raise LumiError(f"{output_dir}: exists; on Slurm the build cannot replace it at the end, so remove it or "
                             "choose another --output-dir")
@@ -54,5 +54,5 @@ def build_corpus(config: CorpusConfig, output_dir: Path, force: bool = False) ->
         if config.executor.type == "slurm":
             return None
         if replaces:
-            replace_dir(build, final)
+            claim.replace_with(build)
     return read_manifest(final)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import random
 import signal
 import time
@@ -35,8 +34,7 @@ from tqdm import tqdm
 from transformers.utils import logging as hf_logging
 
 from lumi.core.errors import LumiError
-from lumi.core.files import (aside_path, discard_dir, output_lock, output_path, remove_stale_leftovers,
-                             restore_set_aside, set_aside_copies)
+from lumi.core.files import OutputClaim, output_path
 from lumi.formats.checkpoint import (FINAL, STATE_FILE, check_finite_weights, load_trainer_state,
                                      newest_intact_checkpoint, restore_rng_state, rng_state, rotate_checkpoints,
                                      save_checkpoint, step_checkpoints, step_dir_name, verified_checkpoint)
@@ -78,16 +76,17 @@ class Trainer:
         self.resolved = objective.resolved
         # Rank 0 holds the run dir until fit() ends: a second run on it is refused, naming this one. A run dir a
         # kill left set aside is moved back first; nothing is deleted until this run has decided to go ahead.
+        # The run dir's staging/replace protocol is lumi.core.files.OutputClaim's, as for every stage output: a run
+        # dir is complete once it holds final/.
         self._run_dir_lock = contextlib.ExitStack()
-        if self.is_main:
-            self._run_dir_lock.enter_context(output_lock(self.run_dir))
-            restore_set_aside(self.run_dir.parent, self.run_dir.name)
-        checkpoint, self._replaced_run_dir = decide_on_main(lambda: self._checkpoint_to_resume(resume, force))
-        if self.is_main:
+        self._claim = OutputClaim(self.run_dir, complete=run_is_finished) if self.is_main else None
+        if self._claim is not None:
+            self._run_dir_lock.enter_context(self._claim)
+        checkpoint, self._replaces_run_dir = decide_on_main(lambda: self._checkpoint_to_resume(resume, force))
+        if self._claim is not None:
             # Leftovers of killed runs: checkpoints being staged or deleted go; a finished run a killed --force
             # set aside stays until a run here finishes (the only finished copy until then).
-            remove_stale_leftovers(self.run_dir.parent, self.run_dir.name, complete=run_is_finished)
-            remove_stale_leftovers(self.run_dir)
+            self._claim.go_ahead(inside=True)
 
         if self.device.type == "cpu" and config.attn_implementation == "flex_attention":
             raise LumiError("attn_implementation 'flex_attention' trains on GPUs only (torch has no flex-attention "
@@ -113,30 +112,28 @@ class Trainer:
 
     # --- run directory and resume -------------------------------------------------------------------------------
 
-    def _checkpoint_to_resume(self, resume: str | None, force: bool) -> tuple[Path | None, Path | None]:
-        """(checkpoint to resume from, where --force sets the old run aside); decided on rank 0 only."""
+    def _checkpoint_to_resume(self, resume: str | None, force: bool) -> tuple[Path | None, bool]:
+        """(checkpoint to resume from, whether --force replaces an old run); decided on rank 0 only."""
         existing = step_checkpoints(self.run_dir) + ([(-1, self.run_dir / FINAL)]
                                                      if (self.run_dir / FINAL).is_dir() else [])
         if resume is None:
-            kept = set_aside_copies(self.run_dir)
+            kept = self._claim.set_aside_copies()
             if kept and not force:
                 raise LumiError(f"{self.run_dir}: an interrupted --force run; the finished run it replaces is kept "
                                 f"in {kept[0]}: pass --resume auto to continue the new run or --force to start over")
             if existing and not force:
                 raise LumiError(f"{self.run_dir}: holds checkpoints of an earlier run; pass --resume auto to "
                                 "continue it or --force to start over")
-            if (self.run_dir.exists() or set_aside_copies(self.run_dir)) and force:
-                return None, aside_path(self.run_dir)
-            return None, None
+            return None, force and (self.run_dir.exists() or bool(kept))
         if resume != "auto":
             if not (Path(resume) / STATE_FILE).is_file():
                 raise LumiError(f"--resume {resume}: not a training checkpoint ({STATE_FILE} missing)")
-            return verified_checkpoint(Path(resume)), None
+            return verified_checkpoint(Path(resume)), False
         if not existing:
             log.info("--resume auto: no checkpoint in %s, starting from scratch", self.run_dir)
-            return None, None
+            return None, False
         # final/ holds the last step of a finished run: resuming from it is a no-op unless the budget grew.
-        return newest_intact_checkpoint([path for _, path in existing]), None
+        return newest_intact_checkpoint([path for _, path in existing]), False
 
     def _load_state(self, checkpoint: Path) -> None:
         state, saved = load_trainer_state(checkpoint, self.objective.config_file)
@@ -250,29 +247,15 @@ class Trainer:
         """Rank 0 sets a --force'd old run aside, creates the run dir and opens the metrics log; the rest wait."""
         metrics = None
         if self.is_main:
-            if self._replaced_run_dir is not None:
-                self._set_old_run_aside()
+            if self._replaces_run_dir:
+                aside = self._claim.set_aside()
+                log.info("--force: the previous run is kept in %s until this one finishes", aside)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             kept_step = self.step if self.resumed_from is not None else -1  # a fresh run drops any stale records
             metrics = MetricsLog(self.run_dir, kept_step, self.config.tensorboard, self.config.wandb_project,
                                  self.run_dir.name, self.resolved)
         barrier()
         return metrics
-
-    def _set_old_run_aside(self) -> None:
-        """--force: the old run is set aside and deleted only once this one has finished, as
-        lumi.core.files.replace_dir does for stage outputs (a run writes into its dir as it goes). When a killed
-        --force run already set a finished run aside, that copy is the one kept (renamed to this process) and the
-        killed run's unfinished dir goes: at every kill point exactly one finished copy exists."""
-        aside = self._replaced_run_dir
-        stale = [path for path in set_aside_copies(self.run_dir) if path != aside]
-        if stale and not run_is_finished(self.run_dir):
-            os.replace(stale[0], aside)
-            if self.run_dir.exists():
-                discard_dir(self.run_dir)
-        elif self.run_dir.exists():
-            os.replace(self.run_dir, aside)
-        log.info("--force: the previous run is kept in %s until this one finishes", aside)
 
     def fit(self) -> int:
         """Train to the step budget; returns the process exit status (0, or 128 + signal when stopped by one)."""
@@ -363,9 +346,7 @@ class Trainer:
                     print(f"{'stopped early: ' if self.early_stop.stopped else ''}{final} holds the weights of "
                           f"step {self.early_stop.best_step}, the best {WATCHED} ({self.early_stop.best_loss:.4f})")
                 # Finished: only now does the old run go (this process's set-aside copy, or a killed one's).
-                if self._replaced_run_dir is not None and self._replaced_run_dir.exists():
-                    discard_dir(self._replaced_run_dir, self.run_dir.name)
-                remove_stale_leftovers(self.run_dir.parent, self.run_dir.name, complete=run_is_finished)
+                self._claim.finish()
             return 0
         finally:
             self._run_dir_lock.close()
