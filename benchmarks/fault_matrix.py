@@ -1,9 +1,10 @@
 """The fault matrix of stages 60-100 (docs/RELIABILITY.md): every fault-injection case of the test suite that covers
 them -- damaged, swapped or foreign model and adapter dirs for each reader (sft, dpo, merge-lora, evaluate,
-serve/chat), damaged SFT and DPO data, edited tokenizers, a derived merged copy of another adapter or damaged, kills
-of ``--force`` runs at each save and SIGKILL + resume for SFT and DPO, full and LoRA -- run as pytest cases, then
-counted per group: cases tried / held. A case holds when its test passes (the fault is refused in one line, or the
-run recovers exactly); a skipped case (no real data samples) is counted as not tried, and named.
+serve/chat), damaged SFT and DPO data, edited tokenizers (fine-tuned checkpoints' tokenizer_meta.json included), a
+derived merged copy of another adapter or damaged, artifacts of another world (a moved data dir included), a 5 MB
+message, kills of ``--force`` runs at each save and SIGKILL + resume for SFT and DPO, full and LoRA -- run as pytest
+cases, then counted per group: cases tried / held. A case holds when its test passes (the fault is refused in one
+line, or the run recovers exactly); a skipped case (no real data samples) is counted as not tried, and named.
 
     .venv/bin/python benchmarks/fault_matrix.py            # prints the table; exit 1 unless every tried case held
 """
@@ -32,7 +33,10 @@ GROUPS = [
     ("tests/test_faults_finetune.py", r"edited_checkpoint", "checkpoint with an edited tokenizer.json"),
     ("tests/test_faults_finetune.py", r"edited", "edited tokenizer (stages 60, 70, 90)"),
     ("tests/test_faults_finetune.py", r"merge_lora_refuses", "merge-lora onto its own adapter"),
+    ("tests/test_faults_finetune.py", r"worlds_are_recorded", "world recorded; refused after its data dir moved"),
     ("tests/test_faults_finetune.py", r"_world", "a model of another (or the same) synthetic world"),
+    ("tests/test_faults_finetune.py", r"carries_tokenizer_meta", "SFT checkpoint tokenizer_meta.json (full, LoRA)"),
+    ("tests/test_sft_corpus.py", r"5_mb", "a 5 MB message without spaces (memory)"),
     ("tests/test_faults_finetune.py", r"second_corpus", "a second stage-60/85 run on one output"),
     ("tests/test_faults_finetune.py", r"wrong_typed", "evaluate --compare, wrong-typed earlier results"),
     ("tests/test_faults_training.py", r"force_run", "killed --force run: refused, resumed, forced"),
