@@ -34,6 +34,7 @@ GROUPS = [
     ("tests/test_faults_finetune.py", r"edited", "edited tokenizer (stages 60, 70, 90)"),
     ("tests/test_faults_finetune.py", r"merge_lora_refuses", "merge-lora onto its own adapter"),
     ("tests/test_faults_finetune.py", r"worlds_are_recorded", "world recorded; refused after its data dir moved"),
+    ("tests/test_faults_finetune.py", r"record_their_world", "corpus, packed data record their world (moved)"),
     ("tests/test_faults_finetune.py", r"_world", "a model of another (or the same) synthetic world"),
     ("tests/test_faults_finetune.py", r"carries_tokenizer_meta", "SFT checkpoint tokenizer_meta.json (full, LoRA)"),
     ("tests/test_sft_corpus.py", r"5_mb", "a 5 MB message without spaces (memory)"),

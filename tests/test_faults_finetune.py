@@ -403,6 +403,23 @@ def test_worlds_are_recorded_and_refused_after_the_data_was_moved(workspace, tmp
     assert json.loads((tmp_path / "dpo_out" / "sft_merged" / "lineage.json").read_text()) == {"worlds": [world]}
 
 
+def test_corpus_and_packed_data_record_their_world(workspace, tmp_path):
+    """Stage 10 records the world it generated, stage 30 the worlds of the corpus it packed: still known once the
+    corpus is moved away (the packed manifest's corpus path then leads nowhere)."""
+    from lumi.formats.lineage import artifact_worlds
+
+    world = {**DATA_WORLD, "seed": 3}
+    source = json.dumps({"type": "synthetic", "name": "world", "documents": 50, **world})
+    assert main(["corpus", "--config", "config/demo/corpus.json", "--set", f"sources.0={source}",
+                 "--output-dir", str(tmp_path / "corpus")]) == 0
+    assert json.loads((tmp_path / "corpus" / "manifest.json").read_text())["worlds"] == [world_fingerprint(world)]
+    assert main(["pack", "--config", "config/demo/packing.json", "--corpus-dir", str(tmp_path / "corpus"),
+                 "--tokenizer-dir", str(workspace["tokenizer"]), "--seq-len", "32",
+                 "--output-dir", str(tmp_path / "packed")]) == 0
+    (tmp_path / "corpus").rename(tmp_path / "archived_corpus")
+    assert artifact_worlds(tmp_path / "packed") == {world_fingerprint(world)}
+
+
 # --- item 8: stage 60/85 hold their output's lock for the whole run -------------------------------------------------
 
 @pytest.mark.parametrize("stage", ["sft-corpus", "dpo-corpus"])
