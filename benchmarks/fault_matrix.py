@@ -38,6 +38,7 @@ GROUPS = [
     ("tests/test_faults_finetune.py", r"_world", "a model of another (or the same) synthetic world"),
     ("tests/test_faults_finetune.py", r"carries_tokenizer_meta", "SFT checkpoint tokenizer_meta.json (full, LoRA)"),
     ("tests/test_sft_corpus.py", r"5_mb", "a 5 MB message without spaces (memory)"),
+    ("tests/test_dpo_corpus.py", r"megabyte", "a 1 MB prompt turn or answer (stage 85)"),
     ("tests/test_faults_finetune.py", r"second_corpus", "a second stage-60/85 run on one output"),
     ("tests/test_faults_finetune.py", r"wrong_typed", "evaluate --compare, wrong-typed earlier results"),
     ("tests/test_faults_training.py", r"force_run", "killed --force run: refused, resumed, forced"),

@@ -214,3 +214,39 @@ def test_synthetic_pairs_keep_heldout_facts_out():
     heldout = {pair["prompt"] for pair in source.world.world().preference_pairs("heldout")}
     assert pairs and not {pair["prompt"] for pair in pairs} & heldout
     assert all(pair["chosen"] != pair["rejected"] for pair in pairs)
+
+
+class LongestTextSeen:
+    """The real chat tokenizer, recording the longest text it was asked to encode (what costs memory)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.longest = tokenizer, 0
+
+    def __call__(self, texts, **kwargs):
+        self.longest = max(self.longest, *map(len, texts))
+        return self.tokenizer(texts, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_a_megabyte_old_turn_or_answer_is_never_tokenized(tokenizer_dir, tmp_path):
+    """A prompt + answer whose text alone is more than seq_len tokens can hold is skipped before encoding: an old
+    turn of 1 MB is cut off as before, a 1 MB answer is too_long as before, and neither reaches the tokenizer."""
+    from lumi.data.chat import chat_tokenizer, get_template
+    from lumi.data.preference import collect
+
+    huge = "x" * (1 << 20)
+    old = [("user", huge), ("assistant", "An old answer.")]
+    records = [{"chosen": hh_transcript([*old, ("user", "Where is Ely?"), ("assistant", "Ely is north.")]),
+                "rejected": hh_transcript([*old, ("user", "Where is Ely?"), ("assistant", "No idea.")])},
+               {"chosen": hh_transcript([("user", "Spell it."), ("assistant", huge)]),
+                "rejected": hh_transcript([("user", "Spell it."), ("assistant", "No.")])}]
+    atomic_write_jsonl(tmp_path / "pairs.jsonl", records)
+    source = {"type": "files", "name": "input", "paths": [str(tmp_path / "pairs.jsonl")]}
+    config = PreferenceCorpusConfig(sources=[source], seq_len=96, val_fraction=0.0, dedup="off")
+    tokenizer = LongestTextSeen(chat_tokenizer(tokenizer_dir, get_template(config.template, config.system_prompt)))
+    kept, stats = collect(config, tokenizer)
+    assert [c.pair.prompt for c in kept] == [[{"role": "user", "content": "Where is Ely?"}]] and kept[0].prompt_cut
+    assert stats["input"]["read"].dropped == {"too_long": 1}
+    assert tokenizer.longest < 10_000, tokenizer.longest

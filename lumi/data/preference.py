@@ -38,7 +38,8 @@ from lumi.formats.finetune_data import PAIR_ARRAYS, array_records, read_pairs
 from lumi.formats.lineage import WORLDS_KEY, worlds_in_config
 from lumi.core.special_tokens import IM_START_ID, PAD_ID
 from lumi.data.chat import (END_OF_TURN_ID, TEMPLATES, Template, chat_tokenizer, check_messages, encode_conversation,
-                            get_template, save_chat_tokenizer, verify_chat_tokenizer)
+                            get_template, longest_piece_chars, messages_that_can_fit, save_chat_tokenizer,
+                            verify_chat_tokenizer)
 from lumi.data.readers import (hh_rlhf, orca_dpo, preference_pairs, sharegpt_preference, stack_exchange,
                                ultrafeedback)
 from lumi.data.readers.base import PreferencePair, ReadStats
@@ -142,14 +143,19 @@ def shorter_prompts(prompt: list[dict]) -> Iterable[list[dict]]:
         yield system + turns[start:]
 
 
-def fit_pair(tokenizer: Any, pair: PreferencePair, template: Template, seq_len: int,
-             overlong: str) -> tuple[list[dict], EncodedAnswer, EncodedAnswer] | None:
-    """The (possibly cut) prompt and the two encoded answers that fit ``seq_len``, None when none does."""
+def fit_pair(tokenizer: Any, pair: PreferencePair, template: Template, seq_len: int, overlong: str,
+             longest_piece: int) -> tuple[list[dict], EncodedAnswer, EncodedAnswer] | None:
+    """The (possibly cut) prompt and the two encoded answers that fit ``seq_len``, None when none does. A prompt and
+    answer whose text alone is more than ``seq_len`` tokens can hold are not tokenized (``messages_that_can_fit``):
+    a megabyte answer would otherwise cost gigabytes to find too long."""
     for prompt in shorter_prompts(pair.prompt):
-        chosen = encode_answer(tokenizer, prompt, pair.chosen, template)
-        rejected = encode_answer(tokenizer, prompt, pair.rejected, template)
-        if max(len(chosen.input_ids), len(rejected.input_ids)) <= seq_len:
-            return prompt, chosen, rejected
+        may_fit = all(messages_that_can_fit([*prompt, {"role": "assistant", "content": answer}], seq_len,
+                                            longest_piece) == len(prompt) + 1 for answer in (pair.chosen, pair.rejected))
+        if may_fit:
+            chosen = encode_answer(tokenizer, prompt, pair.chosen, template)
+            rejected = encode_answer(tokenizer, prompt, pair.rejected, template)
+            if max(len(chosen.input_ids), len(rejected.input_ids)) <= seq_len:
+                return prompt, chosen, rejected
         if overlong == "drop":
             return None
     return None
@@ -190,6 +196,7 @@ class Candidate:
 def collect(config: PreferenceCorpusConfig, tokenizer: Any) -> tuple[list[Candidate], dict[str, dict]]:
     """Read every source and apply the filters; the kept candidates and per-source statistics."""
     template = get_template(config.template, config.system_prompt)
+    longest_piece = longest_piece_chars(tokenizer)
     stats: dict[str, dict] = {}
     seen: set[str] = set()
     kept: list[Candidate] = []
@@ -209,7 +216,7 @@ def collect(config: PreferenceCorpusConfig, tokenizer: Any) -> tuple[list[Candid
                     read_stats.drop("duplicate", pair.id)
                     continue
                 seen.add(key)
-            fitted = fit_pair(tokenizer, pair, template, config.seq_len, config.overlong)
+            fitted = fit_pair(tokenizer, pair, template, config.seq_len, config.overlong, longest_piece)
             if fitted is None:
                 read_stats.drop("too_long", f"{pair.id}: prompt + answer > seq_len {config.seq_len} tokens")
                 continue
