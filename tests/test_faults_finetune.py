@@ -403,9 +403,10 @@ def test_worlds_are_recorded_and_refused_after_the_data_was_moved(workspace, tmp
     assert json.loads((tmp_path / "dpo_out" / "sft_merged" / "lineage.json").read_text()) == {"worlds": [world]}
 
 
-def test_corpus_and_packed_data_record_their_world(workspace, tmp_path):
+def test_corpus_and_packed_data_record_their_world(workspace, tmp_path, capsys):
     """Stage 10 records the world it generated, stage 30 the worlds of the corpus it packed: still known once the
-    corpus is moved away (the packed manifest's corpus path then leads nowhere)."""
+    corpus is moved away (the packed manifest's corpus path then leads nowhere), and pretraining refuses to mix the
+    packed data of two worlds."""
     from lumi.formats.lineage import artifact_worlds
 
     world = {**DATA_WORLD, "seed": 3}
@@ -418,6 +419,17 @@ def test_corpus_and_packed_data_record_their_world(workspace, tmp_path):
                  "--output-dir", str(tmp_path / "packed")]) == 0
     (tmp_path / "corpus").rename(tmp_path / "archived_corpus")
     assert artifact_worlds(tmp_path / "packed") == {world_fingerprint(world)}
+    other = json.dumps({"type": "synthetic", "name": "world", "documents": 50, **world, "seed": 4})
+    assert main(["corpus", "--config", "config/demo/corpus.json", "--set", f"sources.0={other}",
+                 "--output-dir", str(tmp_path / "corpus4")]) == 0
+    assert main(["pack", "--config", "config/demo/packing.json", "--corpus-dir", str(tmp_path / "corpus4"),
+                 "--tokenizer-dir", str(workspace["tokenizer"]), "--seq-len", "32",
+                 "--output-dir", str(tmp_path / "packed4")]) == 0
+    capsys.readouterr()
+    assert main(["pretrain", "--config", "config/demo/pretrain.json", "--tokenizer-dir", str(workspace["tokenizer"]),
+                 "--data-dirs", str(tmp_path / "packed"), str(tmp_path / "packed4"), "--max-steps", "1",
+                 "--output-dir", str(tmp_path / "checkpoints")]) == 2
+    assert "packed data of 2 different synthetic worlds" in one_error_line(capsys.readouterr().err)
 
 
 # --- item 8: stage 60/85 hold their output's lock for the whole run -------------------------------------------------

@@ -109,6 +109,11 @@ class PretrainObjective:
         self.config = config
         self.tokenizer_dir = Path(config.tokenizer_dir)
         self.sources: list[PackedSource] = open_sources(config.data_dirs, self.tokenizer_dir)
+        self.worlds = set().union(*(artifact_worlds(source.path) for source in self.sources))  # recorded per checkpoint
+        if len(self.worlds) > 1:
+            raise LumiError(f"{', '.join(str(s.path) for s in self.sources)}: packed data of {len(self.worlds)} "
+                            "different synthetic worlds; pretrain on one world's data (real text, of no world, mixes "
+                            "with any)")
         self.seq_len = self.sources[0].train.seq_len
         self.arch = load_architecture(config.model, vocab_size=tokenizer_vocab_size(self.tokenizer_dir))
         if self.seq_len > self.arch.max_seq_len:
@@ -121,7 +126,6 @@ class PretrainObjective:
         self.tokens_per_step = self.stream.global_batch_rows * self.seq_len
         self.total_steps = total_steps(config, self.tokens_per_step)
         self.run_name = self.arch.name
-        self.worlds = set().union(*(artifact_worlds(source.path) for source in self.sources))  # recorded per checkpoint
         self.resolved = {"config": config_to_dict(config), "architecture": self.arch.model_dump(mode="json"),
                          "seq_len": self.seq_len, "world_size": world_size,
                          "global_batch_rows": self.stream.global_batch_rows, "total_steps": self.total_steps}
