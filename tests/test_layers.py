@@ -116,9 +116,9 @@ def test_no_import_cycle_between_modules():
             visit(module, [module])
 
 
-# Everything that is not a command line: the library, and the tests, benchmarks and helper scripts that use it.
+# Everything that is not a command line: the library, and the tests, benchmarks, scripts and runs that use it.
 STAGE_IMPORTERS = ("cli", "stages")
-OUTSIDE_THE_PACKAGE = ("tests", "benchmarks", "scripts")
+OUTSIDE_THE_PACKAGE = ("tests", "benchmarks", "scripts", "runs")
 NON_STAGE_FILES = sorted([path for path in MODULES if top(module_name(path)) not in STAGE_IMPORTERS] +
                          [path for folder in OUTSIDE_THE_PACKAGE for path in (PACKAGE.parent / folder).rglob("*.py")])
 
