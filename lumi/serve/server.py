@@ -24,8 +24,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
     """A bound, listening TCP socket for uvicorn (``Server.run(sockets=...)``): a taken or invalid address is one
     LumiError line here instead of uvicorn's exit 3, and the port is known (``--port 0``) before serving starts."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, kind, protocol = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][:3]
+        # The protocol named (IPPROTO_TCP, not 0): asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+        # without it Nagle's algorithm holds each response's body behind its headers for a delayed ACK (40 ms).
+        sock = socket.socket(family, kind, protocol)
     except (OSError, OverflowError) as exc:
         raise LumiError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
