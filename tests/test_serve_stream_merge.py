@@ -1,6 +1,6 @@
-"""Streams whose event loop lags: the tokens made meanwhile arrive merged into one chunk per choice
-(lumi/serve/feed.py), and what a client reads must be what it reads from a stream that kept up: the same text (equal
-to the non-streamed answer at greedy), the same per-token log-probs, never a stop string, usage at the end.
+"""Merged stream chunks (lumi/serve/feed.py): tokens made within one stream interval, or while the event loop lags,
+arrive in one chunk per choice, and what a client reads must be what it reads from one token a chunk: the same text
+(equal to the non-streamed answer at greedy), the same per-token log-probs, never a stop string, usage at the end.
 
 The lag is made on purpose: the event loop (uvicorn in a thread of this process) is blocked for a while after the
 stream has started, while the engine thread goes on making tokens."""
@@ -31,7 +31,8 @@ def server(tmp_path_factory):
     loops = []
 
     with Engine(model, tokenizer, max_batch=4) as engine:
-        app = create_app(engine, tokenizer, ServerSettings(model_id=MODEL))
+        # interval 0 (a wake-up per token): the merging seen here is the lag's alone
+        app = create_app(engine, tokenizer, ServerSettings(model_id=MODEL, stream_interval_s=0.0))
 
         async def remembering_its_loop(scope, receive, send):
             loops.append(asyncio.get_running_loop())
@@ -40,7 +41,7 @@ def server(tmp_path_factory):
         with running_server(remembering_its_loop) as url:
             client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
             client.models.list()  # so the loop is known
-            yield {"client": client, "loop": loops[0]}
+            yield {"client": client, "loop": loops[0], "engine": engine, "tokenizer": tokenizer}
 
 
 def lagging(server, stream) -> list:
@@ -88,3 +89,30 @@ def test_merged_chat_chunks_never_emit_a_stop_string(server):
     assert "".join(deltas) == expected
     assert not any(stop in delta for delta in deltas)
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+
+
+def test_stream_interval_merges_what_one_interval_makes(server):
+    """An interval longer than the whole answer: the first token goes out alone (it wakes the loop at once), the
+    rest waits for the finish; the text is the same."""
+    app = create_app(server["engine"], server["tokenizer"], ServerSettings(model_id=MODEL, stream_interval_s=60.0))
+    ask = dict(model=MODEL, prompt="Once upon a time", max_tokens=30, temperature=0)
+    with running_server(app) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        expected = client.completions.create(**ask).choices[0].text
+        chunks = list(client.completions.create(**ask, stream=True))
+    texts = [c.choices[0].text for c in chunks if c.choices[0].text]
+    assert len(texts) <= 2 and "".join(texts) == expected
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("value", ["-1", "1001", "nan"])
+def test_stream_interval_flag_is_range_checked(value, tmp_path):
+    from lumi.cli import build_parser
+    from lumi.core.errors import LumiError
+    from lumi.stages import serve
+
+    parser = build_parser()
+    serve.configure_parser(next(a for a in parser._actions if a.dest == "verb").choices["serve"])
+    args = parser.parse_args(["serve", "--model-path", str(tmp_path), "--stream-interval-ms", value])
+    with pytest.raises(LumiError, match="--stream-interval-ms must be in 0..1000"):
+        serve.settings_from_args(args)

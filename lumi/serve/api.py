@@ -41,6 +41,7 @@ from lumi.serve.responses import Choice, Pieces, choice_body, collect, stream_ev
 
 WEB_PAGE = Path(__file__).resolve().parent / "web" / "index.html"
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_STREAM_INTERVAL_S = 0.01  # a stream wakes the event loop at most 100 times a second (lumi/serve/feed.py)
 OPEN_PATHS = ("/", "/health")  # everything else (/metrics too: scrapers send a bearer token) needs the key
 MAX_CHOICES = 64  # prompts x n in one request
 CLIENT_CLOSED = 499  # nginx's "client closed request": logged for a non-streamed request whose client went away
@@ -52,6 +53,7 @@ class ServerSettings:
     api_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S
 
 
 # --- request bodies: OpenAI's fields; the sampling fields (with their limits) are SamplingParams' own ---------------
@@ -348,7 +350,8 @@ def create_app(engine: Engine, tokenizer: PreTrainedTokenizerBase, settings: Ser
         if len(prompts) * body.n > MAX_CHOICES:
             raise APIError(400, f"prompts x n must be at most {MAX_CHOICES}, got {len(prompts)} x {body.n}",
                            param="n")
-        feed = OutputFeed(asyncio.get_running_loop(), wake_on_every_output=body.stream)
+        feed = OutputFeed(asyncio.get_running_loop(), streaming=body.stream,
+                          interval_s=settings.stream_interval_s)
         choices = submit(body, prompts, echoes, feed)
         response_id = f"{'chatcmpl' if chat else 'cmpl'}-{choices[0].request.id}"
         common = {"id": response_id, "created": int(time.time()), "model": settings.model_id}

@@ -1,24 +1,29 @@
 """The hand-off of engine outputs (made in the engine's thread) to one response on the event loop.
 
-Waking the event loop costs the engine time (the loop's Python runs under the same GIL), so the engine wakes it at
-most once per batch: outputs are appended under a lock, and a wake-up is scheduled only when none is pending. The
-loop then takes everything that arrived meanwhile at once. A stream therefore sends one event per token while the
-loop keeps up, and several tokens in one event when it lags (``merge``), instead of falling further behind. A plain
-(non-streamed) response wakes the loop only when a choice has finished: nothing reads the tokens before that.
-(asyncio has no queue that is filled from another thread and drained in batches; hence this small class.)
+Every wake-up of the event loop costs the engine time: the loop's Python runs under the same GIL, and on a busy
+machine a woken thread that holds the GIL and loses its core stalls the engine. Measured on a micro model making
+~1,000 tokens/s, a wake-up per token cost a streamed client ~15% of its speed (docs/BENCHMARKS.md). So the engine
+wakes the loop only when no wake-up is pending, and (for a stream) at most once per ``interval_s``; the loop then
+takes everything that arrived meanwhile, and a stream sends a choice's tokens in one chunk (``merge``). The first
+output, a finished one, and every output of a model slower than one token per interval wake the loop at once; a
+held output waits at most until the engine's next output for that response. A plain (non-streamed) response
+wakes the loop only when a choice has finished: nothing reads the tokens before that. (asyncio has no queue that
+is filled from another thread and drained in batches; hence this small class.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 from lumi.generation.engine import Output
 
 
 class OutputFeed:
-    def __init__(self, loop: asyncio.AbstractEventLoop, wake_on_every_output: bool):
-        self.loop, self.wake_on_every_output = loop, wake_on_every_output
+    def __init__(self, loop: asyncio.AbstractEventLoop, streaming: bool, interval_s: float = 0.0):
+        self.loop, self.streaming, self.interval_s = loop, streaming, interval_s
+        self._last_wake = float("-inf")
         self._lock = threading.Lock()
         self._outputs: list[tuple[int, Output]] = []  # (choice index, output), in the order they were made
         self._wake_pending = False
@@ -28,9 +33,12 @@ class OutputFeed:
         """From the engine thread: one output of choice ``index``."""
         with self._lock:
             self._outputs.append((index, output))
-            if self._wake_pending or not (self.wake_on_every_output or output.finish_reason is not None):
+            if self._wake_pending:
                 return
-            self._wake_pending = True
+            if output.finish_reason is None:
+                if not self.streaming or time.monotonic() - self._last_wake < self.interval_s:
+                    return
+            self._wake_pending, self._last_wake = True, time.monotonic()
         try:
             self.loop.call_soon_threadsafe(self._arrived.set)
         except RuntimeError:  # the event loop is gone (server shutting down): nobody is listening

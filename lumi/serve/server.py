@@ -68,9 +68,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @contextlib.contextmanager
 def server_process(model_dir: str | Path, extra_args: list[str] = (), log: IO | None = None,
-                   timeout_s: float = 180.0) -> Iterator[tuple[str, dict]]:
-    """``lumi serve`` as a child process on a free loopback port; yields ``(base URL, its /health)`` once it answers,
-    and stops it (SIGINT: uvicorn's graceful shutdown) afterwards. Its output goes to ``log`` (default: ours)."""
+                   timeout_s: float = 180.0) -> Iterator[tuple[str, dict, subprocess.Popen]]:
+    """``lumi serve`` as a child process on a free loopback port; yields ``(base URL, its /health, the process)`` once
+    it answers, and stops it (SIGINT: uvicorn's graceful shutdown) afterwards. Its output goes to ``log`` (default:
+    ours)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen([sys.executable, "-m", "lumi", "serve", "--model-path", str(model_dir), "--port",
@@ -86,7 +87,7 @@ def server_process(model_dir: str | Path, extra_args: list[str] = (), log: IO | 
                 break
             except OSError:
                 time.sleep(0.3)
-        yield url, health
+        yield url, health, process
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import uvicorn
 
 from lumi.core.errors import LumiError
-from lumi.serve.api import DEFAULT_MAX_BODY_BYTES, ServerSettings, create_app
+from lumi.serve.api import DEFAULT_MAX_BODY_BYTES, DEFAULT_STREAM_INTERVAL_S, ServerSettings, create_app
 from lumi.serve.options import add_model_arguments, engine_from_args
 from lumi.serve.server import listening_socket
 
@@ -37,6 +37,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="allow browser requests from ORIGIN (repeatable; default: CORS off)")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                         help=f"largest request body (default {DEFAULT_MAX_BODY_BYTES})")
+    parser.add_argument("--stream-interval-ms", type=float, default=DEFAULT_STREAM_INTERVAL_S * 1000,
+                        help="a stream sends the tokens made within this many ms in one chunk (default "
+                             f"{DEFAULT_STREAM_INTERVAL_S * 1000:g}: a model slower than "
+                             f"{1 / DEFAULT_STREAM_INTERVAL_S:g} tokens/s streams every token alone; 0: always one "
+                             "token a chunk, at the cost of an event-loop wake-up per token)")
 
 
 def default_model_name(model_path: Path) -> str:
@@ -65,12 +70,15 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         raise LumiError(f"--port must be in 0..65535 (0 = any free port), got {args.port}")
     if args.max_body_bytes < 1024:
         raise LumiError(f"--max-body-bytes must be >= 1024, got {args.max_body_bytes}")
+    if not 0 <= args.stream_interval_ms <= 1000:
+        raise LumiError(f"--stream-interval-ms must be in 0..1000, got {args.stream_interval_ms}")
     api_key = api_key_from(args)
     if args.host not in LOOPBACK and api_key is None and not args.insecure_no_api_key:
         raise LumiError(f"--host {args.host} exposes the server beyond this machine without an API key: set ${API_KEY_VARIABLE} or "
                         "--api-key-file (or, knowingly, --insecure-no-api-key)")
     return ServerSettings(model_id=args.served_model_name or default_model_name(args.model_path), api_key=api_key,
-                          cors_origins=args.cors_origin, max_body_bytes=args.max_body_bytes)
+                          cors_origins=args.cors_origin, max_body_bytes=args.max_body_bytes,
+                          stream_interval_s=args.stream_interval_ms / 1000)
 
 
 def run(args: argparse.Namespace) -> int:
