@@ -43,7 +43,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryFile(mode="w+") as log:
         try:
-            with server_process(args.model_path, ["--model-name", MODEL], log=log) as (url, health):
+            with server_process(args.model_path, ["--model-name", MODEL], log=log) as (url, health, _process):
                 print(f"server: {url}/ (web chat page), model {health['model']}")
                 print(f"question: {args.question}")
                 answer, finish, tokens = ask(url, health["chat_template"], args.question, args.max_tokens,

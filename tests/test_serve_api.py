@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import socket
@@ -18,7 +19,7 @@ from lumi.serve.checkpoint import load_for_serving
 from lumi.generation.engine import Engine
 from lumi.serve.prompts import chat_ids, completion_ids
 from lumi.generation.sampling import SamplingParams
-from lumi.serve.server import running_server
+from lumi.serve.server import listening_socket, running_server
 
 KEY = "test-key-123"
 MODEL = "tiny-chat"
@@ -216,6 +217,26 @@ def test_serve_flags_key_from_environment_and_loopback_default(monkeypatch, tmp_
     assert settings_from_args(args).api_key == "from-env"
     monkeypatch.delenv("LUMI_API_KEY")
     assert settings_from_args(parse_args(["serve", "--model-path", str(tmp_path)])).api_key is None
+
+
+def test_lumi_serve_socket_turns_nagle_off():
+    """``lumi serve`` hands uvicorn its own listening socket: what asyncio accepts on it must have TCP_NODELAY (asyncio
+    sets it only where the socket's proto says TCP), else every keep-alive response waits ~40 ms for a delayed ACK."""
+    async def accepted_nodelay() -> int:
+        seen = asyncio.get_running_loop().create_future()
+
+        async def handle(_reader, writer):
+            seen.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        sock = listening_socket("127.0.0.1", 0)
+        async with await asyncio.start_server(handle, sock=sock):
+            _, writer = await asyncio.open_connection(*sock.getsockname())
+            value = await asyncio.wait_for(seen, 10)
+            writer.close()
+        return value
+
+    assert asyncio.run(accepted_nodelay())
 
 
 def test_chat_with_a_base_model_says_to_use_completions(server):

@@ -34,12 +34,14 @@ from lumi.core.errors import LumiError
 from lumi.generation.engine import Engine, PromptTooLong, QueueFull
 from lumi.generation.sampling import MAX_SEED, MAX_STOP_CHARS, SamplingParams, StopString
 from lumi.serve.errors import APIError, error_response
+from lumi.serve.feed import OutputFeed
 from lumi.serve.metrics import CONTENT_TYPE_LATEST, ServerMetrics
 from lumi.serve.prompts import chat_ids, completion_ids, has_chat_template
 from lumi.serve.responses import Choice, Pieces, choice_body, collect, stream_events, usage
 
 WEB_PAGE = Path(__file__).resolve().parent / "web" / "index.html"
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_STREAM_INTERVAL_S = 0.01  # a stream wakes the event loop at most 100 times a second (lumi/serve/feed.py)
 OPEN_PATHS = ("/", "/health")  # everything else (/metrics too: scrapers send a bearer token) needs the key
 MAX_CHOICES = 64  # prompts x n in one request
 CLIENT_CLOSED = 499  # nginx's "client closed request": logged for a non-streamed request whose client went away
@@ -51,6 +53,7 @@ class ServerSettings:
     api_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S
 
 
 # --- request bodies: OpenAI's fields; the sampling fields (with their limits) are SamplingParams' own ---------------
@@ -245,19 +248,16 @@ def create_app(engine: Engine, tokenizer: PreTrainedTokenizerBase, settings: Ser
                            "not_found_error", "model")
 
     def submit(body: "_GenerationRequest", prompts: list[list[int]], echoes: list[str | None],
-               outputs: asyncio.Queue) -> list[Choice]:
+               feed: OutputFeed) -> list[Choice]:
         """One engine request per prompt and choice (``n`` per prompt); all or none (a refusal cancels the rest)."""
-        loop, choices = asyncio.get_running_loop(), []
+        choices = []
 
         def sink_for(index: int):
             timer = metrics.timer()
 
             def sink(output) -> None:
                 timer.observe(output)
-                try:
-                    loop.call_soon_threadsafe(outputs.put_nowait, (index, output))
-                except RuntimeError:  # the event loop is gone (server shutting down): nobody is listening
-                    pass
+                feed.put(index, output)
             return sink
 
         params = body.sampling()
@@ -350,19 +350,20 @@ def create_app(engine: Engine, tokenizer: PreTrainedTokenizerBase, settings: Ser
         if len(prompts) * body.n > MAX_CHOICES:
             raise APIError(400, f"prompts x n must be at most {MAX_CHOICES}, got {len(prompts)} x {body.n}",
                            param="n")
-        outputs: asyncio.Queue = asyncio.Queue()
-        choices = submit(body, prompts, echoes, outputs)
+        feed = OutputFeed(asyncio.get_running_loop(), streaming=body.stream,
+                          interval_s=settings.stream_interval_s)
+        choices = submit(body, prompts, echoes, feed)
         response_id = f"{'chatcmpl' if chat else 'cmpl'}-{choices[0].request.id}"
         common = {"id": response_id, "created": int(time.time()), "model": settings.model_id}
         wants_logprobs = body.engine_logprobs() is not None
         prompt_counts = [len(p) for p in prompts]
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(stream_events(choices, outputs, common, chat, wants_logprobs, include_usage,
+            return StreamingResponse(stream_events(choices, feed, common, chat, wants_logprobs, include_usage,
                                                    prompt_counts, pieces),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        if not await collect(http, choices, outputs):  # the client went away: nobody reads this answer
+        if not await collect(http, choices, feed):  # the client went away: nobody reads this answer
             return Response(status_code=CLIENT_CLOSED)
         failed = next((c.final for c in choices if c.final.finish_reason == "error"), None)
         if failed is not None:

@@ -1,7 +1,7 @@
 """OpenAI's response shapes for the engine's outputs: whole responses and server-sent event streams, with ``n``
 choices per prompt, several prompts per completion request, ``logprobs`` / ``top_logprobs`` and ``echo``.
 
-A response is a set of ``Choice``s, each one engine request; their outputs arrive on one asyncio queue tagged with
+A response is a set of ``Choice``s, each one engine request; their outputs arrive on one ``OutputFeed`` tagged with
 the choice's index. Token strings in log-prob lists are the tokenizer's pieces with SentencePiece's word marker ``▁``
 shown as a space (what OpenAI's and vLLM's lists show for a SentencePiece model); the log-probs are the model's own
 (log-softmax of its logits, before temperature and the other sampling settings, as vLLM reports them).
@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lumi.generation.engine import FINISH_ERROR, Output, TokenLogprob
 from lumi.serve.errors import error_body
+from lumi.serve.feed import OutputFeed, merge
 
 WORD_MARKER = "\u2581"
 
@@ -97,7 +98,7 @@ def choice_body(choice: Choice, chat: bool, wants_logprobs: bool, pieces: Pieces
             "finish_reason": final.finish_reason}
 
 
-async def collect(http: Request, choices: list[Choice], outputs: asyncio.Queue) -> bool:
+async def collect(http: Request, choices: list[Choice], feed: OutputFeed) -> bool:
     """Wait until every choice has finished; False (and all cancelled) if the client disconnects meanwhile."""
     async def disconnected() -> None:
         while (await http.receive())["type"] != "http.disconnect":
@@ -107,14 +108,14 @@ async def collect(http: Request, choices: list[Choice], outputs: asyncio.Queue) 
     by_index = {c.index: c for c in choices}
     try:
         while any(c.final is None for c in choices):
-            getter = asyncio.ensure_future(outputs.get())
+            getter = asyncio.ensure_future(feed.take())
             done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
             if watcher in done:
                 getter.cancel()
                 cancel(choices)
                 return False
-            index, output = getter.result()
-            by_index[index].add(output)
+            for index, output in getter.result():
+                by_index[index].add(output)
         return True
     finally:
         watcher.cancel()
@@ -125,13 +126,15 @@ def cancel(choices: list[Choice]) -> None:
         choice.request.cancel()  # a no-op once finished
 
 
-async def stream_events(choices: list[Choice], outputs: asyncio.Queue, common: dict, chat: bool,
+async def stream_events(choices: list[Choice], feed: OutputFeed, common: dict, chat: bool,
                         wants_logprobs: bool, include_usage: bool, prompt_counts: list[int],
                         pieces: Pieces) -> AsyncIterator[str]:
-    """Server-sent events, one per output of any choice; when the client goes away, Starlette cancels this generator
-    and ``finally`` cancels the requests in the engine."""
+    """Server-sent events: per choice, one chunk for what it produced since the loop last looked (one token while the
+    loop keeps up, several when it lags: ``lumi.serve.feed``), written in one piece; when the client goes away,
+    Starlette cancels this generator and ``finally`` cancels the requests in the engine."""
     kind = "chat.completion.chunk" if chat else "text_completion"
     by_index = {c.index: c for c in choices}
+    text_offsets = {c.index: 0 for c in choices}  # completions' logprobs.text_offset: from the start of the choice
 
     def event(body: list[dict], **extra) -> str:
         payload = {**common, "object": kind, "choices": body, **({"usage": None} if include_usage else {}), **extra}
@@ -146,35 +149,45 @@ async def stream_events(choices: list[Choice], outputs: asyncio.Queue, common: d
         if wants_logprobs and output is not None:
             entries = (output.prompt_logprobs or []) + entries
             ids = (list(choice.request.prompt_ids) if output.prompt_logprobs is not None else []) + output.token_ids
-            logprobs = completion_logprobs(entries, ids, pieces)
+            logprobs = completion_logprobs(entries, ids, pieces, text_offsets[choice.index])
+            text_offsets[choice.index] += sum(len(token) for token in logprobs["tokens"])
         else:
             logprobs = None
         return {"index": choice.index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
 
+    def events_for(choice: Choice, output: Output, first: bool) -> list[str]:
+        text = output.text if choice.echo is None or not first else choice.echo + output.text
+        events = [event([chunk(choice, text, output, None)])] if text or (wants_logprobs and output.token_ids) else []
+        if output.finish_reason is not None:
+            events.append(event([chunk(choice, None if chat else "", None, output.finish_reason)]))
+        return events
+
     try:
         if chat:
-            for choice in choices:
-                yield event([{"index": choice.index, "delta": {"role": "assistant", "content": ""},
-                              "logprobs": None, "finish_reason": None}])
+            yield "".join(event([{"index": choice.index, "delta": {"role": "assistant", "content": ""},
+                                  "logprobs": None, "finish_reason": None}]) for choice in choices)
         started: set[int] = set()
-        while any(c.final is None for c in choices):
-            index, output = await outputs.get()
-            choice = by_index[index]
-            choice.add(output)
-            if output.finish_reason == FINISH_ERROR:  # mid-stream: the status is sent already, so an error event
-                yield f"data: {json.dumps(error_body(f'generation failed: {output.error}', 'server_error'))}\n\n"
-                break
-            text = output.text
-            if choice.echo is not None and index not in started:
-                text = choice.echo + text
-            started.add(index)
-            if text or (wants_logprobs and output.token_ids):
-                yield event([chunk(choice, text, output, None)])
-            if output.finish_reason is not None:
-                yield event([chunk(choice, None if chat else "", None, output.finish_reason)])
-        else:
-            if include_usage:
-                yield event([], usage=usage(choices, prompt_counts))
+        failed = None
+        while failed is None and any(c.final is None for c in choices):
+            arrived: dict[int, list[Output]] = {}
+            for index, output in await feed.take():
+                arrived.setdefault(index, []).append(output)
+            events = []
+            for index, outputs in arrived.items():
+                output, choice = merge(outputs), by_index[index]
+                choice.add(output)
+                if output.finish_reason == FINISH_ERROR:  # mid-stream: the status is sent already: an error event
+                    failed = output
+                    break
+                events += events_for(choice, output, index not in started)
+                started.add(index)
+            if failed is not None:
+                error = error_body(f"generation failed: {failed.error}", "server_error")
+                events.append(f"data: {json.dumps(error)}\n\n")
+            elif include_usage and all(c.final is not None for c in choices):
+                events.append(event([], usage=usage(choices, prompt_counts)))
+            if events:
+                yield "".join(events)
         yield "data: [DONE]\n\n"
     finally:
         cancel(choices)

@@ -24,8 +24,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
     """A bound, listening TCP socket for uvicorn (``Server.run(sockets=...)``): a taken or invalid address is one
     LumiError line here instead of uvicorn's exit 3, and the port is known (``--port 0``) before serving starts."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, kind, protocol = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][:3]
+        # The protocol named (IPPROTO_TCP, not 0): asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+        # without it Nagle's algorithm holds each response's body behind its headers for a delayed ACK (40 ms).
+        sock = socket.socket(family, kind, protocol)
     except (OSError, OverflowError) as exc:
         raise LumiError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
@@ -66,9 +68,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @contextlib.contextmanager
 def server_process(model_dir: str | Path, extra_args: list[str] = (), log: IO | None = None,
-                   timeout_s: float = 180.0) -> Iterator[tuple[str, dict]]:
-    """``lumi serve`` as a child process on a free loopback port; yields ``(base URL, its /health)`` once it answers,
-    and stops it (SIGINT: uvicorn's graceful shutdown) afterwards. Its output goes to ``log`` (default: ours)."""
+                   timeout_s: float = 180.0) -> Iterator[tuple[str, dict, subprocess.Popen]]:
+    """``lumi serve`` as a child process on a free loopback port; yields ``(base URL, its /health, the process)`` once
+    it answers, and stops it (SIGINT: uvicorn's graceful shutdown) afterwards. Its output goes to ``log`` (default:
+    ours)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen([sys.executable, "-m", "lumi", "serve", "--model-path", str(model_dir), "--port",
@@ -84,7 +87,7 @@ def server_process(model_dir: str | Path, extra_args: list[str] = (), log: IO | 
                 break
             except OSError:
                 time.sleep(0.3)
-        yield url, health
+        yield url, health, process
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -40,9 +40,12 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         raise LumiError(f"--port must be in 0..65535 (0 = any free port), got {args.port}")
     if args.max_body_bytes < 1024:
         raise LumiError(f"--max-body-bytes must be >= 1024, got {args.max_body_bytes}")
+    if not 0 <= args.stream_interval_ms <= 1000:
+        raise LumiError(f"--stream-interval-ms must be in 0..1000, got {args.stream_interval_ms}")
     api_key = api_key_from(args)
     if args.host not in LOOPBACK and api_key is None and not args.insecure_no_api_key:
         raise LumiError(f"--host {args.host} exposes the server beyond this machine without an API key: set ${API_KEY_VARIABLE} or "
                         "--api-key-file (or, knowingly, --insecure-no-api-key)")
     return ServerSettings(model_id=args.served_model_name or default_model_name(args.model_path), api_key=api_key,
-                          cors_origins=args.cors_origin, max_body_bytes=args.max_body_bytes)
+                          cors_origins=args.cors_origin, max_body_bytes=args.max_body_bytes,
+                          stream_interval_s=args.stream_interval_ms / 1000)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import uvicorn
 
-from lumi.serve.api import DEFAULT_MAX_BODY_BYTES, create_app
+from lumi.serve.api import DEFAULT_MAX_BODY_BYTES, DEFAULT_STREAM_INTERVAL_S, create_app
 from lumi.serve.options import add_model_arguments, engine_from_args
 from lumi.serve.server import listening_socket
 from lumi.serve.settings import API_KEY_VARIABLE, LOOPBACK, settings_from_args
@@ -34,6 +34,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="allow browser requests from ORIGIN (repeatable; default: CORS off)")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                         help=f"largest request body (default {DEFAULT_MAX_BODY_BYTES})")
+    parser.add_argument("--stream-interval-ms", type=float, default=DEFAULT_STREAM_INTERVAL_S * 1000,
+                        help="a stream sends the tokens made within this many ms in one chunk (default "
+                             f"{DEFAULT_STREAM_INTERVAL_S * 1000:g}: a model slower than "
+                             f"{1 / DEFAULT_STREAM_INTERVAL_S:g} tokens/s streams every token alone; 0: always one "
+                             "token a chunk, at the cost of an event-loop wake-up per token)")
 
 
 def run(args: argparse.Namespace) -> int:
