@@ -105,6 +105,15 @@ if stage "95 evaluate: validation answers, then reward accuracy and held-out ans
         --output-dir "$OUT/evaluation_dpo" --force
 fi
 
+if stage "97 GRPO: RL on the world's train questions from the DPO model, exact match as the reward"; then
+    lumi grpo --config config/rl/training/demo.json "${SEED_SET[@]}" --set "prompts.0.world.seed=$SEED" \
+        --model-path "$OUT/dpo/demo/final" --output-dir "$OUT/grpo" "${TRAIN_RUN[@]}"
+    lumi evaluate --config config/evaluation/validation_demo.json "${SEED_SET[@]}" "${QA_WORLD_SET[@]}" \
+        --model-path "$OUT/grpo/demo/final" --compare "$OUT/validation_dpo" --output-dir "$OUT/validation_grpo" --force
+    lumi evaluate --config config/evaluation/grpo_demo.json "${SEED_SET[@]}" "${QA_WORLD_SET[@]}" \
+        --model-path "$OUT/grpo/demo/final" --compare "$OUT/evaluation_dpo" --output-dir "$OUT/evaluation_grpo" --force
+fi
+
 if [ "$SKIP_SERVE" = 0 ] && stage "100 serve: the API on the final chat model, one question through the openai client"
 then
     python runs/ask_served_model.py --model-path "$OUT/dpo/demo/final" --max-tokens 32 \
