@@ -126,8 +126,8 @@ def figures(run_dir: Path) -> dict[str, float | int | None]:
 
 
 def dpo_lines(run_dir: Path, before: dict | None) -> list[str]:
-    """Stages 85-100: the preference data, validation reward accuracy and answers (what DPO's settings were chosen
-    on), held-out answers before and after DPO, the served answer."""
+    """Stages 85-95: the preference data, validation reward accuracy and answers (what DPO's settings were chosen
+    on), held-out answers before and after DPO."""
     lines = []
     data = load(run_dir / "dpo_data" / "manifest.json")
     if data:
@@ -155,12 +155,6 @@ def dpo_lines(run_dir: Path, before: dict | None) -> list[str]:
             if lost > gained:
                 lines.append("  - DPO lost more held-out answers than it gained here; over 5 seeds it ranks the stated "
                              "fact first but does not reliably improve held-out answers (docs/BENCHMARKS.md)")
-    served = run_dir / "served_answer.txt"
-    if served.is_file():
-        lines.append(f"- 100 serve: " + " / ".join(line.strip() for line in served.read_text().splitlines()
-                                                  if line.startswith(("question:", "answer:"))))
-        lines.append(f"  - chat in a browser: `lumi serve --model-path {run_dir / 'dpo' / 'demo' / 'final'}`, then "
-                     f"open http://127.0.0.1:8000/ (or `lumi chat --model-path ...` in the terminal)")
     return lines
 
 
@@ -193,6 +187,17 @@ def grpo_lines(run_dir: Path) -> list[str]:
                      f"{numbers['dpo_heldout_refusals']:.3f} -> {numbers['grpo_heldout_refusals']:.3f}, mean answer "
                      f"length {numbers['dpo_heldout_words']:.1f} -> {numbers['grpo_heldout_words']:.1f} words")
     return lines
+
+
+def serve_lines(run_dir: Path) -> list[str]:
+    """Stage 100: the final chat model's (stage 97's) answer to one question through the API."""
+    served = run_dir / "served_answer.txt"
+    if not served.is_file():
+        return []
+    return [f"- 100 serve: " + " / ".join(line.strip() for line in served.read_text().splitlines()
+                                         if line.startswith(("question:", "answer:"))),
+            f"  - chat in a browser: `lumi serve --model-path {run_dir / 'grpo' / 'demo' / 'final'}`, then "
+            f"open http://127.0.0.1:8000/ (or `lumi chat --model-path ...` in the terminal)"]
 
 
 def export_lines(run_dir: Path) -> list[str]:
@@ -248,6 +253,7 @@ def main(run_dir: Path) -> None:
     lines += sft_lines(run_dir, results)
     lines += dpo_lines(run_dir, load(run_dir / "evaluation_sft" / "evaluation_results.json"))
     lines += grpo_lines(run_dir)
+    lines += serve_lines(run_dir)
     lines += export_lines(run_dir)
     text = "\n".join(lines) + "\n"
     (run_dir / "REPORT.md").write_text(text)
