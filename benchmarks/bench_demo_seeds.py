@@ -91,6 +91,9 @@ def table(per_seed: dict[int, dict]) -> str:
     def fmt(value: float | None, name: str) -> str:
         return "-" if value is None else f"{value:.0f}" if name.endswith(("gained", "lost")) else f"{value:.3f}"
 
+    def gained_lost(f: dict, prefix: str) -> str:
+        return f"{fmt(f[prefix + '_gained'], 'gained')} / {fmt(f[prefix + '_lost'], 'lost')}"
+
     lines = [f"| stage | figure | mean | min | max | seeds |", "|---|---|---|---|---|---|"]
     for name, row in summary(per_seed).items():
         stage, label = FIGURES[name]
@@ -101,9 +104,8 @@ def table(per_seed: dict[int, dict]) -> str:
                   "DPO validation EM | validation gained / lost | run (s) |", "|---|---|---|---|---|---|---|---|"]
     for seed, f in per_seed.items():
         lines.append(f"| {seed} | {fmt(f['sft_heldout_em'], '')} | {fmt(f['dpo_heldout_em'], '')} | "
-                     f"{fmt(f['dpo_heldout_gained'], 'gained')} / {fmt(f['dpo_heldout_lost'], 'lost')} | "
-                     f"{fmt(f['sft_validation_em'], '')} | {fmt(f['dpo_validation_em'], '')} | "
-                     f"{fmt(f['dpo_validation_gained'], 'gained')} / {fmt(f['dpo_validation_lost'], 'lost')} | "
+                     f"{gained_lost(f, 'dpo_heldout')} | {fmt(f['sft_validation_em'], '')} | "
+                     f"{fmt(f['dpo_validation_em'], '')} | {gained_lost(f, 'dpo_validation')} | "
                      f"{f.get('seconds') or '-'} |")
     held = [f for f in per_seed.values() if f["dpo_heldout_gained"] is not None]
     kept = sum(f["dpo_heldout_gained"] >= f["dpo_heldout_lost"] for f in held)
@@ -113,11 +115,10 @@ def table(per_seed: dict[int, dict]) -> str:
         lines += ["", "| seed | DPO -> GRPO validation EM | gained / lost | DPO -> GRPO held-out EM | gained / lost | "
                       "refusals | mean answer words |", "|---|---|---|---|---|---|---|"]
         for seed, f in rl.items():
-            lines.append(f"| {seed} | {fmt(f['dpo_validation_em'], '')} -> {fmt(f['grpo_validation_em'], '')} | "
-                         f"{fmt(f['grpo_validation_gained'], 'gained')} / {fmt(f['grpo_validation_lost'], 'lost')} | "
-                         f"{fmt(f['dpo_heldout_em'], '')} -> {fmt(f['grpo_heldout_em'], '')} | "
-                         f"{fmt(f['grpo_heldout_gained'], 'gained')} / {fmt(f['grpo_heldout_lost'], 'lost')} | "
-                         f"{fmt(f['dpo_heldout_refusals'], '')} -> {fmt(f['grpo_heldout_refusals'], '')} | "
+            before_after = [f"{fmt(f['dpo_' + name], '')} -> {fmt(f['grpo_' + name], '')}"
+                            for name in ("validation_em", "heldout_em", "heldout_refusals")]
+            lines.append(f"| {seed} | {before_after[0]} | {gained_lost(f, 'grpo_validation')} | {before_after[1]} | "
+                         f"{gained_lost(f, 'grpo_heldout')} | {before_after[2]} | "
                          f"{f['dpo_heldout_words']:.2f} -> {f['grpo_heldout_words']:.2f} |")
         goal = sum(f["grpo_heldout_gained"] > 0 and f["grpo_heldout_lost"] == 0 for f in rl.values())
         lines += ["", f"GRPO's goal (a held-out gain with no held-out answer lost that DPO had right) held on {goal} "
