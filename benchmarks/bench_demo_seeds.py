@@ -1,16 +1,18 @@
 """Benchmark the demo over seeds: does what the README quotes hold on any seed?
 
-Runs ``runs/demo.sh --seed N --skip-serve`` once per seed (the world's seed and every training seed; stages 10-95),
-each into its own directory, then prints per figure of the demo report the mean, min and max over the seeds, and per
-seed the answers DPO gained and lost on the validation questions (what its settings were chosen on) and on the
-held-out questions (reported only). Writes the same as JSON (``--output``) with the machine, date and command.
+Runs ``runs/demo.sh --seed N --skip-serve`` once per seed (the world's seed and every training seed; stages 10-97
+and 105), each into its own directory, then prints per figure of the demo report the mean, min and max over the seeds,
+and per seed the answers DPO (stage 95) and GRPO (stage 97, against DPO) gained and lost on the validation questions
+(what their settings were chosen on) and on the held-out questions (reported only). Writes the same as JSON
+(``--output``) with the machine, date and command.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_demo_seeds.py --seeds 0 1 2 3 4
 
 ``--jobs 5`` runs the seeds side by side (with OMP_NUM_THREADS=1 each on a shared machine).
 
 ``--from 85`` reruns only DPO and its evaluation on the seeds' earlier output (a DPO change measured on the same SFT
-models); ``--from 40 --resume`` continues interrupted runs from their checkpoints; ``--collect`` only reads the runs
+models), ``--from 97`` only GRPO and its evaluation (on the same DPO models); ``--from 40 --resume`` continues
+interrupted runs from their checkpoints; ``--collect`` only reads the runs
 already in ``--out-root``.
 """
 
@@ -48,11 +50,22 @@ FIGURES = {  # figure -> (stage, what it is); the order of the table
     "dpo_validation_lost": ("95", "validation answers DPO lost"),
     "dpo_heldout_gained": ("95", "held-out answers DPO gained"),
     "dpo_heldout_lost": ("95", "held-out answers DPO lost"),
+    "grpo_validation_em": ("97", "GRPO exact match, validation questions"),
+    "grpo_heldout_em": ("97", "GRPO exact match, held-out questions"),
+    "grpo_validation_gained": ("97", "validation answers GRPO gained (vs DPO)"),
+    "grpo_validation_lost": ("97", "validation answers GRPO lost (vs DPO)"),
+    "grpo_heldout_gained": ("97", "held-out answers GRPO gained (vs DPO)"),
+    "grpo_heldout_lost": ("97", "held-out answers GRPO lost (vs DPO)"),
+    "dpo_heldout_refusals": ("95", "DPO refusal rate, held-out questions"),
+    "grpo_heldout_refusals": ("97", "GRPO refusal rate, held-out questions"),
+    "dpo_heldout_words": ("95", "DPO mean answer length (words), held-out questions"),
+    "grpo_heldout_words": ("97", "GRPO mean answer length (words), held-out questions"),
 }
 
 
 def run_demo(seed: int, out: Path, start_stage: int, resume: bool) -> float:
-    """One demo run (stages ``start_stage``-95); its wall-clock seconds. A failing stage stops the benchmark."""
+    """One demo run (stages ``start_stage``-97 and export); its wall-clock seconds. A failing stage stops the
+    benchmark."""
     venv_bin = Path(sys.executable).parent
     env = {**os.environ, "OUT": str(out), "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
     command = ["bash", str(REPO_ROOT / "runs" / "demo.sh"), "--seed", str(seed), "--skip-serve",
@@ -78,6 +91,9 @@ def table(per_seed: dict[int, dict]) -> str:
     def fmt(value: float | None, name: str) -> str:
         return "-" if value is None else f"{value:.0f}" if name.endswith(("gained", "lost")) else f"{value:.3f}"
 
+    def gained_lost(f: dict, prefix: str) -> str:
+        return f"{fmt(f[prefix + '_gained'], 'gained')} / {fmt(f[prefix + '_lost'], 'lost')}"
+
     lines = [f"| stage | figure | mean | min | max | seeds |", "|---|---|---|---|---|---|"]
     for name, row in summary(per_seed).items():
         stage, label = FIGURES[name]
@@ -88,13 +104,25 @@ def table(per_seed: dict[int, dict]) -> str:
                   "DPO validation EM | validation gained / lost | run (s) |", "|---|---|---|---|---|---|---|---|"]
     for seed, f in per_seed.items():
         lines.append(f"| {seed} | {fmt(f['sft_heldout_em'], '')} | {fmt(f['dpo_heldout_em'], '')} | "
-                     f"{fmt(f['dpo_heldout_gained'], 'gained')} / {fmt(f['dpo_heldout_lost'], 'lost')} | "
-                     f"{fmt(f['sft_validation_em'], '')} | {fmt(f['dpo_validation_em'], '')} | "
-                     f"{fmt(f['dpo_validation_gained'], 'gained')} / {fmt(f['dpo_validation_lost'], 'lost')} | "
+                     f"{gained_lost(f, 'dpo_heldout')} | {fmt(f['sft_validation_em'], '')} | "
+                     f"{fmt(f['dpo_validation_em'], '')} | {gained_lost(f, 'dpo_validation')} | "
                      f"{f.get('seconds') or '-'} |")
     held = [f for f in per_seed.values() if f["dpo_heldout_gained"] is not None]
     kept = sum(f["dpo_heldout_gained"] >= f["dpo_heldout_lost"] for f in held)
     lines += ["", f"DPO gained at least as many held-out answers as it lost on {kept} of {len(held)} seeds."]
+    rl = {seed: f for seed, f in per_seed.items() if f.get("grpo_heldout_gained") is not None}
+    if rl:
+        lines += ["", "| seed | DPO -> GRPO validation EM | gained / lost | DPO -> GRPO held-out EM | gained / lost | "
+                      "refusals | mean answer words |", "|---|---|---|---|---|---|---|"]
+        for seed, f in rl.items():
+            before_after = [f"{fmt(f['dpo_' + name], '')} -> {fmt(f['grpo_' + name], '')}"
+                            for name in ("validation_em", "heldout_em", "heldout_refusals")]
+            lines.append(f"| {seed} | {before_after[0]} | {gained_lost(f, 'grpo_validation')} | {before_after[1]} | "
+                         f"{gained_lost(f, 'grpo_heldout')} | {before_after[2]} | "
+                         f"{f['dpo_heldout_words']:.2f} -> {f['grpo_heldout_words']:.2f} |")
+        goal = sum(f["grpo_heldout_gained"] > 0 and f["grpo_heldout_lost"] == 0 for f in rl.values())
+        lines += ["", f"GRPO's goal (a held-out gain with no held-out answer lost that DPO had right) held on {goal} "
+                      f"of {len(rl)} seeds."]
     return "\n".join(lines)
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole Lumi-Lab pipeline on the built-in synthetic world: offline, on CPU, a few minutes on 2 cores:
 # 10 corpus -> 20 tokenizer -> 30 pack -> 40 pretrain -> 50 evaluate -> 60 SFT corpus -> 70 SFT -> 80 evaluate ->
-# 85 DPO corpus -> 90 DPO -> 95 evaluate -> 100 serve (one question through the OpenAI-compatible API) -> 105 export
-# (GGUF, checked in llama.cpp) -> report.
+# 85 DPO corpus -> 90 DPO -> 95 evaluate -> 97 GRPO and its evaluation -> 100 serve (one question through the
+# OpenAI-compatible API) -> 105 export (GGUF, checked in llama.cpp) -> report. The final chat model (100, 105) is
+# stage 97's: its settings lost no validation answer on the seeds they were chosen on (docs/TRAINING.md).
 # `make demo` runs this inside .venv. Every stage writes its own directory under $OUT; rerunning replaces them.
 #
 #   runs/demo.sh [--seed N] [--skip-serve] [--from STAGE] [--resume]     (make demo SEED=N)
@@ -11,9 +12,9 @@
 # data order, SFT and DPO, evaluation (it overrides the configs' seed fields). Its output goes to out/demo (seed 0)
 # or out/demo-seedN unless OUT is set. --skip-serve leaves out stage 100 (benchmarks/bench_demo_seeds.py does).
 # --from STAGE (e.g. 85) reruns that stage and the later ones on the earlier stages' output already in $OUT.
-# --resume continues the training stages (40, 70, 90) from their newest checkpoint in $OUT instead of replacing them.
+# --resume continues the training stages (40, 70, 90, 97) from their newest checkpoint in $OUT instead of replacing them.
 # Whatever a stage chooses is chosen on the world's validation facts (the SFT/DPO val splits and the validation
-# questions of stages 80 and 95); held-out facts are asked only to report.
+# questions of stages 80, 95 and 97); held-out facts are asked only to report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEED=0
@@ -105,16 +106,25 @@ if stage "95 evaluate: validation answers, then reward accuracy and held-out ans
         --output-dir "$OUT/evaluation_dpo" --force
 fi
 
+if stage "97 GRPO: RL on the world's train questions from the DPO model, exact match as the reward"; then
+    lumi grpo --config config/rl/training/demo.json "${SEED_SET[@]}" --set "prompts.0.world.seed=$SEED" \
+        --model-path "$OUT/dpo/demo/final" --output-dir "$OUT/grpo" "${TRAIN_RUN[@]}"
+    lumi evaluate --config config/evaluation/validation_demo.json "${SEED_SET[@]}" "${QA_WORLD_SET[@]}" \
+        --model-path "$OUT/grpo/demo/final" --compare "$OUT/validation_dpo" --output-dir "$OUT/validation_grpo" --force
+    lumi evaluate --config config/evaluation/grpo_demo.json "${SEED_SET[@]}" "${QA_WORLD_SET[@]}" \
+        --model-path "$OUT/grpo/demo/final" --compare "$OUT/evaluation_dpo" --output-dir "$OUT/evaluation_grpo" --force
+fi
+
 if [ "$SKIP_SERVE" = 0 ] && stage "100 serve: the API on the final chat model, one question through the openai client"
 then
-    python runs/ask_served_model.py --model-path "$OUT/dpo/demo/final" --max-tokens 32 \
+    python runs/ask_served_model.py --model-path "$OUT/grpo/demo/final" --max-tokens 32 \
         --question "$(python runs/demo_question.py demo/corpus.json "$SEED")" | tee "$OUT/served_answer.txt"
 elif [ "$SKIP_SERVE" = 1 ]; then
     rm -f "$OUT/served_answer.txt"  # an earlier run's answer is not this model's
 fi
 
 if stage "105 export: the final chat model as GGUF for llama.cpp and Ollama, run in llama.cpp against Lumi"; then
-    lumi export --model-path "$OUT/dpo/demo/final" --dtype f16 --verify --output-dir "$OUT/export" --force
+    lumi export --model-path "$OUT/grpo/demo/final" --dtype f16 --verify --output-dir "$OUT/export" --force
 fi
 
 printf '\n=== report (%ss) ===\n' "$(( $(date +%s) - start ))"

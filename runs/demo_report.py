@@ -57,8 +57,8 @@ def sft_lines(run_dir: Path, before: dict | None) -> list[str]:
 
 
 def answers_changed(before_dir: Path, after_dir: Path) -> tuple[int, int]:
-    """Questions answered exactly after DPO but not before, and the reverse: a rate that holds can hide answers lost
-    and others gained."""
+    """Questions answered exactly after a stage (DPO, GRPO) but not before, and the reverse: a rate that holds can hide
+    answers lost and others gained."""
     def exact(run: Path) -> dict[str, float]:
         rows = (run / "samples" / "synthetic_qa.jsonl").read_text().splitlines()
         return {row["id"]: row["exact_match"] for row in map(json.loads, rows)}
@@ -71,12 +71,28 @@ def exact_match(results: dict | None) -> float | None:
     return results["synthetic_qa"]["exact_match"]["value"] if results and "synthetic_qa" in results else None
 
 
+def refusal_rate(results: dict | None) -> float | None:
+    return results["synthetic_qa"]["refusal_rate"]["value"] if results and "synthetic_qa" in results else None
+
+
+def mean_answer_words(run: Path) -> float | None:
+    """Mean length in words of a run's exact-match answers: RL on an exact-match reward can shorten or lengthen
+    them."""
+    samples = run / "samples" / "synthetic_qa.jsonl"
+    if not samples.is_file():
+        return None
+    lengths = [len(row["output"].split()) for row in map(json.loads, samples.read_text().splitlines())]
+    return sum(lengths) / len(lengths) if lengths else None
+
+
 def figures(run_dir: Path) -> dict[str, float | int | None]:
     """The demo's headline numbers (None where a stage did not run): pretraining val loss, held-out cloze accuracy,
     exact match on validation questions (what the settings were chosen on) and on held-out questions (reported
-    only), each before and after DPO with the answers DPO gained and lost, and DPO's validation reward accuracy."""
+    only), each before and after DPO and after GRPO with the answers each gained and lost, DPO's validation reward
+    accuracy, and the held-out refusals and mean answer length (words) before and after GRPO."""
     run = {name: load(run_dir / name / "evaluation_results.json")
-           for name in ("evaluation", "evaluation_sft", "evaluation_dpo", "validation_sft", "validation_dpo")}
+           for name in ("evaluation", "evaluation_sft", "evaluation_dpo", "validation_sft", "validation_dpo",
+                        "evaluation_grpo", "validation_grpo")}
     metrics_file = run_dir / "checkpoints" / "demo" / "metrics.jsonl"
     val = [r for r in map(json.loads, metrics_file.read_text().splitlines() if metrics_file.is_file() else [])
            if "val/loss" in r]
@@ -91,17 +107,27 @@ def figures(run_dir: Path) -> dict[str, float | int | None]:
         "dpo_validation_em": exact_match(run["validation_dpo"]),
         "dpo_heldout_em": exact_match(run["evaluation_dpo"]),
     }
-    for split, before, after in (("validation", "validation_sft", "validation_dpo"),
-                                 ("heldout", "evaluation_sft", "evaluation_dpo")):
+    result.update({
+        "grpo_validation_em": exact_match(run["validation_grpo"]),
+        "grpo_heldout_em": exact_match(run["evaluation_grpo"]),
+        "dpo_heldout_refusals": refusal_rate(run["evaluation_dpo"]),
+        "grpo_heldout_refusals": refusal_rate(run["evaluation_grpo"]),
+        "dpo_heldout_words": mean_answer_words(run_dir / "evaluation_dpo"),
+        "grpo_heldout_words": mean_answer_words(run_dir / "evaluation_grpo") if run["evaluation_grpo"] else None,
+    })
+    for stage, split, before, after in (("dpo", "validation", "validation_sft", "validation_dpo"),
+                                        ("dpo", "heldout", "evaluation_sft", "evaluation_dpo"),
+                                        ("grpo", "validation", "validation_dpo", "validation_grpo"),
+                                        ("grpo", "heldout", "evaluation_dpo", "evaluation_grpo")):
         gained, lost = (answers_changed(run_dir / before, run_dir / after) if run[before] and run[after]
                         else (None, None))
-        result[f"dpo_{split}_gained"], result[f"dpo_{split}_lost"] = gained, lost
+        result[f"{stage}_{split}_gained"], result[f"{stage}_{split}_lost"] = gained, lost
     return result
 
 
 def dpo_lines(run_dir: Path, before: dict | None) -> list[str]:
-    """Stages 85-100: the preference data, validation reward accuracy and answers (what DPO's settings were chosen
-    on), held-out answers before and after DPO, the served answer."""
+    """Stages 85-95: the preference data, validation reward accuracy and answers (what DPO's settings were chosen
+    on), held-out answers before and after DPO."""
     lines = []
     data = load(run_dir / "dpo_data" / "manifest.json")
     if data:
@@ -129,13 +155,49 @@ def dpo_lines(run_dir: Path, before: dict | None) -> list[str]:
             if lost > gained:
                 lines.append("  - DPO lost more held-out answers than it gained here; over 5 seeds it ranks the stated "
                              "fact first but does not reliably improve held-out answers (docs/BENCHMARKS.md)")
-    served = run_dir / "served_answer.txt"
-    if served.is_file():
-        lines.append(f"- 100 serve: " + " / ".join(line.strip() for line in served.read_text().splitlines()
-                                                  if line.startswith(("question:", "answer:"))))
-        lines.append(f"  - chat in a browser: `lumi serve --model-path {run_dir / 'dpo' / 'demo' / 'final'}`, then "
-                     f"open http://127.0.0.1:8000/ (or `lumi chat --model-path ...` in the terminal)")
     return lines
+
+
+def grpo_lines(run_dir: Path) -> list[str]:
+    """Stage 97: how the rollouts went (reward, groups without signal, the step's share spent sampling), then the
+    validation questions (what its settings were chosen on) and the held-out ones (reported only), before (the DPO
+    model) and after GRPO."""
+    metrics_file = run_dir / "grpo" / "demo" / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()] \
+        if metrics_file.is_file() else []
+    train = [r for r in records if "train/reward" in r]
+    if not train:
+        return []
+    rollout_share = sum(r["time/rollout_share"] for r in train) / len(train)
+    zero_signal = sum(r["train/zero_signal_groups"] for r in train) / len(train)
+    lines = [f"- 97 GRPO: `{run_dir / 'grpo' / 'demo' / 'final'}` — {train[-1]['step']} steps on train questions: "
+             f"sampled reward {train[0]['train/reward']:.3f} (first log line) -> {train[-1]['train/reward']:.3f} "
+             f"(last), "
+             f"{zero_signal:.2f} of the groups without signal (all rewards equal), {rollout_share:.2f} of a step "
+             f"spent in rollouts"]
+    numbers = figures(run_dir)
+    if numbers["grpo_validation_em"] is not None and numbers["dpo_validation_em"] is not None:
+        lines.append(f"  - validation questions (what GRPO's settings were chosen on): exact match "
+                     f"{numbers['dpo_validation_em']:.3f} -> **{numbers['grpo_validation_em']:.3f}** "
+                     f"({numbers['grpo_validation_gained']} gained, {numbers['grpo_validation_lost']} lost)")
+    if numbers["grpo_heldout_em"] is not None and numbers["dpo_heldout_em"] is not None:
+        lines.append(f"  - held-out questions (reported only), DPO -> GRPO: exact match "
+                     f"{numbers['dpo_heldout_em']:.3f} -> **{numbers['grpo_heldout_em']:.3f}** "
+                     f"({numbers['grpo_heldout_gained']} gained, {numbers['grpo_heldout_lost']} lost), refusals "
+                     f"{numbers['dpo_heldout_refusals']:.3f} -> {numbers['grpo_heldout_refusals']:.3f}, mean answer "
+                     f"length {numbers['dpo_heldout_words']:.1f} -> {numbers['grpo_heldout_words']:.1f} words")
+    return lines
+
+
+def serve_lines(run_dir: Path) -> list[str]:
+    """Stage 100: the final chat model's (stage 97's) answer to one question through the API."""
+    served = run_dir / "served_answer.txt"
+    if not served.is_file():
+        return []
+    return [f"- 100 serve: " + " / ".join(line.strip() for line in served.read_text().splitlines()
+                                         if line.startswith(("question:", "answer:"))),
+            f"  - chat in a browser: `lumi serve --model-path {run_dir / 'grpo' / 'demo' / 'final'}`, then "
+            f"open http://127.0.0.1:8000/ (or `lumi chat --model-path ...` in the terminal)"]
 
 
 def export_lines(run_dir: Path) -> list[str]:
@@ -190,6 +252,8 @@ def main(run_dir: Path) -> None:
                          f"(n={task['num_items']})")
     lines += sft_lines(run_dir, results)
     lines += dpo_lines(run_dir, load(run_dir / "evaluation_sft" / "evaluation_results.json"))
+    lines += grpo_lines(run_dir)
+    lines += serve_lines(run_dir)
     lines += export_lines(run_dir)
     text = "\n".join(lines) + "\n"
     (run_dir / "REPORT.md").write_text(text)

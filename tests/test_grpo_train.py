@@ -179,6 +179,7 @@ def test_sigkill_then_resume_is_bitwise(chat_model, tmp_path):
     ({"micro_batch_size": 3, "grad_accumulation": 1}, "must be a multiple of num_generations"),
     ({"max_completion_length": 127}, "exceeds the model's context"),
     ({"distributed": "fsdp2"}, "distributed ddp"),
+    ({"method": "full", "name": "grpo_lora"}, "run name 'grpo_lora' says lora but method is full"),
 ])
 def test_bad_input_is_one_line_exit_2(chat_model, tmp_path, capsys, overrides, message):
     config = write_config(tmp_path, **{"rewards": {"exact_match": 1.0}, **overrides})

@@ -14,6 +14,7 @@ from pathlib import Path
 from lumi.core.config import CONFIG_DIR
 from lumi.core.stage_args import add_common_arguments, stage_config
 from lumi.loading import merged_if_adapter
+from lumi.train.finetune import check_run_name
 from lumi.train.launch import fit_objective
 from lumi.train.objectives.grpo import GRPOConfig, GRPOObjective
 
@@ -34,5 +35,6 @@ def run(args: argparse.Namespace) -> int:
     model_path = merged_if_adapter(args.model_path, args.output_dir / MERGED_START) if args.model_path else None
     flags = {"model_path": str(model_path) if model_path else None, "max_steps": args.max_steps}
     config = stage_config(args, GRPOConfig, flags)
+    check_run_name(config)
     return fit_objective(config, lambda rank, world: GRPOObjective(config, rank=rank, world_size=world),
                          args.output_dir, args.resume, args.force)
