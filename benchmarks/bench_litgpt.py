@@ -72,18 +72,24 @@ def litgpt_init(arch: dict) -> dict:
             "output_init_std": 1 / math.sqrt(arch["hidden_size"]) / arch["num_layers"]}
 
 
-# name -> (pretraining config fields, architecture fields as a function of the architecture, BOS targets scored)
+ADAMW = {"optimizer": "adamw", "schedule": "cosine"}
+RECIPE = {"optimizer": "muon", "schedule": "wsd"}
+
+# name -> (pretraining config fields, architecture fields as a function of the architecture, BOS targets scored).
+# The AdamW ablations change one thing each on top of litgpt's init (the closest Lumi AdamW run to litgpt's), the
+# recipe's on top of the default recipe.
 LUMI_RUNS = {
-    "lumi_recipe": ({"optimizer": "muon", "schedule": "wsd"}, None, False),
-    "lumi_adamw": ({"optimizer": "adamw", "schedule": "cosine"}, None, False),
-    "adamw_litgpt_init": ({"optimizer": "adamw", "schedule": "cosine"}, litgpt_init, False),
-    "adamw_litgpt_init_no_output_scale": ({"optimizer": "adamw", "schedule": "cosine"},
-                                          lambda arch: {"init_std": litgpt_init(arch)["init_std"]}, False),
-    "adamw_decay_all": ({"optimizer": "adamw", "schedule": "cosine", "decay_embeddings_and_norms": True}, None, False),
-    "adamw_no_masking": ({"optimizer": "adamw", "schedule": "cosine", "document_masking": False}, None, False),
-    "adamw_bos_targets": ({"optimizer": "adamw", "schedule": "cosine"}, None, True),
-    "recipe_litgpt_init": ({"optimizer": "muon", "schedule": "wsd"}, litgpt_init, False),
-    "recipe_no_masking": ({"optimizer": "muon", "schedule": "wsd", "document_masking": False}, None, False),
+    "lumi_recipe": (RECIPE, None, False),
+    "lumi_adamw": (ADAMW, None, False),
+    "adamw_litgpt_init": (ADAMW, litgpt_init, False),
+    "adamw_litgpt_init_no_output_scale": (ADAMW, lambda arch: {"init_std": litgpt_init(arch)["init_std"]}, False),
+    "adamw_litgpt_init_decay_all": ({**ADAMW, "decay_embeddings_and_norms": True}, litgpt_init, False),
+    "adamw_litgpt_init_no_masking": ({**ADAMW, "document_masking": False}, litgpt_init, False),
+    "adamw_litgpt_init_bos_targets": (ADAMW, litgpt_init, True),
+    "recipe_litgpt_init": (RECIPE, litgpt_init, False),
+    "recipe_no_masking": ({**RECIPE, "document_masking": False}, None, False),
+    "recipe_wsd_decay_0.4": ({**RECIPE, "wsd_decay_fraction": 0.4}, None, False),
+    "recipe_muon_lr_6e-3": ({**RECIPE, "muon_lr": 6e-3}, None, False),
 }
 
 
@@ -108,9 +114,9 @@ def lumi_config(args: argparse.Namespace, run: str, seed: int, tokenizer: Path, 
 def score(model, packed: Path) -> dict:
     """The one evaluator: mean loss over every val row, each document alone (docs) and whole rows (causal)."""
     val = load_packed_split(packed, "val")
-    return {f"val_{mode}": evaluate_packed_split(model, val, batch_size=16, document_masking=masking)["loss"]
-            for mode, masking in (("docs", True), ("causal", False))} | {"val_rows": val.num_rows,
-                                                                          "parameters": model.num_parameters()}
+    evaluated = evaluate_packed_split(model, val, batch_size=16)
+    return {"val_docs": evaluated["loss"], "val_causal": evaluated["causal"]["loss"], "val_rows": val.num_rows,
+            "parameters": model.num_parameters()}
 
 
 def train_lumi(config: PretrainConfig, output: Path, bos_targets: bool) -> dict:

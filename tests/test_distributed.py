@@ -123,6 +123,7 @@ def test_ddp_on_two_processes_matches_one_process_with_the_same_global_batch(sin
     evaluated = evaluate_packed_split(model, load_packed_split(config["data_dirs"][0], "val"),
                                       batch_size=config["micro_batch_size"], max_rows=config["eval_max_rows"])
     assert records[-1]["val/loss"] == pytest.approx(evaluated["loss"], rel=1e-6)
+    assert records[-1]["val/loss_causal"] == pytest.approx(evaluated["causal"]["loss"], rel=1e-6)  # whole rows
 
 
 def test_ddp_with_muon_on_two_processes_matches_one_process(workspace):

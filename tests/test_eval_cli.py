@@ -4,6 +4,7 @@ and plots, comparison with a previous run, generation signals, and one-line refu
 from __future__ import annotations
 
 import json
+import math
 import runpy
 import shutil
 import sys
@@ -105,6 +106,9 @@ def test_results_file_schema_and_outputs(workspace, first_run):
     assert results["tasks"]["synthetic_cloze"]["acc_by_group"]
     val, alice = results["perplexity"]["val"], results["perplexity"]["alice"]
     assert val["rows"] == val["data"]["rows_total"] and val["perplexity"] > 1
+    # a packed split is scored in both modes: each document alone (loss) and whole rows (causal); text has one mode
+    assert set(val["causal"]) == {"loss", "perplexity", "bits_per_byte"} and "causal" not in alice
+    assert val["causal"]["perplexity"] == pytest.approx(math.exp(val["causal"]["loss"]))
     assert alice["data"]["chars_scored"] == 3000 and alice["bytes"] == len(
         (Path(alice["data"]["text_file"]).read_text()[:3000]).encode())
     generations = [json.loads(line) for line in (first_run / "generations.jsonl").read_text().splitlines()]
@@ -116,6 +120,8 @@ def test_report_has_tables_chance_and_plots(first_run):
     report = (first_run / "report.md").read_text()
     assert "| task | metric | value | stderr | chance | majority | n |" in report
     assert "| boolq | acc |" in report and "| val |" in report
+    assert "- val: each packed document scored alone; whole rows (documents see the earlier ones of their row): loss" \
+        in report
     assert "## Generation smoke checks" in report
     assert "![loss_curves](loss_curves.png)" in report and "metrics.jsonl" in report
     for png in ("loss_curves.png", "benchmarks.png"):

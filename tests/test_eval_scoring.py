@@ -158,22 +158,24 @@ def test_packed_split_equals_documents_scored_separately(loaded, packed_dir):
     assert whole["rows"] == split.num_rows and whole["bytes"] == split.bytes
 
 
-def test_packed_split_without_document_masking_scores_whole_rows(loaded, packed_dir):
+def test_packed_split_causal_mode_scores_whole_rows(loaded, packed_dir):
     """The causal mode: each row through the plain model (documents see the earlier ones of the row), the same
     targets (BOS and PAD left out); it differs from the documents-alone score on rows that pack several documents."""
     model, _ = loaded
     model.eval()
     split = load_packed_split(packed_dir, "val")
-    result = evaluate_packed_split(model, split, batch_size=3, max_rows=4, document_masking=False)
+    evaluated = evaluate_packed_split(model, split, batch_size=3, max_rows=4)
+    result = evaluated["causal"]
     rows = torch.from_numpy(split.rows[:4].astype("int64"))
     with torch.no_grad():
         logits = model(input_ids=rows).logits[:, :-1].float()
     targets = rows[:, 1:]
     keep = (targets != PAD_ID) & (targets != BOS_ID)
     nats = float(F.cross_entropy(logits[keep], targets[keep], reduction="sum"))
-    assert result["tokens"] == int(keep.sum())
+    assert evaluated["tokens"] == int(keep.sum())  # the same targets in both modes
     assert result["loss"] == pytest.approx(nats / int(keep.sum()), rel=1e-5)
-    assert result["loss"] != pytest.approx(evaluate_packed_split(model, split, batch_size=3, max_rows=4)["loss"])
+    assert result["perplexity"] == pytest.approx(math.exp(result["loss"]), rel=1e-6)
+    assert result["loss"] != pytest.approx(evaluated["loss"])
 
 
 def reference_sliding_window(model, ids: list[int], window: int, stride: int) -> tuple[float, int]:

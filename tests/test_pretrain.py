@@ -410,6 +410,20 @@ def test_two_data_dirs_are_mixed_by_weight_and_evaluated_separately(workspace, t
     assert {"val/web/loss", "val/books/bpb", "val/loss", "val/bpb"} <= set(last)
 
 
+def test_val_loss_is_reported_in_both_eval_modes_as_the_evaluator_scores_them(workspace, tmp_path):
+    """The trainer's val/loss (each document alone) and val/loss_causal (whole rows) are the evaluator's two modes
+    on the same rows of the final model; the web rows pack several documents, so the two differ."""
+    config = write_config(workspace, tmp_path, max_steps=10, eval_interval=10)
+    assert main(["pretrain", "--config", str(config), "--output-dir", str(tmp_path / "out")]) == 0
+    run_dir = tmp_path / "out" / "nano"
+    last = [r for r in read_metrics(run_dir / "metrics.jsonl") if "val/loss" in r][-1]
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "final")
+    evaluated = evaluate_packed_split(model, load_packed_split(workspace["web"], "val"), max_rows=8)
+    assert last["val/loss"] == pytest.approx(evaluated["loss"], abs=2e-5)
+    assert last["val/loss_causal"] == pytest.approx(evaluated["causal"]["loss"], abs=2e-5)
+    assert abs(last["val/loss_causal"] - last["val/loss"]) > 2e-4  # 10 steps in: ~7e-4 apart
+
+
 def test_describe_prints_exact_counts(workspace, tmp_path, capsys):
     config = write_config(workspace, tmp_path, max_steps=None, max_tokens=10_000)
     assert main(["pretrain", "--config", str(config), "--describe"]) == 0

@@ -17,6 +17,7 @@ tokenizers (``lumi.lm.scoring``, which also says how a packed split's bytes are 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -32,10 +33,11 @@ from lumi.lm.scoring import score_packed_split, summarize
 
 
 def evaluate_packed_split(model: PreTrainedModel, split: PackedSplit, batch_size: int = 8, max_rows: int | None = None,
-                          device: torch.device | str | None = None, document_masking: bool = True) -> dict[str, Any]:
+                          device: torch.device | str | None = None) -> dict[str, Any]:
     """Mean loss (nats/token), perplexity and bits per byte over the first ``max_rows`` rows (all by default), each
-    document scored alone (``document_masking``, the trainer's metric) or, with it off, whole rows under a plain
-    causal mask (documents see the ones before them in the row).
+    document scored alone (document masking, the trainer's metric), and the same under ``causal``: whole rows under
+    a plain causal mask (documents see the ones before them in the row, as a model trained without masking reads
+    them; docs/TRAINING.md says what the gap between the two means).
 
     Restores the model's train/eval mode afterwards, so the trainer can call it mid-run.
     """
@@ -43,13 +45,20 @@ def evaluate_packed_split(model: PreTrainedModel, split: PackedSplit, batch_size
     was_training = model.training
     model.eval()
     try:
-        score = score_packed_split(split, lambda batch: summed_nats(model, batch.to(device), document_masking=document_masking),
-                                   batch_size, max_rows)
+        docs, causal = (score_packed_split(split, partial(scored_nats, model, device, masking), batch_size, max_rows)
+                        for masking in (True, False))
     finally:
         model.train(was_training)
-    result = summarize(score.nats, score.tokens, score.bytes)
-    result["rows"] = score.rows
+    result = summarize(docs.nats, docs.tokens, docs.bytes)
+    result["rows"] = docs.rows
+    result["causal"] = {key: value for key, value in summarize(causal.nats, causal.tokens, causal.bytes).items()
+                        if key in ("loss", "perplexity", "bits_per_byte")}
     return result
+
+
+def scored_nats(model: PreTrainedModel, device: torch.device, document_masking: bool,
+                batch: torch.LongTensor) -> torch.Tensor:
+    return summed_nats(model, batch.to(device), document_masking=document_masking)
 
 
 def sliding_windows(num_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:

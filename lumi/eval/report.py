@@ -171,7 +171,8 @@ def sft_sections(results: dict[str, Any]) -> list[str]:
 def console_summary(results: dict[str, Any]) -> str:
     lines = []
     for name, result in results["perplexity"].items():
-        lines.append(f"perplexity {name}: loss {result['loss']:.4f} ppl {result['perplexity']:.3f} "
+        whole_rows = f" (whole rows: loss {result['causal']['loss']:.4f})" if "causal" in result else ""
+        lines.append(f"perplexity {name}: loss {result['loss']:.4f}{whole_rows} ppl {result['perplexity']:.3f} "
                      f"bpb {result['bits_per_byte']:.4f} ({result['tokens']:,} tokens"
                      + (f" in {result['rows']} of {result['data']['rows_total']} rows)"
                         if "rows_total" in result["data"] else ")"))
@@ -302,6 +303,9 @@ def render_report(results: dict[str, Any], plots: dict[str, str], notes: list[st
                          if r.get("data", {}).get("chosen")]
         notes_on_data += [f"- {name}: sliding window of {r['window']} tokens, stride {r['stride']}"
                           for name, r in results["perplexity"].items() if "window" in r]
+        notes_on_data += [f"- {name}: each packed document scored alone; whole rows (documents see the earlier ones "
+                          f"of their row): loss {r['causal']['loss']:.4f}, perplexity {r['causal']['perplexity']:.3f}"
+                          for name, r in results["perplexity"].items() if "causal" in r]
         lines += [*notes_on_data, ""] if notes_on_data else []
     if results["tasks"]:
         lines += ["## Zero-shot tasks", "", "Log-likelihood scoring as lm-evaluation-harness (same prompts; acc_norm "

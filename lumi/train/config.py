@@ -52,7 +52,13 @@ class TrainerConfig(ConfigModel):
 
     seed: int = Field(1234, description="seeds the init, the data order and every RNG")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
-    compile: bool = Field(False, description="torch.compile the decoder backbone")
+    # Default off, measured 2026-12-07 on CPU-2c (loaded, both sides interleaved in one run,
+    # benchmarks/bench_compile_cpu.py, micro, 16 x 256 tokens, fp32, one thread): the compiled step is 1.26x eager's
+    # speed with AdamW and 1.20x with Muon, but compiling with a cold inductor cache cost ~300 s of eager steps'
+    # time (break-even ~480 steps), with a warm one ~15-20 s. The demo (400 steps, a fresh clone) would lose; long
+    # runs, reruns and GPUs (every shipped chinchilla config sets it) gain.
+    compile: bool = Field(False, description="torch.compile the decoder backbone and the loss's chunk math (on "
+                                             "CPU it pays after a few hundred steps, docs/BENCHMARKS.md)")
     attn_implementation: Literal[ATTENTION_IMPLEMENTATIONS] = Field(  # type: ignore[valid-type]
         "sdpa", description="transformers attention backend")
     activation_checkpointing: bool = Field(False, description="recompute activations in backward (less memory)")

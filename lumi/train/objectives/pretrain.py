@@ -3,14 +3,16 @@
 One optimizer step consumes ``micro_batch_size x grad_accumulation x world_size`` rows (the global batch); the loss of
 a step is the exact mean over every scored token of the global batch, so changing the accumulation split does not
 change the objective. Evaluation scores each data dir's val split through the same loss with document masking (the
-metric the evaluation stage reports, ``lumi.lm.scoring``). A checkpoint is a ``save_pretrained`` dir plus the
+metric the evaluation stage reports, ``lumi.lm.scoring``), and the pooled val loss again on whole rows
+(``val/loss_causal``: documents see the earlier ones of their row, as a peer trained without masking is scored). A checkpoint is a ``save_pretrained`` dir plus the
 tokenizer files, and ``pretrain_config.json`` holds the resolved settings.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from pydantic import Field, model_validator
@@ -83,15 +85,26 @@ def budget_summary(arch: ArchitectureConfig, steps: int, tokens_per_step: int) -
 
 class PackedLMLoss(nn.Module):
     """Pretraining's loss module, what DDP/FSDP2 wrap: summed nats over the scored tokens of a batch of packed rows.
-    Evaluation always masks documents (the evaluator's metric); training does unless ``document_masking`` is off."""
+    Training masks documents unless ``document_masking`` is off; evaluation scores in ``eval_mode`` (docs: each
+    document alone, the metric; causal: whole rows), set by ``scoring`` around a pass of the val rows, so both
+    modes go through the wrapped module (under FSDP2 only the wrapper holds whole weights)."""
 
     def __init__(self, model: LlamaForCausalLM, document_masking: bool = True, compile_chunks: bool = False):
         super().__init__()
         self.model, self.document_masking, self.compile_chunks = model, document_masking, compile_chunks
+        self.eval_mode = "docs"
+
+    @contextmanager
+    def scoring(self, mode: str) -> Iterator[None]:
+        self.eval_mode = mode
+        try:
+            yield
+        finally:
+            self.eval_mode = "docs"
 
     def forward(self, input_ids: torch.LongTensor, training: bool) -> torch.Tensor:
-        return summed_nats(self.model, input_ids, document_masking=self.document_masking or not training,
-                           compile_chunks=self.compile_chunks)
+        masking = self.document_masking if training else self.eval_mode == "docs"
+        return summed_nats(self.model, input_ids, document_masking=masking, compile_chunks=self.compile_chunks)
 
 
 def scored_tokens(input_ids: torch.LongTensor) -> torch.Tensor:
@@ -137,7 +150,8 @@ class PretrainObjective:
                           adapter="refuse", trainable=True)
 
     def loss_module(self, model: PreTrainedModel, compile: bool) -> nn.Module:
-        return PackedLMLoss(model, self.config.document_masking, compile_chunks=compile)
+        self.loss = PackedLMLoss(model, self.config.document_masking, compile_chunks=compile)
+        return self.loss
 
     def count(self, batch: torch.LongTensor) -> torch.Tensor:
         return scored_tokens(batch)
@@ -149,9 +163,10 @@ class PretrainObjective:
         return self.tokens_per_step
 
     def evaluate(self, score: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
-        """Val loss and bits per byte per data dir and pooled over all of them, scored with
-        ``lumi.lm.scoring.score_packed_split``, the loop the evaluator's ``evaluate_packed_split`` uses on the bare
-        model (same rows, same batches, same loss), and the realized data mix once rows have been drawn."""
+        """Val loss and bits per byte per data dir and pooled over all of them, and the pooled loss on whole rows
+        (``val/loss_causal``), scored with ``lumi.lm.scoring.score_packed_split``, the loop the evaluator's
+        ``evaluate_packed_split`` uses on the bare model (same rows, same batches, same loss), and the realized data
+        mix once rows have been drawn."""
         metrics: dict[str, float] = {}
         nats = tokens = text_bytes = 0.0
         for source in self.sources:
@@ -168,6 +183,10 @@ class PretrainObjective:
         if tokens:
             metrics.update({"val/loss": nats / tokens, "val/perplexity": perplexity(nats / tokens),
                             "val/bpb": bits_per_byte(nats, text_bytes)})
+            with self.loss.scoring("causal"):
+                causal = [score_packed_split(source.val, score, self.config.micro_batch_size,
+                                             self.config.eval_max_rows) for source in self.sources]
+            metrics["val/loss_causal"] = sum(r.nats for r in causal) / sum(r.tokens for r in causal)
         if self.sampler.drawn:
             metrics.update({f"data/{s.name}/share": share
                             for s, share in zip(self.sources, self.sampler.realized_mix())})
