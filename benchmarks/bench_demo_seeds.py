@@ -1,9 +1,9 @@
 """Benchmark the demo over seeds: does what the README quotes hold on any seed?
 
-Runs ``runs/demo.sh --seed N --skip-serve`` once per seed (the world's seed and every training seed; stages 10-97
-and 105), each into its own directory, then prints per figure of the demo report the mean, min and max over the seeds,
-and per seed the answers DPO (stage 95) and GRPO (stage 97, against DPO) gained and lost on the validation questions
-(what their settings were chosen on) and on the held-out questions (reported only). Writes the same as JSON
+Runs ``runs/demo.sh --seed N --skip-serve --skip-export`` once per seed (the world's seed and every training seed;
+stages 10-97), each into its own directory, then prints per figure of the demo report the mean, min and max over the
+seeds, and per seed the answers DPO (stage 95) and GRPO (stage 97, against DPO) gained and lost on the validation
+questions (what their settings were chosen on) and on the held-out questions (reported only). Writes the same as JSON
 (``--output``) with the machine, date and command.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_demo_seeds.py --seeds 0 1 2 3 4
@@ -64,11 +64,11 @@ FIGURES = {  # figure -> (stage, what it is); the order of the table
 
 
 def run_demo(seed: int, out: Path, start_stage: int, resume: bool) -> float:
-    """One demo run (stages ``start_stage``-97 and export); its wall-clock seconds. A failing stage stops the
+    """One demo run (stages ``start_stage``-97); its wall-clock seconds. A failing stage stops the
     benchmark."""
     venv_bin = Path(sys.executable).parent
     env = {**os.environ, "OUT": str(out), "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
-    command = ["bash", str(REPO_ROOT / "runs" / "demo.sh"), "--seed", str(seed), "--skip-serve",
+    command = ["bash", str(REPO_ROOT / "runs" / "demo.sh"), "--seed", str(seed), "--skip-serve", "--skip-export",
                "--from", str(start_stage)] + (["--resume"] if resume else [])
     started = time.monotonic()
     with open(out.parent / f"seed{seed}.log", "w") as log:
@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> None:
         out = args.out_root / f"seed{seed}"
         seconds = None
         if not args.collect:
-            print(f"seed {seed}: runs/demo.sh --seed {seed} --skip-serve --from {args.start_stage} -> {out}",
-                  flush=True)
+            print(f"seed {seed}: runs/demo.sh --seed {seed} --skip-serve --skip-export --from {args.start_stage} "
+                  f"-> {out}", flush=True)
             seconds = round(run_demo(seed, out, args.start_stage, args.resume))
         figures = {**demo_report.figures(out), "seconds": seconds}
         print(json.dumps({"seed": seed, **figures}), flush=True)

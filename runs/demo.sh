@@ -6,11 +6,12 @@
 # stage 97's: its settings lost no validation answer on the seeds they were chosen on (docs/TRAINING.md).
 # `make demo` runs this inside .venv. Every stage writes its own directory under $OUT; rerunning replaces them.
 #
-#   runs/demo.sh [--seed N] [--skip-serve] [--from STAGE] [--resume]     (make demo SEED=N)
+#   runs/demo.sh [--seed N] [--skip-serve] [--skip-export] [--from STAGE] [--resume]     (make demo SEED=N)
 #
 # --seed N (default 0) is the world's seed and every stage's seed: tokenizer sample, packing split, model init and
 # data order, SFT and DPO, evaluation (it overrides the configs' seed fields). Its output goes to out/demo (seed 0)
-# or out/demo-seedN unless OUT is set. --skip-serve leaves out stage 100 (benchmarks/bench_demo_seeds.py does).
+# or out/demo-seedN unless OUT is set. --skip-serve and --skip-export leave out stages 100 and 105
+# (benchmarks/bench_demo_seeds.py does: its figures end at stage 97).
 # --from STAGE (e.g. 85) reruns that stage and the later ones on the earlier stages' output already in $OUT.
 # --resume continues the training stages (40, 70, 90, 97) from their newest checkpoint in $OUT instead of replacing them.
 # Whatever a stage chooses is chosen on the world's validation facts (the SFT/DPO val splits and the validation
@@ -19,6 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SEED=0
 SKIP_SERVE=0
+SKIP_EXPORT=0
 FROM=0
 TRAIN_RUN=(--force)
 while [ $# -gt 0 ]; do
@@ -26,9 +28,11 @@ while [ $# -gt 0 ]; do
         --seed) SEED=${2:-}; shift 2 || { echo "runs/demo.sh: --seed needs a value" >&2; exit 2; } ;;
         --seed=*) SEED=${1#--seed=}; shift ;;
         --skip-serve) SKIP_SERVE=1; shift ;;
+        --skip-export) SKIP_EXPORT=1; shift ;;
         --resume) TRAIN_RUN=(--resume auto); shift ;;
         --from) FROM=${2:-}; shift 2 || { echo "runs/demo.sh: --from needs a stage number" >&2; exit 2; } ;;
-        *) echo "runs/demo.sh: unknown argument '$1' (usage: [--seed N] [--skip-serve] [--from N] [--resume])" >&2; exit 2 ;;
+        *) echo "runs/demo.sh: unknown argument '$1' (usage: [--seed N] [--skip-serve] [--skip-export] [--from N]" \
+                "[--resume])" >&2; exit 2 ;;
     esac
 done
 [[ "$FROM" =~ ^[0-9]+$ ]] || { echo "runs/demo.sh: --from: expected a stage number, got '$FROM'" >&2; exit 2; }
@@ -123,8 +127,11 @@ elif [ "$SKIP_SERVE" = 1 ]; then
     rm -f "$OUT/served_answer.txt"  # an earlier run's answer is not this model's
 fi
 
-if stage "105 export: the final chat model as GGUF for llama.cpp and Ollama, run in llama.cpp against Lumi"; then
+if [ "$SKIP_EXPORT" = 0 ] &&
+    stage "105 export: the final chat model as GGUF for llama.cpp and Ollama, run in llama.cpp against Lumi"; then
     lumi export --model-path "$OUT/grpo/demo/final" --dtype f16 --verify --output-dir "$OUT/export" --force
+elif [ "$SKIP_EXPORT" = 1 ]; then
+    rm -rf "$OUT/export"  # an earlier run's GGUF is not this model's
 fi
 
 printf '\n=== report (%ss) ===\n' "$(( $(date +%s) - start ))"

@@ -85,7 +85,7 @@ def test_synthetic_prompts_keep_heldout_facts_and_wordings_out():
     heldout = world.sft_pairs("heldout")
     assert not {item["prompt"] for item in items} & {pair["prompt"] for pair in heldout}
     assert not {item["reference"] for item in items} & {world.statement(fact) for fact in world.split_facts("heldout")}
-    heldout_runs = {run for relation in RELATIONS.values() for template in relation.heldout_questions
+    heldout_runs = {run for name in RELATIONS for template in world.questions(name, "heldout")
                     for run in word_runs(template)}
     assert heldout_runs
     for item in items:

@@ -133,15 +133,50 @@ def test_evaluation_wordings_never_appear_in_the_corpus_in_training_or_in_the_ot
     assert asked
     for pair in asked:
         assert pair["prompt"] not in corpus and pair["prompt"] not in train_prompts, pair["prompt"]
-    texts = corpus.lower(), *(template.lower() for relation in RELATIONS.values()
+    texts = corpus.lower(), *(template.lower() for name, relation in RELATIONS.items()
                               for template in relation.train_questions + relation.statements
-                              + relation.questions(other))
-    for relation in RELATIONS.values():
-        assert not set(relation.questions(split)) & set(relation.train_questions + relation.questions(other))
-        for template in relation.questions(split):
+                              + world.questions(name, other))
+    for name, relation in RELATIONS.items():
+        assert not set(world.questions(name, split)) & set(relation.train_questions + world.questions(name, other))
+        for template in world.questions(name, split):
             assert word_runs(template), template
             for run in word_runs(template):
                 assert not any(run in text for text in texts), f"{split} wording {run!r} occurs in other text"
+
+
+def test_any_deal_of_the_evaluation_wordings_keeps_them_new_to_training_and_to_each_other():
+    """No three-word run of an evaluation wording occurs in a train wording, a statement or another evaluation
+    wording of any relation: whichever half a seed deals to validation, neither split's wordings overlap the other's
+    or training's. (The corpus side is the test above, on one world's corpus; its quizzes use train wordings only.)"""
+    evaluation = [(name, template) for name, relation in RELATIONS.items() for template in relation.evaluation_questions]
+    training = [template.lower() for relation in RELATIONS.values()
+                for template in relation.train_questions + relation.statements]
+    for name, template in evaluation:
+        others = training + [other.lower() for _, other in evaluation if other != template]
+        for run in word_runs(template):
+            assert not any(run in text for text in others), f"{name} wording {run!r} occurs in other text"
+
+
+def test_the_seed_deals_each_relation_s_evaluation_wordings_half_to_validation_half_to_heldout():
+    """Over seeds, every evaluation wording is sometimes a validation and sometimes a held-out wording (so the two
+    splits are the same kind of test); a seed always deals the same way."""
+    dealt = {seed: SyntheticWorld.generate(**{**SMALL, "seed": seed}) for seed in range(12)}
+    seen = {split: set() for split in ("validation", "heldout")}
+    for seed, world in dealt.items():
+        assert world.questions("owns", "validation") == SyntheticWorld.generate(**{**SMALL, "seed": seed}).questions(
+            "owns", "validation")
+        for name, relation in RELATIONS.items():
+            validation, heldout = world.questions(name, "validation"), world.questions(name, "heldout")
+            assert len(validation) == len(heldout) == len(relation.evaluation_questions) // 2
+            assert sorted(validation + heldout) == sorted(relation.evaluation_questions)
+            assert world.questions(name, "train") == relation.train_questions
+            seen["validation"].update(validation)
+            seen["heldout"].update(heldout)
+    every = {template for relation in RELATIONS.values() for template in relation.evaluation_questions}
+    assert seen["validation"] == seen["heldout"] == every
+    assert len({tuple(world.questions(name, "heldout") for name in RELATIONS) for world in dealt.values()}) > 6
+    with pytest.raises(LumiError, match="unknown split"):
+        dealt[0].questions("owns", "test")
 
 
 def test_corpus_asks_only_train_facts_with_train_wordings(world, documents):

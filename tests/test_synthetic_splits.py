@@ -11,7 +11,7 @@ from eval_helpers import write_tokenizer
 from lumi.core.config import CONFIG_DIR, load_config
 from lumi.data.preference import PreferenceCorpusConfig, build_preference_corpus
 from lumi.data.sft_corpus import SFTCorpusConfig, build_sft_corpus
-from lumi.data.synthetic import Relation, SyntheticSourceConfig, SyntheticWorld
+from lumi.data.synthetic import SyntheticSourceConfig, SyntheticWorld
 from lumi.eval.config import EvaluationConfig
 from lumi.eval.synthetic_qa import qa_items
 
@@ -27,18 +27,18 @@ def tokenizer_dir(tmp_path_factory):
 def splits_read(monkeypatch) -> list[str]:
     """Every split whose facts or question wordings anything asks the world for, in order."""
     read: list[str] = []
-    split_facts, questions = SyntheticWorld.split_facts, Relation.questions
+    split_facts, questions = SyntheticWorld.split_facts, SyntheticWorld.questions
 
     def recording_split_facts(self, split):
         read.append(split)
         return split_facts(self, split)
 
-    def recording_questions(self, split):
+    def recording_questions(self, relation, split):
         read.append(split)
-        return questions(self, split)
+        return questions(self, relation, split)
 
     monkeypatch.setattr(SyntheticWorld, "split_facts", recording_split_facts)
-    monkeypatch.setattr(Relation, "questions", recording_questions)
+    monkeypatch.setattr(SyntheticWorld, "questions", recording_questions)
     return read
 
 

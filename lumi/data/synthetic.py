@@ -8,12 +8,13 @@ object)``). From it come, all seeded:
   that ask *train* facts with train wordings), lazily;
 * SFT pairs and DPO preference pairs, split into *train*, *validation* and *heldout* facts. Validation and held-out
   facts are stated in the corpus but never asked anywhere in training. Each of the two is asked with its own
-  wordings, of which no three-word run appears in training pairs, anywhere in the corpus or in the other's wordings;
-  their key words (``profession``, ``hometown``, ``parents`` ...) do occur in train wordings and statements, in other
-  sentence frames. So answering them needs the fact (learned from prose), the answering skill (learned from other
-  facts) and the mapping from a new wording to its relation, not a memorised string or a word the world never taught.
-  The two are the same kind of test on disjoint facts and wordings: whatever a stage chooses (early stopping, the DPO
-  data and settings) is chosen on validation questions, and held-out questions are only ever reported;
+  wordings, dealt to it by the world's seed from one pool per relation, of which no three-word run appears in
+  training pairs, anywhere in the corpus or in the other's wordings; their key words (``profession``, ``hometown``,
+  ``parents`` ...) do occur in train wordings and statements, in other sentence frames. So answering them needs the
+  fact (learned from prose), the answering skill (learned from other facts) and the mapping from a new wording to its
+  relation, not a memorised string or a word the world never taught. The two are the same kind of test on disjoint
+  facts and wordings, exchangeable over seeds: whatever a stage chooses (early stopping, the DPO data and settings)
+  is chosen on validation questions, and held-out questions are only ever reported;
 * cloze items for held-out (or train) facts, whose context is the canonical corpus wording, so they test the fact and
   not the phrasing; their distractors come from the same category, so chance is ``1 / len(choices)``.
 
@@ -49,27 +50,23 @@ class Relation:
     """How one relation is stated and asked about.
 
     ``statements[0]`` is the canonical wording: it ends with `` {o}.`` and, cut before the object, gives the cloze
-    context. Validation and held-out question templates share no three-word run with the train templates, any corpus
-    text or each other; the train templates are many and varied so SFT learns key words -> relation rather than a few
-    memorised strings.
+    context. The train templates are many and varied so SFT learns key words -> relation rather than a few memorised
+    strings. The evaluation templates share no three-word run with the train templates, any corpus text or each
+    other, so however a world's seed deals them out to validation and held-out (``SyntheticWorld.questions``), the
+    two splits' wordings are new to training and to each other.
     """
 
     name: str
     category: str
     statements: tuple[str, ...]
     train_questions: tuple[str, ...]
-    heldout_questions: tuple[str, ...]
-    validation_questions: tuple[str, ...]
+    evaluation_questions: tuple[str, ...]  # half validation, half held-out, dealt by the world's seed
     symmetric: bool = False
     cloze_by_first_name: bool = False  # siblings share a surname, so full-name choices would give the answer away
 
     @property
     def cloze_template(self) -> str:
         return self.statements[0].removesuffix(" {o}.")
-
-    def questions(self, split: Split) -> tuple[str, ...]:
-        return {"train": self.train_questions, "validation": self.validation_questions,
-                "heldout": self.heldout_questions}[split]
 
 
 # Jobs and objects all start with a consonant so "works as a" / "owns a" never hint at the answer through "an".
@@ -107,8 +104,8 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
         train_questions=("Where does {s} live?", "In which town does {s} live?", "Tell me where {s} lives.",
                          "What is {s}'s hometown?", "Where is the home of {s}?", "Name the place where {s} lives.",
                          "Which town is home to {s}?", "In what place does {s} have a home?"),
-        heldout_questions=("Name the town that {s} calls home.", "Which place is the hometown of {s}?"),
-        validation_questions=("In what town is the residence of {s}?", "Which town has {s} for a resident?")),
+        evaluation_questions=("Name the town that {s} calls home.", "Which place is the hometown of {s}?",
+                              "In what town is the residence of {s}?", "Which town has {s} for a resident?")),
     Relation(
         "works_as", "jobs",
         statements=("{s} works as a {o}.", "{s} has a job as a {o}.", "{s} earns a living as a {o}.",
@@ -116,8 +113,8 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
         train_questions=("What does {s} do for work?", "What is the job of {s}?", "What is {s}'s job?",
                          "What is the occupation of {s}?", "What profession is {s} in?", "Name the profession of {s}.",
                          "What trade does {s} follow?", "Tell me the job that {s} does."),
-        heldout_questions=("What occupation does {s} have?", "Which profession does {s} practice?"),
-        validation_questions=("What line of work is {s} in?", "How does {s} make a living?")),
+        evaluation_questions=("What occupation does {s} have?", "Which profession does {s} practice?",
+                              "What line of work is {s} in?", "How does {s} make a living?")),
     Relation(
         "owns", "objects",
         statements=("{s} owns a {o}.", "{s} keeps a {o} at home.", "There is a {o} that belongs to {s}.",
@@ -125,8 +122,8 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
         train_questions=("What does {s} own?", "What object belongs to {s}?", "Which thing does {s} own?",
                          "What thing does {s} possess?", "What is {s}'s property?", "Name the object that {s} owns.",
                          "Tell me what {s} keeps at home.", "Which item is owned by {s}?"),
-        heldout_questions=("Name an item that {s} possesses.", "Tell me which thing is the property of {s}."),
-        validation_questions=("Which object does {s} have at home?", "Say what kind of object {s} has.")),
+        evaluation_questions=("Name an item that {s} possesses.", "Tell me which thing is the property of {s}.",
+                              "Which object does {s} have at home?", "Say what kind of object {s} has.")),
     Relation(
         "likes", "foods",
         statements=("{s}'s favorite food is {o}.", "{s} loves to eat {o}.", "Of all foods, {s} likes {o} best.",
@@ -135,9 +132,8 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
                          "What is the favorite dish of {s}?", "What does {s} love to eat?",
                          "Which meal makes {s} happiest?", "Name the food that {s} likes most.",
                          "Tell me the dish {s} would choose.", "What would {s} eat every day if possible?"),
-        heldout_questions=("Which dish would {s} pick above all others?",
-                           "If {s} could only eat one thing, what would it be?"),
-        validation_questions=("Which food does {s} enjoy the most?", "Name the meal {s} prefers most.")),
+        evaluation_questions=("Which dish would {s} pick above all others?",
+                              "If {s} could only eat one thing, what would it be?", "Which food does {s} enjoy the most?", "Name the meal {s} prefers most.")),
     Relation(
         "friend_of", "people", symmetric=True,
         statements=("{s} is a friend of {o}.", "{s} and {o} are good friends.",
@@ -145,8 +141,8 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
         train_questions=("Who is {s}'s friend?", "Who is a friend of {s}?", "Who is a pal of {s}?",
                          "Who does {s} spend time with?", "Which person is a close friend of {s}?",
                          "Name a friend of {s}.", "Who shares a friendship with {s}?", "Tell me who is friends with {s}."),
-        heldout_questions=("With whom does {s} share a close friendship?", "Name the pal of {s}."),
-        validation_questions=("Who counts as a friend to {s}?", "Whose friendship does {s} value?")),
+        evaluation_questions=("With whom does {s} share a close friendship?", "Name the pal of {s}.",
+                              "Who counts as a friend to {s}?", "Whose friendship does {s} value?")),
     Relation(
         "sibling_of", "people", symmetric=True, cloze_by_first_name=True,
         statements=("{s} has a sibling named {o}.", "{s} and {o} are siblings.",
@@ -155,8 +151,8 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in (
         train_questions=("Who is {s}'s sibling?", "Who is the sibling of {s}?", "Who has the same parents as {s}?",
                          "Who is a brother or a sister of {s}?", "Which person is in the same family as {s}?",
                          "Name the sibling of {s}.", "Tell me who the sibling of {s} is.", "Who grew up with {s}?"),
-        heldout_questions=("Which person shares parents with {s}?", "Name the brother or sister of {s}."),
-        validation_questions=("Who is related to {s} as a sibling?", "Which sister or brother does {s} have?")),
+        evaluation_questions=("Which person shares parents with {s}?", "Name the brother or sister of {s}.",
+                              "Who is related to {s} as a sibling?", "Which sister or brother does {s} have?")),
 )}
 
 # Story and document furniture. None of it asserts anything about an entity, so no document contradicts the world.
@@ -224,6 +220,7 @@ class SyntheticWorld:
     def __init__(self, seed: int, people: list[str], towns: list[str], facts: list[Fact],
                  split_of: dict[Fact, Split]):
         self.seed = seed
+        self._questions = _deal_wordings(seed)
         self.people = people
         self.towns = towns
         self.facts = facts
@@ -385,11 +382,18 @@ class SyntheticWorld:
             raise LumiError(f"synthetic world: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         return [fact for fact in self.facts if self._split_of[fact] == split]
 
+    def questions(self, relation: str, split: Split) -> tuple[str, ...]:
+        """The question templates that ask ``relation`` in ``split``: its train wordings, or the half of its
+        evaluation wordings the world's seed dealt to validation or to held-out."""
+        if split not in SPLITS:
+            raise LumiError(f"synthetic world: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        return self._questions[relation][split]
+
     def sft_pairs(self, split: Split) -> list[dict[str, str]]:
         """One ``{"prompt", "response"}`` per fact of the split and question template of the split; the response is
         the fact's canonical statement."""
         return [{"prompt": question.format(s=fact.subject), "response": self.statement(fact)}
-                for fact in self.split_facts(split) for question in RELATIONS[fact.relation].questions(split)]
+                for fact in self.split_facts(split) for question in self.questions(fact.relation, split)]
 
     def preference_pairs(self, split: Split) -> list[dict[str, str]]:
         """``{"prompt", "chosen", "rejected"}``: chosen states the fact; rejected is one of ``REJECTED_KINDS``."""
@@ -397,7 +401,7 @@ class SyntheticWorld:
         kinds, weights = zip(*REJECTED_KINDS.items())
         pairs = []
         for fact in self.split_facts(split):
-            for question in RELATIONS[fact.relation].questions(split):
+            for question in self.questions(fact.relation, split):
                 kind = rng.choices(kinds, weights)[0]
                 if kind == "wrong_object":
                     wrong = self._distractors(fact, 1, rng, by_first_name=False)[0]
@@ -498,6 +502,21 @@ def _split_facts(seed: int, facts: list[Fact], heldout_fraction: float,
             for fact in unit:
                 split_of[fact] = "heldout" if index < heldout_end else "validation"
     return split_of
+
+
+def _deal_wordings(seed: int) -> dict[str, dict[Split, tuple[str, ...]]]:
+    """Each relation's evaluation wordings, shuffled by the seed, half to validation and half to held-out: over seeds
+    every wording is as likely in one split as in the other, so validation questions are the same kind of test as the
+    held-out ones (with fixed wordings, a setting that suits the validation wordings need not suit the held-out)."""
+    rng = random.Random(f"lumi-synthetic/{seed}/wordings")
+    dealt = {}
+    for name, relation in RELATIONS.items():
+        wordings = list(relation.evaluation_questions)
+        rng.shuffle(wordings)
+        half = len(wordings) // 2
+        dealt[name] = {"train": relation.train_questions, "validation": tuple(wordings[:half]),
+                       "heldout": tuple(wordings[half:])}
+    return dealt
 
 
 class SyntheticSourceConfig(ConfigModel):

@@ -15,7 +15,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lumi.data.synthetic import RELATIONS, UNHELPFUL, SyntheticSourceConfig
+from lumi.data.synthetic import UNHELPFUL, SyntheticSourceConfig
 from lumi.eval.generation import GREEDY, format_prompt, generate_all, stop_token_ids
 from lumi.eval.loglikelihood import encode
 from lumi.eval.scoring import mean_and_stderr
@@ -32,7 +32,7 @@ def qa_items(world_config: SyntheticSourceConfig, split: str = "heldout") -> lis
     return [{"id": f"{fact.relation}/{index}/{wording}", "fact": f"{fact.relation}/{index}",
              "relation": fact.relation, "prompt": question.format(s=fact.subject), "answer": world.statement(fact)}
             for index, fact in enumerate(world.split_facts(split))  # type: ignore[arg-type]
-            for wording, question in enumerate(RELATIONS[fact.relation].questions(split))]  # type: ignore[arg-type]
+            for wording, question in enumerate(world.questions(fact.relation, split))]  # type: ignore[arg-type]
 
 
 def normalize(text: str) -> str:
