@@ -192,3 +192,19 @@ def test_a_pretrained_checkpoint_is_refused(tmp_path, capsys):
     model = make_tiny_model_dir(tmp_path / "base", None)
     assert main(grpo_args(model, write_config(tmp_path, rewards={"exact_match": 1.0}), tmp_path / "out")) == 2
     assert "GRPO starts from an SFT or DPO model" in capsys.readouterr().err
+
+
+def test_a_policy_of_another_world_is_refused(chat_model, tmp_path, capsys):
+    """The policy records the world it was trained on (lineage.json); RL prompts of another world are refused, as SFT
+    and DPO data of another world are."""
+    import shutil
+
+    from lumi.formats.lineage import write_lineage
+
+    policy = shutil.copytree(chat_model, tmp_path / "policy")  # the fixture is the module's: leave it as it is
+    write_lineage(policy, {"0" * 64})
+    config = write_config(tmp_path, rewards={"exact_match": 1.0})
+    assert main(grpo_args(policy, config, tmp_path / "out")) == 2
+    error = capsys.readouterr().err.strip()
+    assert "the config's RL prompts: uses synthetic world" in error and "comes from world 000000000000" in error
+    assert len(error.splitlines()) == 1, error

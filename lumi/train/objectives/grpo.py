@@ -41,6 +41,7 @@ from lumi.generation.sampling import SamplingParams
 from lumi.lm.grpo import LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_loss
 from lumi.lm.preference import token_logps
 from lumi.formats.adapter import base_fingerprint, is_adapter_dir
+from lumi.formats.lineage import require_same_world
 from lumi.formats.model_dir import open_model_dir
 from lumi.train.config import TrainerConfig
 from lumi.train.distributed import all_reduce_sum
@@ -202,6 +203,7 @@ class GRPOObjective(FineTuneObjective):
             raise LumiError("lumi grpo trains with distributed ddp: rollouts need each process's whole weights")
         self.config, self.rank, self.world_size = config, rank, world_size
         self.policy_dir = check_policy(config.model_path)
+        require_same_world(self.policy_dir, "the config's RL prompts", config_to_dict(config)["prompts"])
         self.start = self.tokenizer_dir = self.policy_dir  # a checkpoint gets the policy's chat tokenizer
         self.start_purpose = "GRPO policy (the SFT or DPO model)"
         rows = config.micro_batch_size * config.grad_accumulation
