@@ -190,13 +190,14 @@ def grpo_lines(run_dir: Path) -> list[str]:
 
 
 def serve_lines(run_dir: Path) -> list[str]:
-    """Stage 100: the final chat model's (stage 97's) answer to one question through the API."""
+    """Stage 100: the final chat model's (stage 95's DPO model, runs/demo.sh says why) answer to one question through
+    the API."""
     served = run_dir / "served_answer.txt"
     if not served.is_file():
         return []
     return [f"- 100 serve: " + " / ".join(line.strip() for line in served.read_text().splitlines()
                                          if line.startswith(("question:", "answer:"))),
-            f"  - chat in a browser: `lumi serve --model-path {run_dir / 'grpo' / 'demo' / 'final'}`, then "
+            f"  - chat in a browser: `lumi serve --model-path {run_dir / 'dpo' / 'demo' / 'final'}`, then "
             f"open http://127.0.0.1:8000/ (or `lumi chat --model-path ...` in the terminal)"]
 
 
