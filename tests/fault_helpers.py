@@ -17,6 +17,20 @@ from typing import Iterator
 
 import pytest
 
+# ``python -c`` code for the kill/resume tests of every trainer: the CLI (argv as given) SIGKILLs itself at the start
+# of optimizer step $KILL_AT, as a real kill would land, with no chance to clean up.
+KILL_AT_STEP = """
+import os, signal, sys
+from lumi.train import trainer
+original = trainer.Trainer.train_step
+def train_step(self, batches):
+    if self.step == int(os.environ["KILL_AT"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, batches)
+trainer.Trainer.train_step = train_step
+from lumi.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 def _mount_tmpfs(mount_point: Path, options: str) -> None:
     if os.geteuid() != 0 or shutil.which("mount") is None:

@@ -15,7 +15,8 @@ import torch
 from eval_helpers import make_tiny_model_dir, write_tokenizer
 from packed_helpers import train_losses
 from safetensors.torch import load_file
-from test_sft_train import KILL_AT_STEP, run_cli
+from fault_helpers import KILL_AT_STEP
+from test_sft_train import run_cli
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lumi.cli import main

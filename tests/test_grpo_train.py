@@ -13,6 +13,7 @@ import signal
 import pytest
 import torch
 from eval_helpers import make_tiny_model_dir, write_tokenizer
+from fault_helpers import KILL_AT_STEP as KILL_SCRIPT
 from packed_helpers import train_losses
 from safetensors.torch import load_file
 from test_sft_train import run_cli
@@ -33,18 +34,7 @@ import sys
 from lumi.data import rewards
 rewards.REWARDS[{TEST_REWARD!r}] = lambda completion, reference: float(len(completion) % 2)
 """
-KILL_AT_STEP = REGISTER + """
-import os, signal
-from lumi.train import trainer
-original = trainer.Trainer.train_step
-def train_step(self, batches):
-    if self.step == int(os.environ["KILL_AT"]):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return original(self, batches)
-trainer.Trainer.train_step = train_step
-from lumi.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+KILL_AT_STEP = REGISTER + KILL_SCRIPT  # the test reward registered in the killed process too
 
 
 @pytest.fixture(scope="module")

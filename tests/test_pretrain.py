@@ -31,6 +31,7 @@ from lumi.train.optim import build_optimizer, build_scheduler, lr_at, muon_split
 from lumi.train.step import TrainStep
 from lumi.train.trainer import Trainer
 from eval_helpers import training_text, write_tokenizer
+from fault_helpers import KILL_AT_STEP
 from helpers import make_corpus_dir
 from lumi.core.config import load_config
 from lumi.formats.tokenizer import load_hf_tokenizer, load_tokenizer_meta
@@ -257,18 +258,6 @@ def run_cli(*args: str, env_extra: dict | None = None, code: str | None = None) 
                           env=subprocess_env(env_extra))
 
 
-KILL_AT_STEP = """
-import os, signal, sys
-from lumi.train import trainer
-original = trainer.Trainer.train_step
-def train_step(self, batches):
-    if self.step == int(os.environ["KILL_AT"]):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return original(self, batches)
-trainer.Trainer.train_step = train_step
-from lumi.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 @pytest.mark.parametrize("recipe", [{}, {"optimizer": "muon", "muon_lr": 0.01, "schedule": "wsd"}],

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from eval_helpers import make_tiny_model_dir, write_tokenizer
+from fault_helpers import KILL_AT_STEP
 from packed_helpers import subprocess_env, train_losses
 from peft import PeftModel
 from safetensors.torch import load_file
@@ -161,18 +162,6 @@ def test_evaluate_takes_an_adapter_or_a_merged_dir(workspace, lora_run, tmp_path
     assert abs(losses["final"] - losses["merged"]) <= 1e-5 and abs(losses["final"] - trainer_val) <= 1e-5
 
 
-KILL_AT_STEP = """
-import os, signal, sys
-from lumi.train import trainer
-original = trainer.Trainer.train_step
-def train_step(self, batches):
-    if self.step == int(os.environ["KILL_AT"]):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return original(self, batches)
-trainer.Trainer.train_step = train_step
-from lumi.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 def run_cli(args: list[str], code: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:

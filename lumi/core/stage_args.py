@@ -37,6 +37,14 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_config: Path |
                         help="override a config value, e.g. --set dedup.exact=false (repeatable; JSON values)")
 
 
+def add_training_run_arguments(parser: argparse.ArgumentParser, budget_fields: str) -> None:
+    """The flags of every training stage (pretrain, sft, dpo, grpo): the step budget and resuming.
+    ``budget_fields``: the config fields ``--max-steps`` overrides, for its help."""
+    parser.add_argument("--max-steps", type=int, help=f"optimizer steps (overrides {budget_fields})")
+    parser.add_argument("--resume", metavar="auto|PATH",
+                        help="continue from the newest checkpoint of this run (auto) or from a checkpoint dir")
+
+
 def stage_config(args: argparse.Namespace, cls: type[C], flags: Mapping[str, Any] | None = None) -> C:
     return load_config(cls, args.config, args.overrides, flags)
 

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from lumi.core.config import CONFIG_DIR
-from lumi.core.stage_args import add_common_arguments, stage_config
+from lumi.core.stage_args import add_common_arguments, add_training_run_arguments, stage_config
 from lumi.loading import merged_if_adapter
 from lumi.train.finetune import check_run_name
 from lumi.train.launch import fit_objective
@@ -25,9 +25,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-path", type=Path, help="the SFT model: a model dir or a LoRA adapter dir "
                                                         "(overrides model_path)")
     parser.add_argument("--data-dir", type=Path, help="stage-85 DPO data dir (overrides data_dir)")
-    parser.add_argument("--max-steps", type=int, help="optimizer steps (overrides max_steps/epochs)")
-    parser.add_argument("--resume", metavar="auto|PATH",
-                        help="continue from the newest checkpoint of this run (auto) or from a checkpoint dir")
+    add_training_run_arguments(parser, "max_steps/epochs")
     add_common_arguments(parser, DEFAULT_CONFIG, default_output="dpo")
 
 

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from lumi.core.config import CONFIG_DIR
-from lumi.core.stage_args import add_common_arguments, stage_config
+from lumi.core.stage_args import add_common_arguments, add_training_run_arguments, stage_config
 from lumi.formats.packed import read_packed_manifest
 from lumi.model import describe, load_architecture
 from lumi.train.launch import fit_objective
@@ -27,9 +27,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-weights", nargs="+", type=float, metavar="W",
                         help="mixing weight per data dir, in the same order (default: equal)")
     parser.add_argument("--tokenizer-dir", type=Path, help="tokenizer directory from stage 20 (overrides the config)")
-    parser.add_argument("--resume", metavar="auto|PATH",
-                        help="continue from the newest checkpoint of this run (auto) or from a checkpoint dir")
-    parser.add_argument("--max-steps", type=int, help="optimizer steps (overrides max_steps/max_tokens)")
+    add_training_run_arguments(parser, "max_steps/max_tokens")
     parser.add_argument("--describe", action="store_true",
                         help="print the architecture, exact parameter counts, FLOPs/token and the token budget, "
                              "then exit without training")
