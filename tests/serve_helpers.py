@@ -3,11 +3,17 @@ project's chat tokenizer (ChatML markers as special tokens, the Jinja template t
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Any, Iterator
 
 from eval_helpers import make_tiny_model_dir, write_tokenizer
 
 from lumi.data.chat import chat_tokenizer, get_template, save_chat_tokenizer
+from lumi.generation.engine import Engine
+from lumi.serve.api import ServerSettings, create_app
+from lumi.serve.checkpoint import load_for_serving
+from lumi.serve.server import running_server
 
 
 def make_serving_dirs(root: Path, max_seq_len: int = 128) -> dict[str, Path]:
@@ -19,3 +25,16 @@ def make_serving_dirs(root: Path, max_seq_len: int = 128) -> dict[str, Path]:
     save_chat_tokenizer(chat_tokenizer(tokenizer_dir, template), template, chat, tokenizer_dir)
     (chat / "tokenizer_meta.json").unlink()  # its tokenizer files are no longer stage 20's, as in an SFT checkpoint
     return {"base": base, "chat": chat}
+
+
+@contextlib.contextmanager
+def serving(root: Path, settings: ServerSettings, max_seq_len: int = 128, **engine_options: Any
+            ) -> Iterator[dict[str, Any]]:
+    """``lumi serve``'s app on a loopback port over the tiny chat model of ``make_serving_dirs(root)``, as the server
+    runs it (``load_for_serving``, ``Engine(**engine_options)``, ``create_app``): its url, engine, tokenizer, model
+    and dirs."""
+    dirs = make_serving_dirs(root, max_seq_len=max_seq_len)
+    model, tokenizer = load_for_serving(dirs["chat"], device="cpu")
+    with Engine(model, tokenizer, **engine_options) as engine:
+        with running_server(create_app(engine, tokenizer, settings)) as url:
+            yield {"url": url, "engine": engine, "tokenizer": tokenizer, "model": model, "dirs": dirs}

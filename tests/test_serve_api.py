@@ -12,7 +12,7 @@ import urllib.parse
 
 import openai
 import pytest
-from serve_helpers import make_serving_dirs
+from serve_helpers import serving
 
 from lumi.serve.api import ServerSettings, create_app
 from lumi.serve.checkpoint import load_for_serving
@@ -29,12 +29,9 @@ QUESTION = [{"role": "user", "content": "Where does the baker live?"}]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     # a long context, so a request can run long enough to be cancelled mid-way
-    dirs = make_serving_dirs(tmp_path_factory.mktemp("api"), max_seq_len=1024)
-    model, tokenizer = load_for_serving(dirs["chat"], device="cpu")
-    with Engine(model, tokenizer, max_batch=4) as engine:
-        app = create_app(engine, tokenizer, ServerSettings(model_id=MODEL, api_key=KEY, max_body_bytes=64 << 10))
-        with running_server(app) as url:
-            yield {"url": url, "engine": engine, "tokenizer": tokenizer, "dirs": dirs}
+    with serving(tmp_path_factory.mktemp("api"), ServerSettings(model_id=MODEL, api_key=KEY, max_body_bytes=64 << 10),
+                 max_seq_len=1024, max_batch=4) as served:
+        yield served
 
 
 @pytest.fixture

@@ -10,12 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx2 as httpx  # openai 3.x brings httpx2 (the httpx API)
 import pytest
-from serve_helpers import make_serving_dirs
+from serve_helpers import serving
 
-from lumi.generation.engine import Engine
-from lumi.serve.api import ServerSettings, create_app
-from lumi.serve.checkpoint import load_for_serving
-from lumi.serve.server import running_server
+from lumi.serve.api import ServerSettings
 
 KEY = "fuzz-key"
 MODEL = "tiny"
@@ -40,12 +37,9 @@ RAW_BODIES = [b"", b"{", b"null", b"[]", b"\xff\xfe\x00", b'{"model": "tiny", "p
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    dirs = make_serving_dirs(tmp_path_factory.mktemp("fuzz"), max_seq_len=128)
-    model, tokenizer = load_for_serving(dirs["chat"], device="cpu")
-    with Engine(model, tokenizer, max_batch=3, max_waiting=6) as engine:
-        app = create_app(engine, tokenizer, ServerSettings(model_id=MODEL, api_key=KEY, max_body_bytes=64 << 10))
-        with running_server(app) as url:
-            yield url
+    with serving(tmp_path_factory.mktemp("fuzz"), ServerSettings(model_id=MODEL, api_key=KEY, max_body_bytes=64 << 10),
+                 max_seq_len=128, max_batch=3, max_waiting=6) as served:
+        yield served["url"]
 
 
 def hostile_request(rng: random.Random) -> tuple[str, bytes, dict]:

@@ -10,13 +10,10 @@ import httpx2 as httpx  # openai 3.x brings httpx2 (the httpx API)
 import openai
 import pytest
 import torch
-from serve_helpers import make_serving_dirs
+from serve_helpers import serving
 
-from lumi.generation.engine import Engine
-from lumi.serve.api import ServerSettings, create_app
-from lumi.serve.checkpoint import load_for_serving
+from lumi.serve.api import ServerSettings
 from lumi.serve.prompts import chat_ids, completion_ids
-from lumi.serve.server import running_server
 
 MODEL = "tiny"
 QUESTION = [{"role": "user", "content": "Where does the baker live?"}]
@@ -24,12 +21,10 @@ QUESTION = [{"role": "user", "content": "Where does the baker live?"}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    dirs = make_serving_dirs(tmp_path_factory.mktemp("extras"), max_seq_len=256)
-    model, tokenizer = load_for_serving(dirs["chat"], device="cpu")
-    with Engine(model, tokenizer, max_batch=4) as engine:
-        with running_server(create_app(engine, tokenizer, ServerSettings(model_id=MODEL))) as url:
-            yield {"url": url, "engine": engine, "tokenizer": tokenizer, "model": model,
-                   "client": openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)}
+    with serving(tmp_path_factory.mktemp("extras"), ServerSettings(model_id=MODEL), max_seq_len=256,
+                 max_batch=4) as served:
+        yield {**served, "client": openai.OpenAI(base_url=served["url"] + "/v1", api_key="none", max_retries=0,
+                                                 timeout=60)}
 
 
 def reference_logprobs(model, ids: list[int]) -> torch.Tensor:

@@ -17,7 +17,7 @@ import openai
 import pytest
 import torch
 from packed_helpers import subprocess_env
-from serve_helpers import make_serving_dirs
+from serve_helpers import serving
 
 from lumi.cli import main
 from lumi.core.errors import LumiError
@@ -26,7 +26,6 @@ from lumi.data.chat import encode_conversation, get_template
 from lumi.generation.engine import Engine
 from lumi.generation.sampling import SamplingParams
 from lumi.serve.api import ServerSettings, create_app
-from lumi.serve.checkpoint import load_for_serving
 from lumi.serve.prompts import chat_ids, completion_ids
 from lumi.serve.server import running_server
 
@@ -37,12 +36,9 @@ QUESTION = [{"role": "user", "content": "Where does the baker live?"}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    dirs = make_serving_dirs(tmp_path_factory.mktemp("safety"), max_seq_len=256)
-    model, tokenizer = load_for_serving(dirs["chat"], device="cpu")
-    with Engine(model, tokenizer, max_batch=2, max_waiting=4) as engine:
-        app = create_app(engine, tokenizer, ServerSettings(model_id=MODEL, api_key=KEY, max_body_bytes=3 << 20))
-        with running_server(app) as url:
-            yield {"url": url, "engine": engine, "tokenizer": tokenizer, "dirs": dirs, "model": model}
+    with serving(tmp_path_factory.mktemp("safety"), ServerSettings(model_id=MODEL, api_key=KEY, max_body_bytes=3 << 20),
+                 max_seq_len=256, max_batch=2, max_waiting=4) as served:
+        yield served
 
 
 @pytest.fixture

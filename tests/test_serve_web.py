@@ -13,14 +13,11 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
-from serve_helpers import make_serving_dirs
+from serve_helpers import serving
 
-from lumi.serve.api import ServerSettings, create_app
-from lumi.serve.checkpoint import load_for_serving
-from lumi.generation.engine import Engine
+from lumi.serve.api import ServerSettings
 from lumi.serve.prompts import chat_ids
 from lumi.generation.sampling import SamplingParams
-from lumi.serve.server import running_server
 
 CHROMIUM = Path(os.environ.get("LUMI_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -48,11 +45,8 @@ def browser_page():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    dirs = make_serving_dirs(tmp_path_factory.mktemp("web"), max_seq_len=1024)
-    model, tokenizer = load_for_serving(dirs["chat"], device="cpu")
-    with Engine(model, tokenizer) as engine:
-        with running_server(create_app(engine, tokenizer, ServerSettings(model_id="tiny-chat"))) as url:
-            yield {"url": url, "engine": engine, "tokenizer": tokenizer}
+    with serving(tmp_path_factory.mktemp("web"), ServerSettings(model_id="tiny-chat"), max_seq_len=1024) as served:
+        yield served
 
 
 def ask(page, question: str, count: int) -> str:
@@ -105,11 +99,8 @@ def test_web_page_streams_answers_keeps_the_conversation_and_stops(server, brows
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory):
     """The demo model's context (256 tokens), with the page's default settings a long chat must keep working."""
-    dirs = make_serving_dirs(tmp_path_factory.mktemp("web-small"), max_seq_len=256)
-    model, tokenizer = load_for_serving(dirs["chat"], device="cpu")
-    with Engine(model, tokenizer) as engine:
-        with running_server(create_app(engine, tokenizer, ServerSettings(model_id="tiny-chat"))) as url:
-            yield {"url": url, "engine": engine, "tokenizer": tokenizer}
+    with serving(tmp_path_factory.mktemp("web-small"), ServerSettings(model_id="tiny-chat"), max_seq_len=256) as served:
+        yield served
 
 
 def test_ten_turn_chat_with_defaults_fits_the_context(small_server, browser_page):
