@@ -127,8 +127,12 @@ def generate_worker(model_dir: str, threads: int, max_tokens: int, connection) -
 
 
 def cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
+    """The server's CPU time: its own and its engine process's (``lumi serve`` runs the engine in a child)."""
+    total = 0.0
+    for member in [process, *process.children(recursive=True)]:
+        times = member.cpu_times()
+        total += times.user + times.system
+    return total
 
 
 def timed_round(url: str, server: psutil.Process, max_tokens: int, stream: bool) -> tuple[float, float]:

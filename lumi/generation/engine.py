@@ -44,6 +44,10 @@ class QueueFull(Exception):
     """The bounded waiting queue is full (the API answers 503)."""
 
 
+class EngineUnavailable(Exception):
+    """The engine cannot take requests: its process has stopped (the API answers 503)."""
+
+
 class PromptTooLong(LumiError):
     """The prompt (plus the tokens asked for) does not fit the model's context (the API answers 400)."""
 
@@ -155,6 +159,29 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     return {i for i in ids if i is not None}
 
 
+def checked_sampler(prompt_ids: list[int], params: SamplingParams, vocab_size: int, context: int,
+                    device: torch.device | str) -> TokenSampler:
+    """A request's sampler, or the one-line reason it cannot run (``PromptTooLong``, ``LumiError``): checked where it
+    is submitted, so nothing it carries can fail the engine loop later (``Engine.submit`` and the engine process's
+    front end both call this)."""
+    if not prompt_ids:
+        raise PromptTooLong("the prompt is empty: give at least one token")
+    if any(not 0 <= i < vocab_size for i in prompt_ids):
+        raise LumiError(f"prompt token ids must be in 0..{vocab_size - 1}")
+    if any(not 0 <= i < vocab_size for i in params.logit_bias):
+        raise LumiError(f"logit_bias token ids must be in 0..{vocab_size - 1}")
+    if len(prompt_ids) >= context:
+        raise PromptTooLong(f"the prompt has {len(prompt_ids)} tokens; this model's context is {context} "
+                            "tokens (prompt + output): shorten the prompt")
+    if params.max_tokens is not None and len(prompt_ids) + params.max_tokens > context:
+        raise PromptTooLong(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
+                            f"model's context of {context} tokens: lower max_tokens or shorten the prompt")
+    try:  # built here, so parameters the sampler cannot take fail this call, never the engine loop
+        return TokenSampler(params, device)
+    except (RuntimeError, ValueError, OverflowError) as exc:
+        raise LumiError(f"sampling parameters not usable: {exc}") from None
+
+
 class Engine:
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_batch: int = 8,
                  prefill_chunk: int = 256, max_waiting: int = 64, context: int | None = None):
@@ -185,23 +212,7 @@ class Engine:
                prompt_logprobs: int | None = None) -> Request:
         """Queue a request; ``stop_ids`` replaces the engine's stop token ids for it (the evaluator's own set);
         ``logprobs`` / ``prompt_logprobs``: report log-probs of output / prompt tokens with the top n of each."""
-        if not prompt_ids:
-            raise PromptTooLong("the prompt is empty: give at least one token")
-        vocab = self.model.config.vocab_size
-        if any(not 0 <= i < vocab for i in prompt_ids):
-            raise LumiError(f"prompt token ids must be in 0..{vocab - 1}")
-        if any(not 0 <= i < vocab for i in params.logit_bias):
-            raise LumiError(f"logit_bias token ids must be in 0..{vocab - 1}")
-        if len(prompt_ids) >= self.context:
-            raise PromptTooLong(f"the prompt has {len(prompt_ids)} tokens; this model's context is {self.context} "
-                                "tokens (prompt + output): shorten the prompt")
-        if params.max_tokens is not None and len(prompt_ids) + params.max_tokens > self.context:
-            raise PromptTooLong(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
-                                f"model's context of {self.context} tokens: lower max_tokens or shorten the prompt")
-        try:  # built here, so parameters the sampler cannot take fail this call, never the engine loop
-            sampler = TokenSampler(params, self.device)
-        except (RuntimeError, ValueError, OverflowError) as exc:
-            raise LumiError(f"sampling parameters not usable: {exc}") from None
+        sampler = checked_sampler(prompt_ids, params, self.model.config.vocab_size, self.context, self.device)
         request = Request(prompt_ids, params, sink, self.stop_ids if stop_ids is None else set(stop_ids), sampler,
                           logprobs, prompt_logprobs)
         with self._wake:
@@ -269,13 +280,18 @@ class Engine:
                         self._wake.wait()
                     if self._closing:
                         return
-                try:
-                    self.step()
-                    self.last_error = None
-                except Exception as exc:  # a failed forward fails its requests, never the server
-                    log.exception("engine step failed")
-                    self.last_error = f"{type(exc).__name__}: {exc}"
-                    self._fail_all(self.last_error)
+                self.serving_step()
+
+    def serving_step(self) -> None:
+        """One step of a serving loop: a failed forward fails its requests and shows in ``health()``, never stops
+        the loop."""
+        try:
+            self.step()
+            self.last_error = None
+        except Exception as exc:
+            log.exception("engine step failed")
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._fail_all(self.last_error)
 
     def step(self) -> None:
         self._admit()

@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,13 +31,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from transformers import PreTrainedTokenizerBase
 
 from lumi.core.errors import LumiError
-from lumi.generation.engine import Engine, PromptTooLong, QueueFull
+from lumi.generation.engine import Engine, EngineUnavailable, PromptTooLong, QueueFull
 from lumi.generation.sampling import MAX_SEED, MAX_STOP_CHARS, SamplingParams, StopString
 from lumi.serve.errors import APIError, error_response
 from lumi.serve.feed import OutputFeed
 from lumi.serve.metrics import CONTENT_TYPE_LATEST, ServerMetrics
 from lumi.serve.prompts import chat_ids, completion_ids, has_chat_template
 from lumi.serve.responses import Choice, Pieces, choice_body, collect, stream_events, usage
+
+if TYPE_CHECKING:
+    from lumi.serve.engine_process import EngineProcess
 
 WEB_PAGE = Path(__file__).resolve().parent / "web" / "index.html"
 DEFAULT_MAX_BODY_BYTES = 1 << 20
@@ -214,7 +217,7 @@ def _replay(messages: list[dict], receive):
     return replayed
 
 
-def create_app(engine: Engine, tokenizer: PreTrainedTokenizerBase, settings: ServerSettings) -> FastAPI:
+def create_app(engine: Engine | EngineProcess, tokenizer: PreTrainedTokenizerBase, settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="Lumi-Lab", docs_url=None, redoc_url=None, openapi_url=None)
     created = int(time.time())
     # One thread: tokenization leaves the event loop, and the tokenizer is never entered by two encodes at once.
@@ -271,11 +274,13 @@ def create_app(engine: Engine, tokenizer: PreTrainedTokenizerBase, settings: Ser
                     request = engine.submit(prompt_ids, seeded, sink_for(len(choices)), logprobs=logprobs,
                                             prompt_logprobs=prompt_logprobs)
                     choices.append(Choice(len(choices), request, echo))
-        except (QueueFull, LumiError) as exc:
+        except (QueueFull, EngineUnavailable, LumiError) as exc:
             for choice in choices:
                 choice.request.cancel()
             if isinstance(exc, QueueFull):
                 raise APIError(503, f"server busy: {exc}", "server_error") from None
+            if isinstance(exc, EngineUnavailable):
+                raise APIError(503, f"the model is not available: {exc}", "server_error") from None
             if isinstance(exc, PromptTooLong):
                 raise APIError(400, str(exc), code="context_length_exceeded") from None
             raise APIError(400, str(exc)) from None

@@ -9,7 +9,8 @@ from pathlib import Path
 import uvicorn
 
 from lumi.serve.api import DEFAULT_MAX_BODY_BYTES, DEFAULT_STREAM_INTERVAL_S, create_app
-from lumi.serve.options import add_model_arguments, engine_from_args
+from lumi.serve.engine_process import EngineProcess
+from lumi.serve.options import add_model_arguments
 from lumi.serve.server import listening_socket
 from lumi.serve.settings import API_KEY_VARIABLE, LOOPBACK, settings_from_args
 
@@ -44,7 +45,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     sock = listening_socket(args.host, args.port)  # before loading the model: a taken port fails at once
-    with sock, engine_from_args(args) as engine:
+    with sock, EngineProcess(args) as engine:  # the model loads and runs in a process of its own
         app = create_app(engine, engine.tokenizer, settings)
         if settings.api_key is None and args.host not in LOOPBACK:
             log.warning("serving on %s without an API key: anyone who can reach it can use it", args.host)
