@@ -82,6 +82,29 @@ def test_greedy_equals_generate_batched_with_others(served):
         assert output == reference(model, tokenizer, ids, engine.stop_ids, max_new_tokens=n)
 
 
+@pytest.mark.parametrize("prefill_chunk", [256, 4])
+def test_requests_of_one_prompt_share_its_prefill(served, prefill_chunk):
+    """n choices or a GRPO group: the prompt is prefilled once and its keys/values copied to the other slots (also
+    when its prefill takes several steps); each request still samples exactly as it would alone, and a request that
+    asks for prompt log-probs prefills its own."""
+    model, tokenizer = served
+    ids = tokenizer.encode(PROMPTS[3])
+    params = [SamplingParams(temperature=1.0, seed=seed, max_tokens=12) for seed in (1, 2, 3)]
+    alone = [Engine(model, tokenizer, max_batch=1).run_all([(ids, p)])[0].token_ids for p in params]
+    engine = Engine(model, tokenizer, max_batch=4, prefill_chunk=prefill_chunk)
+    together = engine.run_all([(ids, p) for p in params] + [(tokenizer.encode(PROMPTS[0]), GREEDY)])
+    assert [c.token_ids for c in together[:3]] == alone
+    assert len({tuple(a) for a in alone}) > 1  # the samples differ: each kept its own sampler
+    assert engine.stats["shared_prefills"] == 2
+    engine = Engine(model, tokenizer, max_batch=2)
+    requests = [engine.submit(ids, GREEDY), engine.submit(ids, GREEDY, prompt_logprobs=1)]
+    with torch.inference_mode():
+        while engine.waiting or engine.running:
+            engine.step()
+    outputs = [list(request) for request in requests]
+    assert len(outputs[1][0].prompt_logprobs) == len(ids) and engine.stats["shared_prefills"] == 0
+
+
 def test_stops_at_end_of_turn_ids_from_generation_config(served):
     model, tokenizer = served
     ids = tokenizer.encode(PROMPTS[3])

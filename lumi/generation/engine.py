@@ -1,7 +1,8 @@
 """The generation engine: one loop, continuous batching over a slot KV cache, one queue of outputs per request.
 
 Every iteration (``step``) the loop (1) admits waiting requests into free slots, (2) prefills admitted prompts in
-chunks of at most ``prefill_chunk`` tokens in all, so a long prompt never holds up the others for more than one chunk,
+chunks of at most ``prefill_chunk`` tokens in all, so a long prompt never holds up the others for more than one chunk
+(a prompt that several requests share, ``n`` choices or a GRPO group, is prefilled once and its keys/values copied),
 (3) runs ONE batched decode step for every request that is generating and (4) evicts finished and cancelled
 requests, freeing their slots. Each new token goes through the request's sampler, its incremental detokenizer and its
 stop-string matcher, and the resulting ``Output`` is pushed to the request's sink (a queue by default; the API gives
@@ -329,6 +330,10 @@ class Engine:
                 break
             if state.computed >= state.num_prompt or state.request.cancelled:
                 continue
+            if state.computed == 0 and self._shares_a_prefill(state) and any(
+                    0 < other.computed < other.num_prompt and not other.request.cancelled
+                    and other.request.prompt_ids == state.request.prompt_ids for other in self.running):
+                continue  # the same prompt is being prefilled: this one gets its keys/values when that one is done
             count = min(budget, state.num_prompt - state.computed)
             chunk = torch.tensor([state.tokens[state.computed:state.computed + count]], device=self.device)
             positions = torch.arange(state.computed, state.computed + count, device=self.device)[None]
@@ -342,7 +347,26 @@ class Engine:
             state.computed += count
             budget -= count
             if state.computed == state.num_prompt:
+                self._share_prefill(state, logits[0, -1])
                 self._accept(state, logits[0, -1])
+
+    @staticmethod
+    def _shares_a_prefill(state: _Running) -> bool:
+        """Whether this request may take another's prefill of its prompt (not when it asked for prompt log-probs)."""
+        return state.prompt_logprobs is None
+
+    def _share_prefill(self, done: _Running, logits: torch.Tensor) -> None:
+        """Requests with the same prompt as ``done`` that have not started (``n`` choices, a GRPO group) take its
+        keys/values and last logits instead of prefilling the prompt again; each then samples with its own sampler."""
+        takers = [s for s in self.running if s is not done and s.computed == 0 and not s.request.cancelled
+                  and self._shares_a_prefill(s) and s.request.prompt_ids == done.request.prompt_ids]
+        if not takers:
+            return
+        self.cache.copy_prefix(done.slot, [s.slot for s in takers], done.num_prompt)
+        self.stats["shared_prefills"] += len(takers)
+        for state in takers:
+            state.computed = state.num_prompt
+            self._accept(state, logits)
 
     def _decode(self) -> None:
         batch = sorted((s for s in self.running if not s.finished and not s.request.cancelled

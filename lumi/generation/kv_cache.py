@@ -46,6 +46,11 @@ class SlotKVCache:
         self._contiguous = slice(first, first + len(slots)) if slots == list(range(first, first + len(slots))) \
             else None
 
+    def copy_prefix(self, source: int, targets: list[int], length: int) -> None:
+        """Positions ``0..length-1`` of slot ``source`` into each of ``targets`` (a prompt prefilled once, shared)."""
+        for store in self.keys + self.values:
+            store[targets, :, :length] = store[source, :, :length]
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Called by each attention layer with this step's keys/values ``[batch, kv_heads, q, head_dim]``."""
         for store, states in ((self.keys[layer_idx], key_states), (self.values[layer_idx], value_states)):
