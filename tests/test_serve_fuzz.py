@@ -35,10 +35,11 @@ RAW_BODIES = [b"", b"{", b"null", b"[]", b"\xff\xfe\x00", b'{"model": "tiny", "p
               b"x" * (70 << 10)]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["engine in a thread", "engine process (lumi serve)"])
+def server(tmp_path_factory, request):
     with serving(tmp_path_factory.mktemp("fuzz"), ServerSettings(model_id=MODEL, api_key=KEY, max_body_bytes=64 << 10),
-                 max_seq_len=128, max_batch=3, max_waiting=6) as served:
+                 max_seq_len=128, in_process=request.param == "engine in a thread", max_batch=3,
+                 max_waiting=6) as served:
         yield served["url"]
 
 

@@ -160,8 +160,7 @@ class EngineProcess:
                 break
             with self._lock:
                 self._load, self._last_error = load, last_error
-                self.stats.clear()
-                self.stats.update(stats)
+                self.stats = Counter(stats)  # replaced whole: /health reads it without the lock
                 sinks = [(self._sinks.get(number), output) for number, output in outputs]
                 for number, output in outputs:
                     if output.finish_reason is not None:
