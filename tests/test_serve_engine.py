@@ -12,7 +12,7 @@ from lumi.serve.checkpoint import load_for_serving
 from lumi.generation.detokenize import IncrementalDetokenizer, StopStringMatcher
 from lumi.generation.engine import Engine, PromptTooLong, QueueFull
 from lumi.generation.kv_cache import SlotKVCache, forward_with_cache
-from lumi.generation.sampling import SamplingParams, TokenSampler
+from lumi.generation.sampling import SamplingParams, TokenSampler, sample_categorical
 
 PROMPTS = ["The king", "Once upon a time there was a small village by the sea where", "A",
            "Where is the library? It is next to the old bridge, the market and"]
@@ -141,6 +141,22 @@ def test_sampling_is_seeded_per_request_and_top_k_1_is_greedy(served):
     assert first.token_ids == second.token_ids
     assert first.token_ids != other.token_ids
     assert top1.token_ids == greedy.token_ids
+
+
+@pytest.mark.parametrize("probabilities", [[0.1, 0.0, 0.2, 0.3, 0.4, 0.0], [0.0, 0.0, 1.0], [0.7, 0.3, 0.0, 0.0],
+                                           [1e-9, 0.5 - 1e-9, 0.0, 0.5]])
+def test_categorical_draws_follow_the_probabilities(probabilities):
+    """The engine's sampler (inverse transform) against the distribution: 20,000 seeded draws, each frequency within
+    five standard errors of its probability, a zero-probability token never drawn; the same seed, the same draws."""
+    generator = torch.Generator().manual_seed(0)
+    p = torch.tensor(probabilities)
+    draws = [sample_categorical(p, generator) for _ in range(20_000)]
+    counts = torch.bincount(torch.tensor(draws), minlength=len(p)).double() / len(draws)
+    tolerance = 5 * (p.double() * (1 - p.double()) / len(draws)).sqrt() + 1e-12
+    assert ((counts - p.double()).abs() <= tolerance).all(), (counts, p)
+    assert all(p[i] > 0 for i in set(draws))
+    generator.manual_seed(0)
+    assert [sample_categorical(p, generator) for _ in range(100)] == draws[:100]
 
 
 def test_frequency_and_presence_penalties_lower_generated_tokens():

@@ -105,5 +105,17 @@ class TokenSampler:
             return int(scores.argmax(-1))
         for warper in self.warpers:
             scores = warper(context_ids, scores)
-        probabilities = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probabilities, 1, generator=self.generator))
+        return sample_categorical(torch.softmax(scores, dim=-1)[0], self.generator)
+
+
+def sample_categorical(probabilities: torch.Tensor, generator: torch.Generator) -> int:
+    """One draw from ``probabilities`` ``[vocab]`` by inverse transform: one uniform number against the cumulative
+    sum. Hand-written because ``torch.multinomial`` draws vocabulary-many random numbers on CPU: 0.2 ms a token at a
+    4k vocabulary, 1 ms at 32k (measured, one thread), as much as the micro model's whole decode step; this costs
+    0.04-0.08 ms. Exact: token i is drawn with probability p_i (a zero-probability token never: the first cumulative
+    sum above u < total is a token with mass)."""
+    cumulative = probabilities.double().cumsum(-1)
+    total = cumulative[-1:]
+    u = torch.rand(1, dtype=torch.float64, generator=generator, device=probabilities.device) * total
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # stays below the total after rounding
+    return int(torch.searchsorted(cumulative, u, right=True))
