@@ -150,13 +150,15 @@ def test_categorical_draws_follow_the_probabilities(probabilities):
     five standard errors of its probability, a zero-probability token never drawn; the same seed, the same draws."""
     generator = torch.Generator().manual_seed(0)
     p = torch.tensor(probabilities)
-    draws = [sample_categorical(p, generator) for _ in range(20_000)]
+    draws = [sample_categorical(p[None], [generator])[0] for _ in range(20_000)]
     counts = torch.bincount(torch.tensor(draws), minlength=len(p)).double() / len(draws)
     tolerance = 5 * (p.double() * (1 - p.double()) / len(draws)).sqrt() + 1e-12
     assert ((counts - p.double()).abs() <= tolerance).all(), (counts, p)
     assert all(p[i] > 0 for i in set(draws))
     generator.manual_seed(0)
-    assert [sample_categorical(p, generator) for _ in range(100)] == draws[:100]
+    assert [sample_categorical(p[None], [generator])[0] for _ in range(100)] == draws[:100]
+    rows = sample_categorical(torch.stack([torch.full_like(p, float("nan")), p]), [generator, generator])
+    assert rows[0] is None and rows[1] is not None  # a row that is not a distribution is refused alone
 
 
 def test_frequency_and_presence_penalties_lower_generated_tokens():

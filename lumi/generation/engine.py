@@ -34,7 +34,7 @@ from lumi.core.errors import LumiError
 from lumi.core.special_tokens import IM_END_TOKEN
 from lumi.generation.detokenize import IncrementalDetokenizer, StopStringMatcher
 from lumi.generation.kv_cache import SlotKVCache, forward_with_cache
-from lumi.generation.sampling import SamplingParams, TokenSampler
+from lumi.generation.sampling import SamplingParams, TokenSampler, choose_rows
 
 log = logging.getLogger(__name__)
 
@@ -376,14 +376,17 @@ class Engine:
         input_ids = torch.tensor([[s.tokens[-1]] for s in batch], device=self.device)
         positions = torch.tensor([[s.computed] for s in batch], device=self.device)
         logits = forward_with_cache(self.model, self.cache, input_ids, [s.slot for s in batch], positions)
+        tokens = choose_rows(logits[:, -1], [s.sampler for s in batch])
         for row, state in enumerate(batch):
             state.computed += 1
-            self._accept(state, logits[row, -1])
+            self._accept(state, logits[row, -1], tokens[row])
 
-    def _accept(self, state: _Running, logits: torch.Tensor) -> None:
-        """Choose the next token, turn it into text and push the output; decide whether the request is done."""
+    def _accept(self, state: _Running, logits: torch.Tensor, token: int | None = None) -> None:
+        """Choose the next token (unless the step's ``choose_rows`` did), turn it into text and push the output;
+        decide whether the request is done."""
         try:
-            token = state.sampler.choose(logits, state.tokens, state.num_prompt)
+            if token is None:
+                token = state.sampler.choose(logits, state.tokens, state.num_prompt)
         except Exception as exc:  # this request's sampler failed: it alone fails, the batch goes on
             state.finished = True
             self._fail_one(state.request, exc, state.num_output)
