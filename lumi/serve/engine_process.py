@@ -130,7 +130,12 @@ class EngineProcess:
                 raise QueueFull(f"{len(self._sinks)} requests are running or waiting; try again later")
             request = RemoteRequest(self, next(self._numbers), prompt_ids)
             self._sinks[request.number] = sink
-        self._send(("submit", (request.number, list(prompt_ids), params, logprobs, prompt_logprobs)))
+        try:
+            self._send(("submit", (request.number, list(prompt_ids), params, logprobs, prompt_logprobs)))
+        except EngineUnavailable:
+            with self._lock:
+                self._sinks.pop(request.number, None)
+            raise
         return request
 
     def load(self) -> dict[str, int]:
