@@ -98,6 +98,19 @@ def test_a_run_logs_rl_metrics_and_saves_a_loadable_model(chat_model, tmp_path, 
         assert (again / "start_merged" / "config.json").is_file() and (again / "grpo_lora" / "final").is_dir()
 
 
+def test_num_iterations_reuses_a_rollout_batch_and_its_ratio_clips(chat_model, tmp_path, test_reward):
+    """num_iterations 3: steps 1, 4 sample (their log lines carry rollout metrics), steps 2-3 and 5-6 update on the
+    same batch against its sampling-time log-probs, so the ratio leaves 1 and tokens get clipped (a high lr and a
+    tight clip make that certain at this size)."""
+    config = write_config(tmp_path, max_steps=6, num_iterations=3, lr=5e-2, epsilon=0.01, eval_interval=100)
+    assert main(grpo_args(chat_model, config, tmp_path / "out")) == 0
+    train = [r for r in read_metrics(tmp_path / "out" / "grpo_lora" / "metrics.jsonl") if "train/loss" in r]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in train if "train/reward" in r] == [1, 4]
+    assert all(r["train/clip_fraction"] == 0 for r in train if r["step"] in (1, 4))  # ratio 1 at the first update
+    assert any(r["train/clip_fraction"] > 0 for r in train if r["step"] not in (1, 4))
+
+
 def test_exact_match_on_a_random_model_has_no_signal_and_says_so(chat_model, tmp_path, capsys):
     config = write_config(tmp_path, rewards={"exact_match": 1.0}, max_steps=2)
     assert main(grpo_args(chat_model, config, tmp_path / "out")) == 0
@@ -143,8 +156,12 @@ def test_trainer_log_probs_of_rollouts_equal_the_engines_cached_decoding(chat_mo
     assert max(differences) <= 1e-5, differences
 
 
-def test_sigkill_then_resume_is_bitwise(chat_model, tmp_path):
-    config = write_config(tmp_path, max_steps=5, save_interval=2, eval_interval=3)
+@pytest.mark.parametrize("num_iterations, save_interval, checkpoint", [(1, 2, "step_4"), (2, 3, "step_3")])
+def test_sigkill_then_resume_is_bitwise(chat_model, tmp_path, num_iterations, save_interval, checkpoint):
+    """Killed at step 4 and resumed from the last checkpoint; with num_iterations 2 that checkpoint (step 3) falls
+    inside a rollout batch's two steps, so the batch and its old log-probs must come back from it."""
+    config = write_config(tmp_path, max_steps=5, save_interval=save_interval, eval_interval=3,
+                          num_iterations=num_iterations)
     reference = run_cli(grpo_args(chat_model, config, tmp_path / "reference"), code=KILL_AT_STEP,
                         env={"KILL_AT": "-1"})
     assert reference.returncode == 0, reference.stderr
@@ -153,7 +170,7 @@ def test_sigkill_then_resume_is_bitwise(chat_model, tmp_path):
     resumed = run_cli(grpo_args(chat_model, config, tmp_path / "resumed", "--resume", "auto"), code=KILL_AT_STEP,
                       env={"KILL_AT": "-1"})
     assert resumed.returncode == 0, resumed.stderr
-    assert "step_4" in resumed.stderr
+    assert checkpoint in resumed.stderr
     run, ref = tmp_path / "resumed" / "grpo_lora", tmp_path / "reference" / "grpo_lora"
     assert train_losses(run) == train_losses(ref)
     rewards_of = lambda path: [(r["step"], r.get("train/reward"), r.get("val/reward"))  # noqa: E731

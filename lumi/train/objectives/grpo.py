@@ -3,10 +3,12 @@ completions per prompt with the policy on Lumi's own generation engine (``lumi.g
 over a KV cache), scores them with named rewards (``lumi.data.rewards``), and takes one optimizer step on the
 group-relative, clipped policy-gradient loss of ``lumi.lm.grpo``.
 
-One update per rollout batch, as TRL's default (``num_iterations=1``): the old-policy log-probs are the trainer's own
-forward, detached, on the same tokens, so the ratio is 1 at the update and the engine's sampling log-probs are never
-used -- any difference between the engine's numerics and the trainer's forward cannot bias the loss (the clip
-fraction, logged, stays 0). The reference (``beta > 0`` only; 0 by default, as current practice) is the
+By default one update per rollout batch, as TRL's default (``num_iterations=1``): the old-policy log-probs are the
+trainer's own forward, detached, on the same tokens, so the ratio is 1 at the update and the engine's sampling
+log-probs are never used -- any difference between the engine's numerics and the trainer's forward cannot bias the
+loss (the clip fraction, logged, stays 0). With ``num_iterations`` = mu > 1 a rollout batch is used for mu optimizer
+steps (TRL's ``num_iterations``, the GRPO paper's mu): its old-policy log-probs are the trainer's forward at sampling
+time (before the first of its updates), so the later updates' ratios move and the clip bites. The reference (``beta > 0`` only; 0 by default, as current practice) is the
 adapter-disabled policy with LoRA, a frozen copy with full training.
 
 A step's rows are completions: ``micro_batch_size`` x ``grad_accumulation`` per process, whole groups of
@@ -76,6 +78,9 @@ class GRPOConfig(TrainerConfig):
                                                                 "(sum / (completions x max_completion_length))")
     scale_rewards: Literal[*SCALE_REWARDS] = Field("group", description="divide advantages by the group's reward "
                                                                         "std, the batch's, or none (Dr. GRPO)")
+    num_iterations: int = Field(1, ge=1, description="optimizer steps per rollout batch (TRL's num_iterations, the "
+                                                      "GRPO paper's mu); > 1: the ratio to the sampling policy "
+                                                      "is clipped at epsilon")
     epsilon: float = Field(0.2, gt=0, lt=1, description="lower clip range of the policy ratio")
     epsilon_high: float | None = Field(None, gt=0, description="upper clip range (DAPO's clip-higher); None: epsilon")
     beta: float = Field(0.0, ge=0, description="weight of the KL to the frozen start model (0: no reference)")
@@ -132,6 +137,8 @@ class RolloutStats:
         all_reduce_sum(stacked)
         sums = dict(zip((*self.NAMES, "processes"), stacked.tolist()))
         self.sums = dict.fromkeys(self.NAMES, 0.0)
+        if sums["completions"] == 0:  # every step since the last read reused a rollout batch (num_iterations > 1)
+            return {}
         count = max(sums["completions"], 1.0)
         mean = sums["reward"] / count
         seconds = sums["rollout_s"] + sums["update_s"]
@@ -182,7 +189,8 @@ class GRPOLoss(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor], training: bool) -> torch.Tensor:
         logps = token_logps(self.model, batch["input_ids"])
         config = self.config
-        terms = grpo_loss(logps, logps.detach(), batch["advantages"], batch["completion_mask"][:, 1:],
+        old_logps = batch.get("old_logps")  # num_iterations > 1: the policy's at sampling time; else this forward's
+        terms = grpo_loss(logps, logps.detach() if old_logps is None else old_logps, batch["advantages"], batch["completion_mask"][:, 1:],
                           config.loss_type, config.epsilon, config.epsilon_high, config.beta,
                           self.reference_logps(batch["input_ids"]), config.max_completion_length)
         if training:
@@ -223,8 +231,12 @@ class GRPOObjective(FineTuneObjective):
             raise LumiError(f"a prompt of {longest} tokens + max_completion_length {config.max_completion_length} "
                             f"exceeds the model's context of {self.context}; lower max_completion_length")
         self.plan_steps(len(self.train), self.prompts_per_process, "GRPO")
+        if config.max_steps is None:  # epochs count passes over the prompts; each rollout batch makes mu steps
+            self.total_steps *= config.num_iterations
         self.run_name = f"grpo_{config.method}"
         self.rollout_step = 0
+        self.reused: list[dict[str, torch.Tensor]] | None = None  # the rollout batch of the next num_iterations - 1
+        self.reuses_left = 0  # steps (num_iterations > 1)
         self.model: PreTrainedModel | None = None
         self.loss: GRPOLoss | None = None
         self.stats = RolloutStats()
@@ -274,7 +286,11 @@ class GRPOObjective(FineTuneObjective):
                                                     skip_special_tokens=True)) for c in completions]
 
     def next_step(self) -> list[dict[str, torch.Tensor]]:
-        """Sample this process's groups with the current policy, score them, and cut the rows into micro-batches."""
+        """Sample this process's groups with the current policy, score them, and cut the rows into micro-batches
+        (or, within a rollout batch's ``num_iterations`` steps, the same micro-batches again)."""
+        if self.reuses_left:
+            self.reuses_left -= 1
+            return self.reused
         started = time.perf_counter()
         self._count_update_time()
         config, group = self.config, self.config.num_generations
@@ -307,8 +323,15 @@ class GRPOObjective(FineTuneObjective):
         self.stats.groups_total += len(zero_signal)
         self._update_started = time.perf_counter()
         micro = config.micro_batch_size
-        return [{"input_ids": input_ids[start:start + micro], "completion_mask": completion_mask[start:start + micro],
-                 "advantages": advantages[start:start + micro]} for start in range(0, len(prompt_ids), micro)]
+        batches = [{"input_ids": input_ids[start:start + micro], "completion_mask": completion_mask[start:start + micro],
+                    "advantages": advantages[start:start + micro]} for start in range(0, len(prompt_ids), micro)]
+        if config.num_iterations > 1:
+            device = next(self.model.parameters()).device
+            with torch.no_grad():  # the sampling policy's log-probs, in the mode the loss's forward runs in
+                for batch in batches:
+                    batch["old_logps"] = token_logps(self.model, batch["input_ids"].to(device)).cpu()
+            self.reused, self.reuses_left = batches, config.num_iterations - 1
+        return batches
 
     def _count_update_time(self, restart: bool = False) -> None:
         """Add the time since the last rollout ended (the update) to the stats; ``restart``: count on from now."""
@@ -350,12 +373,14 @@ class GRPOObjective(FineTuneObjective):
 
     def state_dict(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state_dict(), "rollout_step": self.rollout_step,
-                "zero_signal_groups": self.stats.zero_signal_total, "groups": self.stats.groups_total}
+                "zero_signal_groups": self.stats.zero_signal_total, "groups": self.stats.groups_total,
+                "reused": self.reused if self.reuses_left else None, "reuses_left": self.reuses_left}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state["sampler"])
         self.rollout_step = int(state["rollout_step"])
         self.stats.zero_signal_total, self.stats.groups_total = int(state["zero_signal_groups"]), int(state["groups"])
+        self.reused, self.reuses_left = state.get("reused"), int(state.get("reuses_left", 0))
 
     def describe(self) -> list[str]:
         config = self.config
@@ -365,7 +390,9 @@ class GRPOObjective(FineTuneObjective):
         return [f"GRPO ({config.loss_type}, {method_description(config)}) of {self.policy_dir}: "
                 f"{len(self.train)} train prompts, {len(self.val)} val prompts; {self.total_steps} steps of "
                 f"{self.global_items} prompts x {config.num_generations} completions (up to "
-                f"{config.max_completion_length} tokens, temperature {config.temperature}); rewards: {rewards}; "
+                f"{config.max_completion_length} tokens, temperature {config.temperature})"
+                f"{f', each rollout batch for {config.num_iterations} steps' if config.num_iterations > 1 else ''}"
+                f"; rewards: {rewards}; "
                 f"reference: {reference}"]
 
     def summary(self) -> str:
