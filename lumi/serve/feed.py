@@ -1,9 +1,10 @@
-"""The hand-off of engine outputs (made in the engine's thread) to one response on the event loop.
+"""The hand-off of engine outputs (made in the engine's thread, or the engine process's reader thread) to one response
+on the event loop.
 
-Every wake-up of the event loop costs the engine time: the loop's Python runs under the same GIL, and on a busy
-machine a woken thread that holds the GIL and loses its core stalls the engine. Measured on a micro model making
-~1,000 tokens/s, a wake-up per token cost a streamed client ~15% of its speed (docs/BENCHMARKS.md). So the engine
-wakes the loop only when no wake-up is pending, and (for a stream) at most once per ``interval_s``; the loop then
+Every wake-up of the event loop costs CPU; with the engine in the same process it also cost the engine time (the
+loop's Python runs under the same GIL: measured on a micro model making ~1,000 tokens/s, a wake-up per token cost a
+streamed client ~15% of its speed, docs/BENCHMARKS.md; ``lumi serve`` now runs the engine in a process of its own).
+So the loop is woken only when no wake-up is pending, and (for a stream) at most once per ``interval_s``; the loop then
 takes everything that arrived meanwhile, and a stream sends a choice's tokens in one chunk (``merge``). The first
 output, a finished one, and every output of a model slower than one token per interval wake the loop at once; a
 held output waits at most until the engine's next output for that response. A plain (non-streamed) response
