@@ -90,10 +90,7 @@ class TokenSampler:
         """The next token from ``logits`` ``[vocab]``; ``token_ids`` = prompt + output so far, the first
         ``num_prompt`` of them the prompt. Greedy without penalties touches nothing but the argmax."""
         if self.plain:
-            token = choose_rows(logits[None], [self])[0]
-            if token is None:
-                raise RuntimeError("the probabilities are not finite (NaN or infinite logits)")
-            return token
+            return _drawn(choose_rows(logits[None], [self])[0])
         scores = logits.float()[None]
         if self.params.logit_bias:  # first, as OpenAI and vLLM apply it: to the model's own logits
             if self.bias is None:
@@ -113,10 +110,14 @@ class TokenSampler:
             return int(scores.argmax(-1))
         for warper in self.warpers:
             scores = warper(context_ids, scores)
-        token = sample_categorical(torch.softmax(scores, dim=-1), [self.generator])[0]
-        if token is None:
-            raise RuntimeError("the probabilities are not finite (NaN or infinite logits)")
-        return token
+        return _drawn(sample_categorical(torch.softmax(scores, dim=-1), [self.generator])[0])
+
+
+def _drawn(token: int | None) -> int:
+    """A drawn token, or the request's failure where its probabilities were not a distribution (NaN logits)."""
+    if token is None:
+        raise RuntimeError("the probabilities are not finite (NaN or infinite logits)")
+    return token
 
 
 def choose_rows(logits: torch.Tensor, samplers: list[TokenSampler]) -> list[int | None]:

@@ -8,8 +8,9 @@ trainer's own forward, detached, on the same tokens, so the ratio is 1 at the up
 log-probs are never used -- any difference between the engine's numerics and the trainer's forward cannot bias the
 loss (the clip fraction, logged, stays 0). With ``num_iterations`` = mu > 1 a rollout batch is used for mu optimizer
 steps (TRL's ``num_iterations``, the GRPO paper's mu): its old-policy log-probs are the trainer's forward at sampling
-time (before the first of its updates), so the later updates' ratios move and the clip bites. The reference (``beta > 0`` only; 0 by default, as current practice) is the
-adapter-disabled policy with LoRA, a frozen copy with full training.
+time (before the first of its updates), so the later updates' ratios move and the clip bites. The reference
+(``beta > 0`` only; 0 by default, as current practice) is the adapter-disabled policy with LoRA, a frozen copy with
+full training.
 
 A step's rows are completions: ``micro_batch_size`` x ``grad_accumulation`` per process, whole groups of
 ``num_generations`` per process (each process samples and scores its own prompts' groups, so advantages need no
@@ -139,7 +140,7 @@ class RolloutStats:
         self.sums = dict.fromkeys(self.NAMES, 0.0)
         if sums["completions"] == 0:  # every step since the last read reused a rollout batch (num_iterations > 1)
             return {}
-        count = max(sums["completions"], 1.0)
+        count = sums["completions"]
         mean = sums["reward"] / count
         seconds = sums["rollout_s"] + sums["update_s"]
         rollout_seconds = sums["rollout_s"] / sums["processes"]  # the processes sample at the same time
@@ -190,8 +191,8 @@ class GRPOLoss(nn.Module):
         logps = token_logps(self.model, batch["input_ids"])
         config = self.config
         old_logps = batch.get("old_logps")  # num_iterations > 1: the policy's at sampling time; else this forward's
-        terms = grpo_loss(logps, logps.detach() if old_logps is None else old_logps, batch["advantages"], batch["completion_mask"][:, 1:],
-                          config.loss_type, config.epsilon, config.epsilon_high, config.beta,
+        terms = grpo_loss(logps, logps.detach() if old_logps is None else old_logps, batch["advantages"],
+                          batch["completion_mask"][:, 1:], config.loss_type, config.epsilon, config.epsilon_high, config.beta,
                           self.reference_logps(batch["input_ids"]), config.max_completion_length)
         if training:
             self.stats.add(terms)
@@ -323,7 +324,8 @@ class GRPOObjective(FineTuneObjective):
         self.stats.groups_total += len(zero_signal)
         self._update_started = time.perf_counter()
         micro = config.micro_batch_size
-        batches = [{"input_ids": input_ids[start:start + micro], "completion_mask": completion_mask[start:start + micro],
+        batches = [{"input_ids": input_ids[start:start + micro],
+                    "completion_mask": completion_mask[start:start + micro],
                     "advantages": advantages[start:start + micro]} for start in range(0, len(prompt_ids), micro)]
         if config.num_iterations > 1:
             device = next(self.model.parameters()).device
